@@ -1,0 +1,52 @@
+#pragma once
+/// \file carousel/options.hpp
+/// Batcher-wide configuration.
+
+#include <chrono>
+#include <cstddef>
+
+namespace carousel {
+
+/// How waiting requests join the running batch.
+enum class Admission {
+  continuous,    ///< join-anytime: a waiting request joins at the next step boundary when there is room
+  static_batch,  ///< the classic baseline: wait for a full batch or `batch_timeout`, then run it with no joins
+};
+
+/// Which waiting request is admitted first.
+enum class Order {
+  fifo,               ///< submission order
+  priority,           ///< larger `SubmitOptions::priority` first, then submission order
+  earliest_deadline,  ///< earliest deadline first (no deadline last), then submission order
+  fewest_remaining,   ///< fewest remaining steps first (needs `Model::total_steps`), then submission order
+};
+
+/// What `stop()` does with requests still in the batcher.
+enum class StopMode {
+  drain,   ///< refuse new submits, finish everything already queued or running, then stop
+  cancel,  ///< refuse new submits and fail everything queued or running with `Errc::cancelled`
+};
+
+/// Batcher configuration (an aggregate: `carousel::Options{.max_batch_size = 16, .order = Order::priority}`).
+struct Options {
+  /// Most requests stepped in one iteration (all batch-key groups together). Must be at least 1.
+  std::size_t max_batch_size = 8;
+  /// Most `Model::cost` units running at once; 0 means no budget. A request whose cost alone exceeds the budget still
+  /// runs when nothing else does, so nothing starves.
+  std::size_t max_batch_cost = 0;
+  /// Most requests waiting for admission (suspended ones included); beyond it `submit` fails with `queue_full`.
+  /// 0 means unbounded.
+  std::size_t max_queue_size = 0;
+  /// Continuous (join-anytime) or static batching.
+  Admission admission = Admission::continuous;
+  /// Static batching only: the longest the oldest waiting request waits for the batch to fill.
+  std::chrono::nanoseconds batch_timeout = std::chrono::milliseconds(100);
+  /// Admission order of waiting requests.
+  Order order = Order::fifo;
+  /// Continuous + priority order only: a waiting request of strictly higher priority than the lowest-priority running
+  /// one suspends it at a step boundary when the batch is full; the suspended request keeps its state and resumes
+  /// later without a second `admit`.
+  bool preempt = false;
+};
+
+}  // namespace carousel

@@ -1,0 +1,30 @@
+#pragma once
+/// \file carousel/submit_options.hpp
+/// Per-request options given to `StepBatcher::submit`.
+
+#include <chrono>
+#include <functional>
+#include <optional>
+
+#include "carousel/progress.hpp"
+
+namespace carousel {
+
+/// Per-request options. `Clock` is the batcher's clock; deadlines are its time points.
+/// \code
+///   batcher.submit(job, {.priority = 5, .deadline = clock.now() + 2s,
+///                        .on_progress = [](const carousel::Progress& p) { ... }});
+/// \endcode
+template <class Clock = std::chrono::steady_clock>
+struct SubmitOptions {
+  /// Larger runs first under `Order::priority`, and may preempt under `Options::preempt`.
+  int priority = 0;
+  /// When set, the request fails with `deadline_exceeded` if it is still queued or running at this time, and is refused
+  /// with `deadline_unreachable` at admission when its remaining steps at the measured step time cannot make it.
+  std::optional<typename Clock::time_point> deadline{};
+  /// Called on the scheduler thread after each step of this request. Keep it short; if it throws, the request fails
+  /// with `model_error`.
+  std::function<void(const Progress&)> on_progress{};
+};
+
+}  // namespace carousel
