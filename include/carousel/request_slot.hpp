@@ -67,6 +67,7 @@ class RequestSlot {
   std::uint64_t admit_seq_ = 0;  // admission order, once admitted
   std::size_t group_ = 0;        // index of the request's batch key in the batcher's key registry
   bool admitted_ = false;        // admit() has run for it (a resumed request is not admitted again)
+  bool leaving_ = false;         // finished or failed in the current iteration
   std::function<void(const Progress&)> on_progress_;
   std::shared_ptr<detail::RequestControl<State>> control_;
 };

@@ -523,16 +523,23 @@ class StepBatcher {
         index = counters.iterations;
       }
 
-      // Slots that fail below leave `batch`; they are collected in `out` and removed from `active` at the end.
-      std::vector<Slot*> leaving;
+      // Slots that finish or fail below are marked `leaving_`: the failed ones go to `out` at once, the finished ones
+      // after retire(); all of them leave `active` at the end of the iteration.
+      std::vector<Slot*> leaving;  // finished: to retire
+      bool any_dropped = false;
       auto drop = [&](const std::vector<Slot*>& group, const char* hook, std::exception_ptr cause) {
+        any_dropped = true;
         for (Slot* s : group) {
+          s->leaving_ = true;
           out.push_back(
               Outcome{std::unique_ptr<Slot>(s), Errc::model_error,
                       detail::make_error(Errc::model_error, std::string("Model::") + hook + " threw", cause)});
         }
       };
-      std::vector<Slot*> dropped;  // slots moved into `out` this iteration while still in `active`
+      auto finish = [&](Slot* s) {
+        s->leaving_ = true;
+        leaving.push_back(s);
+      };
 
       if (!joining.empty()) {
         if constexpr (AdmittingModel<Model, State>) {
@@ -543,7 +550,6 @@ class StepBatcher {
                 s->admitted_ = true;
             } catch (...) {
               drop(group, "admit", std::current_exception());
-              dropped.insert(dropped.end(), group.begin(), group.end());
             }
           });
         } else {
@@ -552,19 +558,14 @@ class StepBatcher {
         }
         // A joiner that is already finished (e.g. zero steps) leaves without a step.
         for (Slot* s : joining) {
-          if (!s->admitted_) continue;
+          if (s->leaving_) continue;
           try {
-            if (model.finished(std::as_const(s->state_))) leaving.push_back(s);
+            if (model.finished(std::as_const(s->state_))) finish(s);
           } catch (...) {
             drop({s}, "finished", std::current_exception());
-            dropped.push_back(s);
           }
         }
-        auto gone = [&](Slot* s) {
-          return std::find(dropped.begin(), dropped.end(), s) != dropped.end() ||
-                 std::find(leaving.begin(), leaving.end(), s) != leaving.end();
-        };
-        std::erase_if(batch, gone);
+        std::erase_if(batch, [](const Slot* s) { return s->leaving_; });
       }
 
       double model_seconds = 0;
@@ -584,7 +585,6 @@ class StepBatcher {
           } catch (...) {
             model_seconds += seconds(clock.now() - t0);
             drop(group, "step", std::current_exception());
-            dropped.insert(dropped.end(), group.begin(), group.end());
             return;
           }
           model_seconds += seconds(clock.now() - t0);
@@ -592,10 +592,9 @@ class StepBatcher {
             ++s->steps_done_;
             try {
               if (s->on_progress_) s->on_progress_(Progress{s->control_->id(), s->steps_done_, s->total_steps_});
-              if (model.finished(std::as_const(s->state_))) leaving.push_back(s);
+              if (model.finished(std::as_const(s->state_))) finish(s);
             } catch (...) {
               drop({s}, "finished or on_progress", std::current_exception());
-              dropped.push_back(s);
             }
           }
         });
@@ -604,14 +603,13 @@ class StepBatcher {
       if (!leaving.empty()) {
         // Keep admission order among the leavers so retire() sees them oldest first.
         std::sort(leaving.begin(), leaving.end(),
-                  [](const Slot* a, const Slot* b) { return a->admit_seq_ < b->admit_seq_; });
+                  [](const Slot* x, const Slot* y) { return x->admit_seq_ < y->admit_seq_; });
         for_each_group(leaving, [&](const std::vector<Slot*>& group) {
           if constexpr (RetiringModel<Model, State>) {
             try {
               model.retire(states_of(group));
             } catch (...) {
               drop(group, "retire", std::current_exception());
-              dropped.insert(dropped.end(), group.begin(), group.end());
               return;
             }
           }
@@ -623,12 +621,7 @@ class StepBatcher {
       const bool did_work = !out.empty() || !joining.empty() || stepped != 0;
       {
         std::lock_guard lock(mutex);
-        if (!dropped.empty() || !leaving.empty()) {
-          std::erase_if(active, [&](Slot* s) {
-            return std::find(dropped.begin(), dropped.end(), s) != dropped.end() ||
-                   std::find(leaving.begin(), leaving.end(), s) != leaving.end();
-          });
-        }
+        if (any_dropped || !leaving.empty()) std::erase_if(active, [](const Slot* s) { return s->leaving_; });
         if (stepped != 0) {
           ++counters.iterations;
           counters.request_steps += stepped;
