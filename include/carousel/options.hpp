@@ -11,6 +11,14 @@ namespace carousel {
 enum class Admission {
   continuous,    ///< join-anytime: a waiting request joins at the next step boundary when there is room
   static_batch,  ///< the classic baseline: wait for a full batch or `batch_timeout`, then run it with no joins
+  /// Continuous, but a waiting request joins a running batch only when the measured step-time curve says it pays:
+  /// with t(b) = a + c*b fitted locally (c = t(b+1) - t(b)), a candidate with r remaining steps joins b running
+  /// requests with remaining r_j when  a * min(r, max r_j) * (1 + waiting behind it)  >=  c * sum_j min(r_j, r)
+  /// — the fixed cost it shares (it and everyone waiting behind it finish sooner) against the per-request cost it adds
+  /// to every running request. Pairing two requests pays exactly when a > c; with a queue it batches for throughput.
+  /// Until two batch sizes are measured it admits like `continuous`. Remaining steps come from `Model::total_steps`
+  /// (without it every request counts as 1).
+  cost_aware,
 };
 
 /// Which waiting request is admitted first.
@@ -43,9 +51,9 @@ struct Options {
   std::chrono::nanoseconds batch_timeout = std::chrono::milliseconds(100);
   /// Admission order of waiting requests.
   Order order = Order::fifo;
-  /// Continuous + priority order only: a waiting request of strictly higher priority than the lowest-priority running
-  /// one suspends it at a step boundary when the batch is full; the suspended request keeps its state and resumes
-  /// later without a second `admit`.
+  /// Continuous or cost-aware admission with priority order only: a waiting request of strictly higher priority than
+  /// the lowest-priority running one suspends it at a step boundary when the batch is full; the suspended request keeps
+  /// its state and resumes later without a second `admit`.
   bool preempt = false;
 };
 

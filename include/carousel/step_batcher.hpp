@@ -163,9 +163,9 @@ class StepBatcher {
 
   static Options validate(const Options& o) {
     if (o.max_batch_size == 0) throw std::invalid_argument("carousel::Options: max_batch_size must be at least 1");
-    if (o.preempt && (o.order != Order::priority || o.admission != Admission::continuous)) {
+    if (o.preempt && (o.order != Order::priority || o.admission == Admission::static_batch)) {
       throw std::invalid_argument(
-          "carousel::Options: preempt needs order = Order::priority and admission = Admission::continuous");
+          "carousel::Options: preempt needs order = Order::priority and continuous or cost-aware admission");
     }
     if (o.order == Order::fewest_remaining && !CountingModel<Model, State>) {
       throw std::invalid_argument("carousel::Options: order = Order::fewest_remaining needs Model::total_steps");
@@ -431,6 +431,7 @@ class StepBatcher {
       while (!queue.empty()) {
         Slot* s = *queue.begin();
         if (!fits(*s, active_cost)) break;
+        if (options.admission == Admission::cost_aware && !worth_joining(*s)) break;
         auto owned = take_queued(s);
         if (!s->admitted_ && s->deadline_ && s->total_steps_ > s->steps_done_) {
           if (const auto t = step_times.predict(active.size() + 1)) {
@@ -455,6 +456,30 @@ class StepBatcher {
         s->control_->set_status(RequestStatus::running);
         insert_active(s);
       }
+    }
+
+    // Admission::cost_aware: whether adding `s` (still at the head of the queue) to the running batch pays.
+    bool worth_joining(const Slot& s) const {
+      if (active.empty()) return true;
+      const std::size_t b = active.size();
+      const auto tb = step_times.predict(b);
+      const auto tb1 = step_times.predict(b + 1);
+      if (!tb || !tb1) return true;  // nothing measured yet: explore
+      const double c = *tb1 - *tb;
+      if (c <= 0) return true;
+      const double a = std::max(0.0, *tb1 - static_cast<double>(b + 1) * c);
+      auto remaining = [](const Slot& x) {
+        return x.total_steps_ > x.steps_done_ ? static_cast<double>(x.total_steps_ - x.steps_done_) : 1.0;
+      };
+      const double r = remaining(s);
+      double longest = 0, overlap = 0;
+      for (const Slot* j : active) {
+        const double rj = remaining(*j);
+        longest = std::max(longest, rj);
+        overlap += std::min(rj, r);
+      }
+      const auto behind = static_cast<double>(queue.size() - 1);
+      return a * std::min(longest, r) * (1 + behind) >= c * overlap;
     }
 
     // Suspends the lowest-priority running requests while a strictly higher-priority one waits and does not fit.

@@ -680,3 +680,50 @@ TEST_CASE("StepBatcher.Thread") {
   }
   batcher.stop();
 }
+
+TEST_CASE("StepBatcher.CostAware") {
+  // t(b) = a + c*b on the virtual clock. Warm-up measures b = 1 and b = 2; then one request runs and others wait.
+  auto run = [](std::chrono::milliseconds a, std::chrono::milliseconds c, int waiting) {
+    ManualClock clock;
+    ToyModel model;
+    model.clock = &clock;
+    model.step_cost = a;
+    model.per_item_cost = c;
+    Batcher batcher{model, {.max_batch_size = 8, .admission = carousel::Admission::cost_aware}, clock};
+    auto w1 = batcher.submit(Job{.total = 3});
+    batcher.step_once();  // measures t(1); with one size known, t(2) is predicted equal: the next request joins
+    auto w2 = batcher.submit(Job{.total = 2});
+    while (batcher.step_once()) {
+    }
+    REQUIRE(batcher.predicted_step_time(1) == a + c);
+    REQUIRE(batcher.predicted_step_time(2) == a + 2 * c);
+    auto running = batcher.submit(Job{.total = 10});
+    batcher.step_once();
+    std::vector<carousel::Ticket<Job>> t;
+    for (int i = 0; i < waiting; ++i)
+      t.push_back(batcher.submit(Job{.total = 10}));
+    batcher.step_once();
+    const std::size_t joined = model.step_sizes.back() - 1;
+    while (batcher.step_once()) {
+    }
+    for (auto& ticket : t)
+      CHECK(ticket.get().done == 10);
+    CHECK(running.get().done == 10);
+    return joined;
+  };
+  // The running request has 9 steps left, each waiter 10: the k-th joiner (b running) needs
+  // a * 9 * (1 + behind) >= c * 9 * b, i.e. 1 + behind >= b * c / a.
+  SUBCASE("linear regime (a < c): one waiter does not join; a long enough queue does, for throughput") {
+    CHECK(run(10ms, 60ms, 1) == 0);
+    CHECK(run(10ms, 60ms, 5) == 0);   // the first of 5 has 4 behind it: 5 < 6
+    CHECK(run(10ms, 60ms, 6) == 1);   // 6 >= 6; the second would need 1 + 4 >= 12
+    CHECK(run(10ms, 60ms, 17) == 2);  // 17 >= 6, 16 >= 12, but not 15 >= 18
+  }
+  SUBCASE("batch-friendly regime (a > c): joins at once, up to 1 + a/c = 6 without a queue") {
+    CHECK(run(50ms, 10ms, 1) == 1);
+    CHECK(run(50ms, 10ms, 7) == 6);
+  }
+  SUBCASE("balanced regime: pairs, but does not grow the batch without a queue") {
+    CHECK(run(20ms, 15ms, 1) == 1);
+  }
+}

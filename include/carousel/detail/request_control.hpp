@@ -118,7 +118,9 @@ class RequestControl final : public RequestControlBase {
   State take() {
     std::unique_lock lock(mutex_);
     cv_.wait(lock, [&] { return ready_; });
-    if (error_) std::rethrow_exception(error_);
+    // The exception leaves the shared state, so its last owner is the thread that handles it (the batcher may drop
+    // its reference to this state at any time).
+    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
     return std::move(*value_);
   }
 
