@@ -240,7 +240,13 @@ class StepBatcher {
     observer_type observer;
     Stats counters;
     double occupancy_sum = 0;
-    detail::StepTimeModel step_times;
+    detail::StepTimeModel step_times;    // model time of an iteration by batch size
+    detail::StepTimeModel retire_times;  // time of a retire() call by number of leavers
+    std::vector<Slot*> held;  // finished, retire() deferred (cost_aware); written only by the driver, under the mutex
+    std::optional<time_point> last_submit;
+    double mean_gap = -1;    // running mean of the time between submits, seconds
+    double mean_steps = -1;  // running mean of total_steps at submit
+    std::uint64_t gaps_seen = 0;
     std::mutex drive_mutex;  // one iteration at a time
 
     // Scratch of the driver (guarded by drive_mutex).
@@ -280,6 +286,16 @@ class StepBatcher {
       slot->seq_ = next_seq++;
       if constexpr (keyed) slot->group_ = key_index(key);
       slot->control_ = control;
+      // Running means (plain averages until there are 1/arrival_weight samples, then exponential).
+      if (last_submit) {
+        ++gaps_seen;
+        const double w = std::max(arrival_weight, 1.0 / static_cast<double>(gaps_seen));
+        mean_gap = mean_gap < 0 ? seconds(now - *last_submit) : mean_gap + w * (seconds(now - *last_submit) - mean_gap);
+      }
+      last_submit = now;
+      const double steps = total ? static_cast<double>(total) : 1.0;
+      const double ws = std::max(arrival_weight, 1.0 / static_cast<double>(next_seq));
+      mean_steps = mean_steps < 0 ? steps : mean_steps + ws * (steps - mean_steps);
       control->target = std::weak_ptr<detail::CancelTarget>(this->weak_from_this());
       control->queued_entry = slot.get();
       if (slot->deadline_ && (!earliest_queued_deadline || *slot->deadline_ < *earliest_queued_deadline)) {
@@ -291,6 +307,8 @@ class StepBatcher {
       wake.notify_one();
       return Ticket<State>(std::move(control));
     }
+
+    static constexpr double arrival_weight = 0.05;
 
     std::size_t key_index(const Key& key) {
       for (std::size_t i = 0; i < keys.size(); ++i) {
@@ -329,7 +347,7 @@ class StepBatcher {
       std::lock_guard lock(mutex);
       Stats s = counters;
       s.queue_depth = queue.size();
-      s.active = active.size();
+      s.active = active.size() + held.size();
       s.mean_batch_size = s.iterations ? static_cast<double>(s.request_steps) / static_cast<double>(s.iterations) : 0.0;
       s.mean_occupancy = s.iterations ? occupancy_sum / static_cast<double>(s.iterations) : 0.0;
       return s;
@@ -413,6 +431,11 @@ class StepBatcher {
         return false;
       });
       if (cancel_all) {
+        for (Slot* s : held) {
+          ++counters.cancelled;
+          fail(out, std::unique_ptr<Slot>(s), Errc::cancelled, "the batcher was stopped");
+        }
+        held.clear();
         while (!queue.empty()) {
           ++counters.cancelled;
           fail(out, take_queued(*queue.begin()), Errc::cancelled, "the batcher was stopped");
@@ -428,10 +451,14 @@ class StepBatcher {
 
       if (options.admission == Admission::static_batch && !(active.empty() && static_batch_ready(now))) return;
 
+      std::optional<std::size_t> target;  // cost_aware: the load-aware batch size, computed when first needed
       while (!queue.empty()) {
         Slot* s = *queue.begin();
         if (!fits(*s, active_cost)) break;
-        if (options.admission == Admission::cost_aware && !worth_joining(*s)) break;
+        if (options.admission == Admission::cost_aware && !worth_joining(*s)) {
+          if (!target) target = target_batch_size();
+          if (active.size() >= *target) break;
+        }
         auto owned = take_queued(s);
         if (!s->admitted_ && s->deadline_ && s->total_steps_ > s->steps_done_) {
           if (const auto t = step_times.predict(active.size() + 1)) {
@@ -480,6 +507,49 @@ class StepBatcher {
       }
       const auto behind = static_cast<double>(queue.size() - 1);
       return a * std::min(longest, r) * (1 + behind) >= c * overlap;
+    }
+
+    // Admission::cost_aware: the batch size that minimises the predicted latency at the measured arrival rate,
+    // n*t(b) + W_q(b), with W_q the M/M/1 wait at service rate b / (n*t(b) + d(b)) (n: mean steps, d: retire time).
+    // 0 while the arrival rate is unknown; max_batch_size when no size keeps up with the arrivals.
+    std::size_t target_batch_size() const {
+      if (mean_gap <= 0 || mean_steps <= 0) return 0;
+      const double lambda = 1.0 / mean_gap;
+      double best = std::numeric_limits<double>::infinity();
+      std::size_t best_b = options.max_batch_size;
+      for (std::size_t b = 1; b <= options.max_batch_size; ++b) {
+        const auto t = step_times.predict(b);
+        if (!t) return 0;
+        const double service = mean_steps * *t + retire_times.predict(b).value_or(0.0);
+        const double mu = static_cast<double>(b) / service;
+        if (lambda >= mu) continue;
+        const double latency = mean_steps * *t + (lambda / mu) / (mu - lambda);
+        if (latency < best) {
+          best = latency;
+          best_b = b;
+        }
+      }
+      return best_b;
+    }
+
+    // Admission::cost_aware: whether to hold this iteration's finished requests (k in all, with those held before) for
+    // one more iteration so that their retire() merges with that of the m requests that finish in the next one.
+    // Holding saves d(k) + d(m) - d(k+m) of loop time for every request still running or waiting, and costs each held
+    // request one iteration t(b).
+    bool hold_retirement(std::size_t k, const std::vector<Slot*>& running) const {
+      if (options.admission != Admission::cost_aware || k == 0 || running.empty()) return false;
+      std::size_t m = 0;
+      for (const Slot* s : running)
+        m += (s->total_steps_ > s->steps_done_ && s->total_steps_ - s->steps_done_ == 1);
+      if (m == 0) return false;
+      std::lock_guard lock(mutex);
+      if (stop_requested) return false;
+      const auto dk = retire_times.predict(k), dm = retire_times.predict(m), dkm = retire_times.predict(k + m);
+      const auto t = step_times.predict(running.size());
+      if (!dk || !dm || !dkm || !t) return false;
+      const double saving = *dk + *dm - *dkm;
+      const auto others = static_cast<double>(running.size() + queue.size());
+      return saving * others > static_cast<double>(k) * *t;
     }
 
     // Suspends the lowest-priority running requests while a strictly higher-priority one waits and does not fit.
@@ -537,6 +607,7 @@ class StepBatcher {
       std::vector<Outcome> out;
       std::vector<Slot*> joining;
       std::vector<Slot*> batch;
+      std::vector<Slot*> held_now;  // finished earlier, retire() deferred
       observer_type obs;
       std::uint64_t index = 0;
       const time_point now = clock.now();
@@ -544,6 +615,7 @@ class StepBatcher {
         std::lock_guard lock(mutex);
         prepare(now, out, joining);
         batch = active;
+        held_now = held;
         obs = observer;
         index = counters.iterations;
       }
@@ -625,28 +697,52 @@ class StepBatcher {
         });
       }
 
-      if (!leaving.empty()) {
+      // Retire this iteration's finished requests together with any held from earlier ones, unless cost-aware
+      // retirement holds them all one more iteration.
+      std::vector<Slot*> retiring = held_now;
+      retiring.insert(retiring.end(), leaving.begin(), leaving.end());
+      bool hold = false;
+      std::vector<std::pair<std::size_t, double>> retire_measured;
+      if constexpr (RetiringModel<Model, State>) {
+        if (!retiring.empty() && options.admission == Admission::cost_aware) {
+          std::vector<Slot*> running;
+          for (Slot* s : batch) {
+            if (!s->leaving_) running.push_back(s);
+          }
+          hold = hold_retirement(retiring.size(), running);
+        }
+      }
+      if (!hold && !retiring.empty()) {
         // Keep admission order among the leavers so retire() sees them oldest first.
-        std::sort(leaving.begin(), leaving.end(),
+        std::sort(retiring.begin(), retiring.end(),
                   [](const Slot* x, const Slot* y) { return x->admit_seq_ < y->admit_seq_; });
-        for_each_group(leaving, [&](const std::vector<Slot*>& group) {
+        for_each_group(retiring, [&](const std::vector<Slot*>& group) {
           if constexpr (RetiringModel<Model, State>) {
+            const time_point t0 = clock.now();
             try {
               model.retire(states_of(group));
             } catch (...) {
               drop(group, "retire", std::current_exception());
               return;
             }
+            retire_measured.emplace_back(group.size(), seconds(clock.now() - t0));
           }
           for (Slot* s : group)
             out.push_back(Outcome{std::unique_ptr<Slot>(s), std::nullopt, nullptr});
         });
       }
 
-      const bool did_work = !out.empty() || !joining.empty() || stepped != 0;
+      const bool did_work = !out.empty() || !joining.empty() || stepped != 0 || hold;
       {
         std::lock_guard lock(mutex);
         if (any_dropped || !leaving.empty()) std::erase_if(active, [](const Slot* s) { return s->leaving_; });
+        if (hold) {
+          held.insert(held.end(), leaving.begin(), leaving.end());
+        } else {
+          held.clear();
+        }
+        for (const auto& [k, sec] : retire_measured)
+          retire_times.record(k, sec);
         if (stepped != 0) {
           ++counters.iterations;
           counters.request_steps += stepped;
@@ -686,7 +782,7 @@ class StepBatcher {
       return t;
     }
 
-    bool idle() const { return queue.empty() && active.empty(); }
+    bool idle() const { return queue.empty() && active.empty() && held.empty(); }
 
     void run() {
       for (;;) {

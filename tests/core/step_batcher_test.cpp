@@ -683,7 +683,8 @@ TEST_CASE("StepBatcher.Thread") {
 
 TEST_CASE("StepBatcher.CostAware") {
   // t(b) = a + c*b on the virtual clock. Warm-up measures b = 1 and b = 2; then one request runs and others wait.
-  auto run = [](std::chrono::milliseconds a, std::chrono::milliseconds c, int waiting) {
+  // `gap` is the virtual time between submits: it sets the arrival rate the batcher measures.
+  auto run = [](std::chrono::milliseconds a, std::chrono::milliseconds c, int waiting, std::chrono::milliseconds gap) {
     ManualClock clock;
     ToyModel model;
     model.clock = &clock;
@@ -692,16 +693,20 @@ TEST_CASE("StepBatcher.CostAware") {
     Batcher batcher{model, {.max_batch_size = 8, .admission = carousel::Admission::cost_aware}, clock};
     auto w1 = batcher.submit(Job{.total = 3});
     batcher.step_once();  // measures t(1); with one size known, t(2) is predicted equal: the next request joins
+    clock.advance(gap);
     auto w2 = batcher.submit(Job{.total = 2});
     while (batcher.step_once()) {
     }
     REQUIRE(batcher.predicted_step_time(1) == a + c);
     REQUIRE(batcher.predicted_step_time(2) == a + 2 * c);
+    clock.advance(gap);
     auto running = batcher.submit(Job{.total = 10});
     batcher.step_once();
     std::vector<carousel::Ticket<Job>> t;
-    for (int i = 0; i < waiting; ++i)
+    for (int i = 0; i < waiting; ++i) {
+      clock.advance(gap);
       t.push_back(batcher.submit(Job{.total = 10}));
+    }
     batcher.step_once();
     const std::size_t joined = model.step_sizes.back() - 1;
     while (batcher.step_once()) {
@@ -711,19 +716,69 @@ TEST_CASE("StepBatcher.CostAware") {
     CHECK(running.get().done == 10);
     return joined;
   };
-  // The running request has 9 steps left, each waiter 10: the k-th joiner (b running) needs
-  // a * 9 * (1 + behind) >= c * 9 * b, i.e. 1 + behind >= b * c / a.
+  // Rare arrivals (one per 1000 s): the marginal rule alone decides. The running request has 9 steps left, each
+  // waiter 10: the k-th joiner (b running) needs a * 9 * (1 + behind) >= c * 9 * b, i.e. 1 + behind >= b * c / a.
+  const auto rare = std::chrono::milliseconds(1000000);
   SUBCASE("linear regime (a < c): one waiter does not join; a long enough queue does, for throughput") {
-    CHECK(run(10ms, 60ms, 1) == 0);
-    CHECK(run(10ms, 60ms, 5) == 0);   // the first of 5 has 4 behind it: 5 < 6
-    CHECK(run(10ms, 60ms, 6) == 1);   // 6 >= 6; the second would need 1 + 4 >= 12
-    CHECK(run(10ms, 60ms, 17) == 2);  // 17 >= 6, 16 >= 12, but not 15 >= 18
+    CHECK(run(10ms, 60ms, 1, rare) == 0);
+    CHECK(run(10ms, 60ms, 5, rare) == 0);   // the first of 5 has 4 behind it: 5 < 6
+    CHECK(run(10ms, 60ms, 6, rare) == 1);   // 6 >= 6; the second would need 1 + 4 >= 12
+    CHECK(run(10ms, 60ms, 17, rare) == 2);  // 17 >= 6, 16 >= 12, but not 15 >= 18
   }
   SUBCASE("batch-friendly regime (a > c): joins at once, up to 1 + a/c = 6 without a queue") {
-    CHECK(run(50ms, 10ms, 1) == 1);
-    CHECK(run(50ms, 10ms, 7) == 6);
+    CHECK(run(50ms, 10ms, 1, rare) == 1);
+    CHECK(run(50ms, 10ms, 7, rare) == 6);
   }
   SUBCASE("balanced regime: pairs, but does not grow the batch without a queue") {
-    CHECK(run(20ms, 15ms, 1) == 1);
+    CHECK(run(20ms, 15ms, 1, rare) == 1);
+  }
+  SUBCASE("heavy load: the measured arrival rate raises the batch size to keep up") {
+    // One arrival per 0.6 s, ~7.5 steps per request on average: batch 1 serves 1.9 requests/s (rho 0.88, M/M/1 wait
+    // 3.8 s, latency 4.3 s), batch 2 serves 2.05/s (rho 0.81, wait 2.1 s, latency 3.1 s): the target is 2.
+    const std::size_t joined = run(10ms, 60ms, 3, 600ms);
+    CHECK(joined >= 1);
+    CHECK(run(10ms, 60ms, 3, rare) == 0);
+  }
+}
+
+TEST_CASE("StepBatcher.CostAware.Retirement") {
+  ManualClock clock;
+  ToyModel model;
+  model.clock = &clock;
+  model.step_cost = 10ms;
+  model.per_item_cost = 10ms;
+  model.retire_cost = 100ms;  // a decode with a large fixed part
+  Batcher batcher{model, {.max_batch_size = 8, .admission = carousel::Admission::cost_aware}, clock};
+  // Warm-up: retire() of 2 and of 1 measured (nothing else runs, so nothing is held).
+  auto w1 = batcher.submit(Job{.total = 2});
+  auto w2 = batcher.submit(Job{.total = 2});
+  while (batcher.step_once()) {
+  }
+  auto w3 = batcher.submit(Job{.total = 1});
+  while (batcher.step_once()) {
+  }
+  REQUIRE(model.retire_sizes == std::vector<std::size_t>{2, 1});
+  SUBCASE("a request finishing one step before another is held so both retire in one call") {
+    auto a = batcher.submit(Job{.total = 5});
+    auto b = batcher.submit(Job{.total = 6});
+    for (int i = 0; i < 5; ++i)
+      batcher.step_once();
+    CHECK_FALSE(a.ready());  // held: retiring now would cost b a 100 ms fixed decode, holding costs a one 30 ms step
+    CHECK(batcher.stats().active == 2);
+    batcher.step_once();
+    CHECK(a.ready());
+    CHECK(b.ready());
+    CHECK(model.retire_sizes.back() == 2);
+    CHECK(a.get().done == 5);
+  }
+  SUBCASE("nothing finishing next: retire at once") {
+    auto a = batcher.submit(Job{.total = 5});
+    auto b = batcher.submit(Job{.total = 9});
+    for (int i = 0; i < 5; ++i)
+      batcher.step_once();
+    CHECK(a.ready());
+    while (batcher.step_once()) {
+    }
+    CHECK(model.retire_sizes == std::vector<std::size_t>{2, 1, 1, 1});
   }
 }

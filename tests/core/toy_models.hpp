@@ -34,6 +34,7 @@ struct ToyModel {
   ManualClock* clock = nullptr;
   std::chrono::nanoseconds step_cost{0};      // fixed part of a step on the manual clock
   std::chrono::nanoseconds per_item_cost{0};  // per request in the step
+  std::chrono::nanoseconds retire_cost{0};    // fixed part of a retire() call on the manual clock
 
   void step(std::span<Job* const> batch) {
     std::vector<int> keys;
@@ -62,6 +63,7 @@ struct ToyModel {
   }
   void retire(std::span<Job* const> leaving) {
     retire_sizes.push_back(leaving.size());
+    if (clock) clock->advance(retire_cost);
     for (Job* j : leaving) {
       if (j->poison_retire) throw std::invalid_argument("poisoned retire");
     }
