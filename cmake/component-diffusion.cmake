@@ -8,4 +8,6 @@ add_library(carousel::diffusion ALIAS carousel_diffusion)
 set_target_properties(carousel_diffusion PROPERTIES EXPORT_NAME diffusion)
 target_sources(carousel_diffusion INTERFACE FILE_SET HEADERS BASE_DIRS include FILES ${CAROUSEL_DIFFUSION_HEADERS})
 target_link_libraries(carousel_diffusion INTERFACE carousel nlohmann_json::nlohmann_json)
+# The samplers reproduce torch's float32 arithmetic bit for bit: a fused multiply-add would round differently.
+target_compile_options(carousel_diffusion INTERFACE $<$<COMPILE_LANG_AND_ID:CXX,GNU,Clang>:-ffp-contract=off>)
 list(APPEND CAROUSEL_EXPORTED_TARGETS carousel_diffusion)
