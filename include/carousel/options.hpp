@@ -19,8 +19,8 @@ enum class Admission {
   /// Besides, it admits up to the load-aware batch size b* that minimises the predicted latency n*t(b) + W_q(b) at
   /// the measured arrival rate (W_q: the M/M/1 wait at service rate b / (n*t(b) + d(b)), n the mean step count, d
   /// the measured retire() time), so that it keeps up with heavy load. And it batches retirement: a finished request
-  /// may be held a few iterations when merging its `retire()` with that of requests finishing in the next iteration
-  /// saves more loop time for everyone still running or waiting than it costs the held request.
+  /// may be held until the next running requests finish when merging its `retire()` with theirs saves more loop time
+  /// for everyone still running or waiting than the wait costs the held request.
   /// Until two batch sizes are measured it admits like `continuous`. Remaining steps come from `Model::total_steps`
   /// (without it every request counts as 1).
   cost_aware,

@@ -532,15 +532,22 @@ class StepBatcher {
       return best_b;
     }
 
-    // Admission::cost_aware: whether to hold this iteration's finished requests (k in all, with those held before) for
-    // one more iteration so that their retire() merges with that of the m requests that finish in the next one.
-    // Holding saves d(k) + d(m) - d(k+m) of loop time for every request still running or waiting, and costs each held
-    // request one iteration t(b).
+    // Admission::cost_aware: whether to hold the finished requests (k in all, with those held before) until the next
+    // running requests finish (m of them, r iterations from now) so that one retire() serves them all. Merging saves
+    // d(k) + d(m) - d(k+m) of loop time for every request still running or waiting, and costs each held request r
+    // iterations of t(b). The decision is taken again every iteration.
     bool hold_retirement(std::size_t k, const std::vector<Slot*>& running) const {
       if (options.admission != Admission::cost_aware || k == 0 || running.empty()) return false;
-      std::size_t m = 0;
-      for (const Slot* s : running)
-        m += (s->total_steps_ > s->steps_done_ && s->total_steps_ - s->steps_done_ == 1);
+      std::size_t r = std::numeric_limits<std::size_t>::max(), m = 0;
+      for (const Slot* s : running) {
+        if (s->total_steps_ <= s->steps_done_) continue;
+        const std::size_t left = s->total_steps_ - s->steps_done_;
+        if (left < r) {
+          r = left;
+          m = 0;
+        }
+        m += left == r;
+      }
       if (m == 0) return false;
       std::lock_guard lock(mutex);
       if (stop_requested) return false;
@@ -549,7 +556,7 @@ class StepBatcher {
       if (!dk || !dm || !dkm || !t) return false;
       const double saving = *dk + *dm - *dkm;
       const auto others = static_cast<double>(running.size() + queue.size());
-      return saving * others > static_cast<double>(k) * *t;
+      return saving * others > static_cast<double>(k) * static_cast<double>(r) * *t;
     }
 
     // Suspends the lowest-priority running requests while a strictly higher-priority one waits and does not fit.

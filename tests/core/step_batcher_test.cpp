@@ -771,9 +771,19 @@ TEST_CASE("StepBatcher.CostAware.Retirement") {
     CHECK(model.retire_sizes.back() == 2);
     CHECK(a.get().done == 5);
   }
-  SUBCASE("nothing finishing next: retire at once") {
+  SUBCASE("held across several iterations while the next finisher is near enough") {
     auto a = batcher.submit(Job{.total = 5});
-    auto b = batcher.submit(Job{.total = 9});
+    auto b = batcher.submit(Job{.total = 7});  // 2 iterations after a: 100 ms saved > 2 x 30 ms waited
+    for (int i = 0; i < 6; ++i)
+      batcher.step_once();
+    CHECK_FALSE(a.ready());
+    batcher.step_once();
+    CHECK(a.ready());
+    CHECK(model.retire_sizes.back() == 2);
+  }
+  SUBCASE("the next finisher too far away: retire at once") {
+    auto a = batcher.submit(Job{.total = 5});
+    auto b = batcher.submit(Job{.total = 20});  // 15 iterations: 100 ms saved < 15 x 20 ms waited
     for (int i = 0; i < 5; ++i)
       batcher.step_once();
     CHECK(a.ready());
