@@ -1,0 +1,375 @@
+// carousel-bench-serving — the serving benchmark (issue 8).
+//
+// Drives the real StepBatcher with a model whose step costs t(b) = a + c*b (or a measured table) and whose retire
+// (VAE decode) costs d(b), and compares batching modes over cost regimes, loads and workloads.
+//
+//   carousel-bench-serving                       the simulation grid (virtual time, deterministic, well under a minute)
+//   carousel-bench-serving --wallclock           simulation vs wall clock on scaled regimes (real sleeps, ~1 minute)
+//
+// Options:
+//   --csv PATH             where the grid's CSV goes (default: <build folder>/serving.csv, or serving-wallclock.csv)
+//   --curve PATH           add a "measured" regime from a CSV with header batch_size,step_ms (decode: --decode-factor)
+//   --requests N           requests per open-loop run (default 2000)
+//   --seed S               workload seed (default 1)
+//   --decode-factor F      VAE decode of b requests costs F x t(b) (default 2)
+//   --policy NAME          carousel's recommended mode for the summary line (default cost_aware)
+//   --decode-off-loop      the decode runs on its own worker, not on the step loop (simulation only)
+//   --carousel-max-batch N max_batch_size of the continuous modes (default 8, like static and dynamic batching)
+//   --wall-requests N      --wallclock: requests per point (default 150)
+//   --wall-modes M@X,...   --wallclock: the modes compared, each on the balanced regime's costs (and static timeout)
+//                          scaled by X (default static@0.05,continuous@0.05,cost_aware@0.05; a policy that reads
+//                          the measured step times may need steps long against the OS's wake-up jitter)
+//
+// The last line printed is the summary: carousel's policy over static batching (ratios of mean and p99 latency) at 50%
+// and 90% load of the balanced regime, the worst over every regime and load, and the throughput ratio at saturation.
+#include "serving_sim.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifndef CAROUSEL_SERVING_OUT_DIR
+#define CAROUSEL_SERVING_OUT_DIR "."
+#endif
+
+namespace {
+
+using namespace carousel::bench;
+
+struct Cli {
+  std::string csv;
+  std::string curve;
+  std::size_t requests = 2000;
+  std::uint64_t seed = 1;
+  double decode_factor = 2.0;
+  std::string policy = "cost_aware";
+  std::size_t carousel_max_batch = 8;
+  bool decode_off_loop = false;
+  bool wallclock = false;
+  std::size_t wall_requests = 150;
+  std::string wall_modes = "static@0.05,continuous@0.05,cost_aware@0.05";
+};
+
+Cli parse(int argc, char** argv) {
+  Cli cli;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument(arg + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "--csv") {
+      cli.csv = value();
+    } else if (arg == "--curve") {
+      cli.curve = value();
+    } else if (arg == "--requests") {
+      cli.requests = std::stoul(value());
+    } else if (arg == "--seed") {
+      cli.seed = std::stoull(value());
+    } else if (arg == "--decode-factor") {
+      cli.decode_factor = std::stod(value());
+    } else if (arg == "--policy") {
+      cli.policy = value();
+    } else if (arg == "--carousel-max-batch") {
+      cli.carousel_max_batch = std::stoul(value());
+    } else if (arg == "--wall-requests") {
+      cli.wall_requests = std::stoul(value());
+    } else if (arg == "--wall-modes") {
+      cli.wall_modes = value();
+    } else if (arg == "--decode-off-loop") {
+      cli.decode_off_loop = true;
+    } else if (arg == "--wallclock") {
+      cli.wallclock = true;
+    } else {
+      throw std::invalid_argument("unknown argument " + arg + " (see the comment at the top of bench_serving.cpp)");
+    }
+  }
+  if (cli.csv.empty())
+    cli.csv = std::string(CAROUSEL_SERVING_OUT_DIR) + (cli.wallclock ? "/serving-wallclock.csv" : "/serving.csv");
+  return cli;
+}
+
+// One workload family of the grid; `loads` are fractions of the static-batching saturation throughput.
+struct Family {
+  std::string name;
+  Pattern pattern;
+  std::vector<std::size_t> step_mix;
+  int keys;
+  std::vector<double> loads;  // empty: closed loop / backlog (no load axis)
+  std::size_t burst_size = 12;
+};
+
+struct Row {
+  std::string regime, workload;
+  double load;  // fraction of static saturation; -1: none (closed loop, saturated)
+  std::string mode, cls;
+  Summary s;
+  double mean_ratio = 0, p99_ratio = 0, throughput_ratio = 0;  // vs static, same regime/workload/load/class
+};
+
+std::string load_label(double load) {
+  if (load < 0) return "-";
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%.0f%%", load * 100);
+  return buf;
+}
+
+void add_rows(std::vector<Row>& rows, const std::string& regime_name, const std::string& family, double load,
+              const std::string& mode, const RunResult& r, const Regime& regime) {
+  rows.push_back({regime_name, family, load, mode, "all", summarize(r, regime)});
+  rows.push_back({regime_name, family, load, mode, "high",
+                  summarize(r, regime, [](const Record& x) { return x.arrival.priority > 0; })});
+  rows.push_back({regime_name, family, load, mode, "low",
+                  summarize(r, regime, [](const Record& x) { return x.arrival.priority == 0; })});
+}
+
+void fill_ratios(std::vector<Row>& rows) {
+  std::map<std::string, const Row*> base;
+  auto key = [](const Row& r) { return r.regime + "|" + r.workload + "|" + load_label(r.load) + "|" + r.cls; };
+  for (const Row& r : rows)
+    if (r.mode == "static") base[key(r)] = &r;
+  for (Row& r : rows) {
+    const auto it = base.find(key(r));
+    if (it == base.end() || it->second->s.count == 0 || r.s.count == 0) continue;
+    r.mean_ratio = r.s.mean / it->second->s.mean;
+    r.p99_ratio = r.s.p99 / it->second->s.p99;
+    r.throughput_ratio = r.s.throughput / it->second->s.throughput;
+  }
+}
+
+void write_csv(const std::string& path, const std::vector<Row>& rows) {
+  std::ofstream out(path);
+  if (!out) throw std::runtime_error("cannot write " + path);
+  out << "regime,workload,load,mode,class,count,mean_s,p50_s,p90_s,p99_s,max_s,slowdown_mean,slowdown_p99,"
+         "wait_mean_s,wait_p99_s,throughput_rps,occupancy,busy,decode_share,decode_batch,mean_vs_static,p99_vs_static,"
+         "throughput_vs_static\n";
+  for (const Row& r : rows) {
+    const Summary& s = r.s;
+    out << r.regime << ',' << r.workload << ',' << (r.load < 0 ? std::string() : std::to_string(r.load)) << ','
+        << r.mode << ',' << r.cls << ',' << s.count << ',' << s.mean << ',' << s.p50 << ',' << s.p90 << ',' << s.p99
+        << ',' << s.max << ',' << s.slowdown_mean << ',' << s.slowdown_p99 << ',' << s.wait_mean << ',' << s.wait_p99
+        << ',' << s.throughput << ',' << s.occupancy << ',' << s.busy << ',' << s.decode_share << ',' << s.decode_batch
+        << ',' << r.mean_ratio << ',' << r.p99_ratio << ',' << r.throughput_ratio << '\n';
+  }
+}
+
+void print_table(const std::vector<Row>& rows, const std::string& regime, const std::string& workload) {
+  std::printf(
+      "\n## %s / %s   (times in seconds; dec = decode share of model time, d/cl = requests per decode call, "
+      "x/st = ratio to static batching)\n",
+      regime.c_str(), workload.c_str());
+  std::printf("%-5s %-19s %8s %8s %8s %8s %6s %7s %7s %5s %5s %5s %5s %6s %6s\n", "load", "mode", "mean", "p50", "p90",
+              "p99", "slow", "wait", "thr/s", "occ", "busy", "dec", "d/cl", "mn/st", "p99/st");
+  for (const Row& r : rows) {
+    if (r.regime != regime || r.workload != workload) continue;
+    if (r.cls != "all" && r.mode != "preempt") continue;
+    const std::string mode = r.cls == "all" ? r.mode : r.mode + ":" + r.cls;
+    const Summary& s = r.s;
+    std::printf("%-5s %-19s %8.3f %8.3f %8.3f %8.3f %6.2f %7.3f %7.2f %5.2f %5.2f %5.2f %5.2f %6.2f %6.2f\n",
+                load_label(r.load).c_str(), mode.c_str(), s.mean, s.p50, s.p90, s.p99, s.slowdown_mean, s.wait_mean,
+                s.throughput, s.occupancy, s.busy, s.decode_share, s.decode_batch, r.mean_ratio, r.p99_ratio);
+  }
+}
+
+const Row& find_row(const std::vector<Row>& rows, const std::string& regime, const std::string& workload, double load,
+                    const std::string& mode) {
+  for (const Row& r : rows) {
+    if (r.regime == regime && r.workload == workload && r.mode == mode && r.cls == "all" &&
+        load_label(r.load) == load_label(load))
+      return r;
+  }
+  throw std::runtime_error("no row " + regime + "/" + workload + "/" + load_label(load) + "/" + mode);
+}
+
+Workload workload_of(const Family& f, const Cli& cli, double rate) {
+  Workload w;
+  w.pattern = f.pattern;
+  w.rate = rate;
+  w.requests = f.pattern == Pattern::closed_loop ? cli.requests / 4 : cli.requests;
+  w.step_mix = f.step_mix;
+  w.keys = f.keys;
+  w.burst_size = f.burst_size;
+  w.seed = cli.seed;
+  return w;
+}
+
+// Static batching's saturation throughput for a workload family: full batches back to back (a backlog).
+double static_saturation(const Regime& regime, const Family& f, const Cli& cli, const carousel::Options& static_mode) {
+  Family backlog = f;
+  backlog.pattern = Pattern::backlog;
+  Workload w = workload_of(backlog, cli, 1.0);
+  w.requests = 800;
+  return summarize(simulate(regime, static_mode, w), regime).throughput;
+}
+
+int run_grid(const Cli& cli) {
+  std::vector<Regime> regimes = {Regime::linear("linear", 10, 60, cli.decode_factor),
+                                 Regime::linear("balanced", 20, 15, cli.decode_factor),
+                                 Regime::linear("batch_friendly", 50, 10, cli.decode_factor)};
+  if (!cli.curve.empty()) {
+    const carousel::bench::CostCurve measured = CostCurve::from_csv(cli.curve);
+    regimes.push_back(Regime{"measured", measured, measured.scaled(cli.decode_factor)});
+  }
+  for (Regime& r : regimes)
+    r.decode_off_loop = cli.decode_off_loop;
+  const std::vector<double> all_loads = {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0};
+  const std::vector<Family> families = {
+      {"poisson", Pattern::poisson, {30}, 1, all_loads},
+      {"poisson_mixed_steps", Pattern::poisson, {20, 30, 50}, 1, {0.5, 0.9}},
+      {"poisson_two_res", Pattern::poisson, {30}, 2, {0.5, 0.9}},
+      {"poisson_mixed_two_res", Pattern::poisson, {20, 30, 50}, 2, {0.5, 0.9}},
+      {"burst12_mixed_steps", Pattern::burst, {20, 30, 50}, 1, {0.5, 0.9}},
+      {"closed_loop_8_users", Pattern::closed_loop, {30}, 1, {}},
+      {"saturated", Pattern::backlog, {30}, 1, {}},
+      {"saturated_mixed_two_res", Pattern::backlog, {20, 30, 50}, 2, {}},
+  };
+  std::vector<Mode> mode_list = modes(8);
+  for (Mode& m : mode_list) {
+    if (m.options.admission != carousel::Admission::static_batch) m.options.max_batch_size = cli.carousel_max_batch;
+  }
+
+  std::vector<Row> rows;
+  std::map<std::string, double> saturation;  // regime|family -> requests/s
+  for (const Regime& regime : regimes) {
+    for (const Family& f : families) {
+      const double sat = static_saturation(regime, f, cli, mode_list.front().options);
+      saturation[regime.name + "|" + f.name] = sat;
+      const std::vector<double> loads = f.loads.empty() ? std::vector<double>{-1.0} : f.loads;
+      for (double load : loads) {
+        Workload w = workload_of(f, cli, load > 0 ? load * sat : 1.0);
+        if (f.pattern == Pattern::backlog) w.requests = 800;
+        for (const Mode& m : mode_list) {
+          add_rows(rows, regime.name, f.name, load, m.name, simulate(regime, m.options, w), regime);
+        }
+      }
+    }
+  }
+  fill_ratios(rows);
+  write_csv(cli.csv, rows);
+
+  std::printf(
+      "carousel-bench-serving: simulation grid, max_batch_size 8 (static, dynamic) and %zu (continuous modes), %zu "
+      "requests per open-loop run, seed %llu, decode d(b) = %.2f x t(b) %s\n",
+      cli.carousel_max_batch, cli.requests, static_cast<unsigned long long>(cli.seed), cli.decode_factor,
+      cli.decode_off_loop ? "on its own worker" : "on the step loop");
+  std::printf("static saturation throughput (req/s):");
+  for (const auto& [k, v] : saturation)
+    std::printf(" %s=%.3f", k.c_str(), v);
+  std::printf("\n");
+  for (const Regime& regime : regimes)
+    for (const Family& f : families)
+      print_table(rows, regime.name, f.name);
+  std::printf("\nCSV: %s\n", cli.csv.c_str());
+
+  // Worst over every regime and load of the main grid (Poisson, 30 steps, one resolution), and over every workload.
+  double worst_mean = 0, worst_p99 = 0, worst_all_mean = 0, worst_all_p99 = 0;
+  std::string worst_mean_at, worst_p99_at;
+  for (const Row& r : rows) {
+    if (r.mode != cli.policy || r.cls != "all" || r.load < 0) continue;
+    worst_all_mean = std::max(worst_all_mean, r.mean_ratio);
+    worst_all_p99 = std::max(worst_all_p99, r.p99_ratio);
+    if (r.workload != "poisson") continue;
+    if (r.mean_ratio > worst_mean) {
+      worst_mean = r.mean_ratio;
+      worst_mean_at = r.regime + " " + load_label(r.load);
+    }
+    if (r.p99_ratio > worst_p99) {
+      worst_p99 = r.p99_ratio;
+      worst_p99_at = r.regime + " " + load_label(r.load);
+    }
+  }
+  std::printf(
+      "worst (poisson grid): mean %.2f at %s, p99 %.2f at %s; worst over all open-loop workloads: mean %.2f "
+      "p99 %.2f\n",
+      worst_mean, worst_mean_at.c_str(), worst_p99, worst_p99_at.c_str(), worst_all_mean, worst_all_p99);
+  const Row& b50 = find_row(rows, "balanced", "poisson", 0.5, cli.policy);
+  const Row& b90 = find_row(rows, "balanced", "poisson", 0.9, cli.policy);
+  const Row& sat = find_row(rows, "balanced", "saturated", -1, cli.policy);
+  std::printf(
+      "summary: balanced 50%% mean=%.2f p99=%.2f; balanced 90%% mean=%.2f p99=%.2f; worst mean=%.2f p99=%.2f; "
+      "saturated throughput=%.2f\n",
+      b50.mean_ratio, b50.p99_ratio, b90.mean_ratio, b90.p99_ratio, worst_mean, worst_p99, sat.throughput_ratio);
+  return 0;
+}
+
+// Simulation vs wall clock on scaled copies of the balanced regime (a = 20x ms, c = 15x ms, decode 2 x t(b), static
+// timeout 0.3x s), one scale x per mode (`--wall-modes mode@x,...`).
+int run_wallclock_check(const Cli& cli) {
+  std::vector<std::pair<Mode, double>> checked;
+  std::istringstream list(cli.wall_modes);
+  for (std::string item; std::getline(list, item, ',');) {
+    const auto at = item.find('@');
+    const std::string name = item.substr(0, at);
+    const double x = at == std::string::npos ? 0.05 : std::stod(item.substr(at + 1));
+    bool found = false;
+    for (Mode m : modes(8)) {
+      if (m.name != name) continue;
+      m.options.batch_timeout = std::chrono::round<std::chrono::nanoseconds>(m.options.batch_timeout * x);
+      checked.emplace_back(m, x);
+      found = true;
+    }
+    if (!found || !(x > 0)) throw std::invalid_argument("--wall-modes: bad entry " + item);
+  }
+
+  const Family f{"poisson", Pattern::poisson, {30}, 1, {0.5, 0.9}};
+  std::vector<Row> rows;
+  double worst = 0;
+  std::printf("carousel-bench-serving --wallclock: balanced regime scaled by x, %zu requests per point\n",
+              cli.wall_requests);
+  std::printf("%-5s %-11s %-5s %-5s %8s %8s %8s %8s %8s %7s\n", "load", "mode", "x", "run", "mean", "p50", "p90", "p99",
+              "thr/s", "occ");
+  for (const auto& [m, x] : checked) {
+    const Regime regime = Regime::linear("balanced", 20 * x, 15 * x, cli.decode_factor);
+    carousel::Options static_mode = modes(8).front().options;
+    static_mode.batch_timeout = std::chrono::round<std::chrono::nanoseconds>(static_mode.batch_timeout * x);
+    const double sat = static_saturation(regime, f, cli, static_mode);
+    for (double load : f.loads) {
+      Workload w = workload_of(f, cli, load * sat);
+      w.requests = cli.wall_requests;
+      const std::vector<Arrival> trace = generate_trace(w);
+      const Summary sim = summarize(simulate(regime, m.options, w), regime);
+      CostModel<WallSpend> model(regime, WallSpend{});
+      const Summary wall = summarize(run_wallclock(model, m.options, trace,
+                                                   [](const Arrival& a) {
+                                                     return SimJob{a.steps, 0, a.key};
+                                                   }),
+                                     regime);
+      char scale[16];
+      std::snprintf(scale, sizeof scale, "%.2f", x);
+      for (const auto& [run, s] : {std::pair<const char*, const Summary&>{"sim", sim}, {"wall", wall}}) {
+        std::printf("%-5s %-11s %-5s %-5s %8.4f %8.4f %8.4f %8.4f %8.2f %7.2f\n", load_label(load).c_str(),
+                    m.name.c_str(), scale, run, s.mean, s.p50, s.p90, s.p99, s.throughput, s.occupancy);
+        rows.push_back({std::string("balanced_x") + scale, std::string("poisson_") + run, load, m.name, "all", s});
+      }
+      // Judged on the mean and the median; the tails of a few hundred requests are printed, not judged.
+      const double dev = std::max(std::abs(wall.mean / sim.mean - 1), std::abs(wall.p50 / sim.p50 - 1));
+      worst = std::max(worst, dev);
+      std::printf("%-5s %-11s %-5s wall/sim: mean %.3f p50 %.3f p90 %.3f p99 %.3f throughput %.3f\n",
+                  load_label(load).c_str(), m.name.c_str(), scale, wall.mean / sim.mean, wall.p50 / sim.p50,
+                  wall.p90 / sim.p90, wall.p99 / sim.p99, wall.throughput / sim.throughput);
+    }
+  }
+  write_csv(cli.csv, rows);
+  std::printf("CSV: %s\n", cli.csv.c_str());
+  std::printf("wallclock: largest |wall/sim - 1| of mean and p50 = %.3f (goal <= 0.10): %s\n", worst,
+              worst <= 0.10 ? "agree" : "DISAGREE");
+  return worst <= 0.10 ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Cli cli = parse(argc, argv);
+    return cli.wallclock ? run_wallclock_check(cli) : run_grid(cli);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "carousel-bench-serving: %s\n", e.what());
+    return 2;
+  }
+}
