@@ -1,0 +1,186 @@
+// CPU backend benchmarks: the machine's sgemm throughput (the ceiling), UNet step time against batch size on the
+// tiny test configurations, and a Stable Diffusion 1.5-shaped UNet at 256x256 (32x32 latents) with random weights.
+// GFLOP/s counts the matrix products (convolutions, linears, attention) that go through the backend's sgemm;
+// normalisations and element-wise ops are not counted.
+//
+//   build-cpu/benchmarks/cpu/carousel-bench-cpu --benchmark_filter=Sgemm|Tiny
+//   build-cpu/benchmarks/cpu/carousel-bench-cpu --benchmark_filter='Sd15|ClipTextL'
+// OpenBLAS may pick AVX2 kernels on AVX-512 CPUs it does not know; OPENBLAS_CORETYPE=SkylakeX selects its AVX-512 ones.
+#include <benchmark/benchmark.h>
+
+#include <cblas.h>
+
+#include <cstdint>
+#include <ctime>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <carousel/cpu/clip_text.hpp>
+#include <carousel/cpu/unet.hpp>
+#include <carousel/cpu/vae.hpp>
+
+namespace {
+
+using carousel::cpu::RandomWeights;
+using carousel::cpu::Tensor;
+using carousel::cpu::UNet2DConditionModel;
+using carousel::cpu::UNetSpec;
+
+// CPU seconds of the whole process (all threads). On a shared machine wall-clock throughput depends on the other
+// jobs; FLOPs per CPU-second (per-core throughput) is the steadier figure for comparing the models with sgemm.
+double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+void set_flop_counters(benchmark::State& state, double flops, double cpu_seconds) {
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsRate);
+  state.counters["GFLOP/cpu-s"] = benchmark::Counter(flops * 1e-9 / cpu_seconds);
+}
+
+void BM_Sgemm(benchmark::State& state) {
+  const auto n = static_cast<blasint>(state.range(0));
+  std::vector<float> a(static_cast<std::size_t>(n) * n, 0.5f), b(a.size(), 0.25f), c(a.size());
+  const double cpu0 = process_cpu_seconds();
+  for (auto _ : state) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    benchmark::DoNotOptimize(c.data());
+  }
+  const double cpu = process_cpu_seconds() - cpu0;
+  set_flop_counters(state, 2.0 * n * n * n * static_cast<double>(state.iterations()), cpu);
+}
+BENCHMARK(BM_Sgemm)->Arg(512)->Arg(1024)->Arg(2048)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// The tiny configurations of tests/data/models (tools/make_tiny_models.py), as specs.
+UNetSpec tiny_spec(int which) {
+  UNetSpec s;
+  s.down_block_types = {"DownBlock2D", "CrossAttnDownBlock2D"};
+  s.up_block_types = {"CrossAttnUpBlock2D", "UpBlock2D"};
+  s.transformer_layers = {1, 1};
+  if (which == 0) {  // sd-tiny: (4, 8), 1 layer, 8 heads, ctx 8, groups 2
+    s.block_out_channels = {4, 8};
+    s.layers_per_block = {1, 1};
+    s.attention_heads = {8, 8};
+    s.cross_attention_dim = 8;
+    s.norm_num_groups = 2;
+  } else {  // sd-tiny-legacy: (32, 32), 2 layers, 8 heads, ctx 32, groups 32
+    s.block_out_channels = {32, 32};
+    s.layers_per_block = {2, 2};
+    s.attention_heads = {8, 8};
+    s.cross_attention_dim = 32;
+    s.norm_num_groups = 32;
+  }
+  return s;
+}
+
+void run_unet(benchmark::State& state, const UNet2DConditionModel& unet, std::int64_t batch, std::int64_t size) {
+  const auto& spec = unet.spec();
+  Tensor sample({batch, spec.in_channels, size, size}), context({batch, 77, spec.cross_attention_dim});
+  std::mt19937 gen(0);
+  std::normal_distribution<float> normal;
+  for (auto& v : sample.values())
+    v = normal(gen);
+  for (auto& v : context.values())
+    v = normal(gen);
+  std::vector<float> timesteps(static_cast<std::size_t>(batch));
+  for (std::int64_t i = 0; i < batch; ++i)
+    timesteps[static_cast<std::size_t>(i)] = static_cast<float>(999 - 97 * i);
+  std::uint64_t flops = 0;
+  const double cpu0 = process_cpu_seconds();
+  for (auto _ : state) {
+    const auto before = carousel::cpu::detail::gemm_flops().load();
+    Tensor out = unet.forward(sample, timesteps, context);
+    benchmark::DoNotOptimize(out.data());
+    flops += carousel::cpu::detail::gemm_flops().load() - before;
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * batch);
+  set_flop_counters(state, static_cast<double>(flops), process_cpu_seconds() - cpu0);
+  state.counters["GFLOP/step"] =
+      benchmark::Counter(static_cast<double>(flops) * 1e-9 / static_cast<double>(state.iterations()));
+}
+
+void BM_UNetTiny(benchmark::State& state) {
+  const int which = static_cast<int>(state.range(0));
+  RandomWeights weights(7);
+  static const UNet2DConditionModel models[] = {UNet2DConditionModel(tiny_spec(0), weights),
+                                                UNet2DConditionModel(tiny_spec(1), weights)};
+  state.SetLabel(which == 0 ? "sd-tiny 16x16" : "sd-tiny-legacy 8x8");
+  run_unet(state, models[which], state.range(1), which == 0 ? 16 : 8);
+}
+BENCHMARK(BM_UNetTiny)
+    ->ArgNames({"model", "batch"})
+    ->ArgsProduct({{0, 1}, {1, 2, 4, 8}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+void BM_UNetSd15_256(benchmark::State& state) {
+  static const auto unet = [] {
+    RandomWeights weights(15);
+    return std::make_unique<UNet2DConditionModel>(UNetSpec::sd15(), weights);
+  }();
+  state.SetLabel("SD-1.5 UNet, 32x32 latents, random weights");
+  run_unet(state, *unet, state.range(0), 32);
+}
+BENCHMARK(BM_UNetSd15_256)
+    ->ArgName("batch")
+    ->Arg(1)
+    ->Arg(2)
+    ->Iterations(2)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// The retire cost: SD-1.5's VAE decoder from 32x32 latents to a 256x256 image.
+void BM_VaeDecodeSd15_256(benchmark::State& state) {
+  static const auto vae = [] {
+    RandomWeights weights(16);
+    carousel::cpu::VaeSpec spec;
+    spec.block_out_channels = {128, 256, 512, 512};
+    return std::make_unique<carousel::cpu::VaeDecoder>(spec, weights);
+  }();
+  Tensor latents({state.range(0), 4, 32, 32});
+  std::mt19937 gen(1);
+  std::normal_distribution<float> normal(0.0f, 0.18215f);
+  for (auto& v : latents.values())
+    v = normal(gen);
+  std::uint64_t flops = 0;
+  const double cpu0 = process_cpu_seconds();
+  for (auto _ : state) {
+    const auto before = carousel::cpu::detail::gemm_flops().load();
+    Tensor images = vae->decode(latents);
+    benchmark::DoNotOptimize(images.data());
+    flops += carousel::cpu::detail::gemm_flops().load() - before;
+  }
+  state.SetLabel("SD-1.5 VAE decoder, 32x32 -> 256x256, random weights");
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * state.range(0));
+  set_flop_counters(state, static_cast<double>(flops), process_cpu_seconds() - cpu0);
+}
+BENCHMARK(BM_VaeDecodeSd15_256)->ArgName("batch")->Arg(1)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// The admit cost: CLIP ViT-L/14's text tower on 77-token rows.
+void BM_ClipTextL(benchmark::State& state) {
+  static const auto clip = [] {
+    RandomWeights weights(17);
+    return std::make_unique<carousel::cpu::ClipTextModel>(carousel::cpu::ClipTextSpec{}, weights);
+  }();
+  std::vector<std::vector<std::int32_t>> ids(static_cast<std::size_t>(state.range(0)), std::vector<std::int32_t>(77));
+  for (auto& row : ids)
+    for (std::size_t i = 0; i < row.size(); ++i)
+      row[i] = static_cast<std::int32_t>((i * 7919) % 49408);
+  std::uint64_t flops = 0;
+  const double cpu0 = process_cpu_seconds();
+  for (auto _ : state) {
+    const auto before = carousel::cpu::detail::gemm_flops().load();
+    Tensor out = clip->forward(ids);
+    benchmark::DoNotOptimize(out.data());
+    flops += carousel::cpu::detail::gemm_flops().load() - before;
+  }
+  state.SetLabel("CLIP ViT-L/14 text tower, 77 tokens, random weights");
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * state.range(0));
+  set_flop_counters(state, static_cast<double>(flops), process_cpu_seconds() - cpu0);
+}
+BENCHMARK(BM_ClipTextL)->ArgName("batch")->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+}  // namespace

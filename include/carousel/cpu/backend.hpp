@@ -1,0 +1,250 @@
+#pragma once
+/// \file
+/// carousel::cpu::Backend — a whole diffusers Stable Diffusion folder (text_encoder/, unet/, optional vae/) on the CPU,
+/// behind the small interface the diffusion Pipeline drives: encode_text, unet, decode. Also the component loaders
+/// (load_unet, load_text_encoder, load_vae_decoder) and the config -> spec conversions.
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <carousel/cpu/clip_text.hpp>
+#include <carousel/cpu/tensor.hpp>
+#include <carousel/cpu/unet.hpp>
+#include <carousel/cpu/vae.hpp>
+#include <carousel/cpu/weight_source.hpp>
+#include <carousel/model/clip_text_config.hpp>
+#include <carousel/model/clip_tokenizer.hpp>
+#include <carousel/model/diffusers_folder.hpp>
+#include <carousel/model/format_error.hpp>
+#include <carousel/model/unet_config.hpp>
+#include <carousel/model/vae_config.hpp>
+#include <carousel/model/weights.hpp>
+
+namespace carousel::cpu {
+
+/// The UNet architecture described by a parsed config.json.
+/// \throws model::FormatError naming the field for what the CPU UNet does not implement (downsample_padding 0).
+inline UNetSpec unet_spec(const model::UNetConfig& c) {
+  if (c.downsample_padding != 1)
+    throw model::FormatError("UNet config: downsample_padding = " + std::to_string(c.downsample_padding) +
+                             " is not supported by the CPU backend (only 1)");
+  UNetSpec s;
+  s.in_channels = c.in_channels;
+  s.out_channels = c.out_channels;
+  s.mid_block_type = c.mid_block_type;
+  s.down_block_types = c.down_block_types;
+  s.up_block_types = c.up_block_types;
+  for (std::size_t i = 0; i < c.num_blocks(); ++i) {
+    s.block_out_channels.push_back(c.block_out_channels[i]);
+    s.layers_per_block.push_back(c.down_block_layers(i));
+    s.attention_heads.push_back(c.down_block_heads(i));
+    s.transformer_layers.push_back(c.down_transformer_layers(i));
+    s.up_transformer_layers.push_back(c.up_transformer_layers(i));
+  }
+  s.cross_attention_dim = c.cross_attention_dim;
+  s.norm_num_groups = c.norm_num_groups;
+  s.norm_eps = static_cast<float>(c.norm_eps);
+  s.use_linear_projection = c.use_linear_projection;
+  s.flip_sin_to_cos = c.flip_sin_to_cos;
+  s.freq_shift = static_cast<float>(c.freq_shift);
+  s.center_input_sample = c.center_input_sample;
+  return s;
+}
+
+/// The VAE decoder architecture described by a parsed config.json.
+inline VaeSpec vae_spec(const model::VaeConfig& c) {
+  VaeSpec s;
+  s.latent_channels = c.latent_channels;
+  s.out_channels = c.out_channels;
+  s.block_out_channels.assign(c.block_out_channels.begin(), c.block_out_channels.end());
+  s.layers_per_block = c.layers_per_block;
+  s.norm_num_groups = c.norm_num_groups;
+  s.scaling_factor = static_cast<float>(c.scaling_factor);
+  s.shift_factor = static_cast<float>(c.shift_factor.value_or(0.0));
+  s.use_post_quant_conv = c.use_post_quant_conv;
+  s.mid_block_add_attention = c.mid_block_add_attention;
+  return s;
+}
+
+/// The CLIP text tower architecture described by a parsed config.json.
+inline ClipTextSpec clip_text_spec(const model::ClipTextConfig& c) {
+  ClipTextSpec s;
+  s.vocab_size = c.vocab_size;
+  s.hidden_size = c.hidden_size;
+  s.intermediate_size = c.intermediate_size;
+  s.num_hidden_layers = c.num_hidden_layers;
+  s.num_attention_heads = c.num_attention_heads;
+  s.max_position_embeddings = c.max_position_embeddings;
+  s.hidden_act = c.hidden_act == model::ClipActivation::gelu ? "gelu" : "quick_gelu";
+  s.layer_norm_eps = static_cast<float>(c.layer_norm_eps);
+  return s;
+}
+
+/// Loads a diffusers unet/ folder (config.json + weights, `variant` e.g. "fp16", converted to float32).
+/// \throws model::FormatError naming the file, field or tensor when the folder is incomplete, a tensor is missing,
+///         mis-shaped or left over, or the config is unsupported.
+inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, const model::UNetConfig& config,
+                                      std::string_view variant = "") {
+  const auto spec = unet_spec(config);
+  auto store = model::WeightStore::open(dir, variant);
+  StoreWeights weights(store);
+  UNet2DConditionModel unet(spec, weights);
+  store.require_all_used();
+  return unet;
+}
+
+/// As load_unet(dir, config, variant) with the folder's own config.json.
+inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, std::string_view variant = "") {
+  return load_unet(dir, model::UNetConfig::load(dir / "config.json"), variant);
+}
+
+/// Loads a transformers text_encoder/ folder (CLIPTextModel; keys with or without the "text_model." prefix).
+/// \throws model::FormatError as load_unet.
+inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, const model::ClipTextConfig& config,
+                                       std::string_view variant = "") {
+  const auto spec = clip_text_spec(config);
+  auto store = model::WeightStore::open(dir, variant);
+  store.add_missing_prefix("text_model.");
+  StoreWeights weights(store);
+  ClipTextModel clip(spec, weights, "text_model.");
+  store.require_all_used();
+  return clip;
+}
+
+/// As load_text_encoder(dir, config, variant) with the folder's own config.json.
+inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, std::string_view variant = "") {
+  return load_text_encoder(dir, model::ClipTextConfig::load(dir / "config.json"), variant);
+}
+
+/// Loads the decode path of a diffusers vae/ folder (AutoencoderKL). The encoder (encoder.*, quant_conv.*) is not
+/// read; any other tensor left unread is an error.
+/// \throws model::FormatError as load_unet.
+inline VaeDecoder load_vae_decoder(const std::filesystem::path& dir, const model::VaeConfig& config,
+                                   std::string_view variant = "") {
+  const auto spec = vae_spec(config);
+  auto store = model::WeightStore::open(dir, variant);
+  StoreWeights weights(store);
+  VaeDecoder vae(spec, weights);
+  std::vector<std::string> left;
+  for (auto& name : store.unused())
+    if (!name.starts_with("encoder.") && !name.starts_with("quant_conv.")) left.push_back(std::move(name));
+  if (!left.empty()) {
+    std::string list;
+    for (std::size_t i = 0; i < left.size() && i < 20; ++i)
+      list += (i ? ", " : "") + left[i];
+    throw model::FormatError("weights in '" + dir.string() + "': " + std::to_string(left.size()) +
+                             " tensor(s) were not used by the VAE decoder (unexpected for its config): " + list);
+  }
+  return vae;
+}
+
+/// As load_vae_decoder(dir, config, variant) with the folder's own config.json.
+inline VaeDecoder load_vae_decoder(const std::filesystem::path& dir, std::string_view variant = "") {
+  return load_vae_decoder(dir, model::VaeConfig::load(dir / "config.json"), variant);
+}
+
+/// Options of Backend's loading constructor.
+struct BackendOptions {
+  /// Weight variant for every component, as diffusers' `variant=`: "fp16" reads *.fp16.safetensors where present
+  /// and falls back to the plain file (values are converted to float32 either way).
+  std::string variant{};
+  std::int64_t clip_skip = 0;  ///< encode_text uses the hidden state clip_skip layers before the last
+};
+
+/// A Stable Diffusion model on the CPU: CLIP tokenizer and text tower, UNet, and (optionally) the VAE decoder.
+/// Move-only (the tokenizer is).
+///
+/// The interface the diffusion Pipeline uses: encode_text (token ids -> context), unet (one denoising call with a
+/// timestep per batch item), decode (latents -> images in [-1, 1]). Batch items never influence each other: each
+/// item's result is bitwise the same in any batch. All members are const after construction and may be called from
+/// several threads at once (each call uses OpenBLAS's and the backend's own worker threads).
+class Backend {
+ public:
+  /// Loads the diffusers folder at `root` (see the other constructor).
+  /// \throws model::FormatError naming the folder, file, field or tensor at fault.
+  explicit Backend(const std::filesystem::path& root, const BackendOptions& options = {})
+      : Backend(model::DiffusersFolder::open(root), options) {}
+
+  /// Loads the folder's text_encoder, unet and, when model_index.json lists one, vae (a pixel-space model has none:
+  /// decode is then the identity and vae_scale_factor() is 1).
+  /// \throws model::FormatError naming the folder, file, field or tensor at fault.
+  explicit Backend(const model::DiffusersFolder& folder, const BackendOptions& options = {})
+      : folder_(folder),
+        tokenizer_(model::ClipTokenizer::load(folder.tokenizer)),
+        text_encoder_config_(model::ClipTextConfig::load(folder.text_encoder / "config.json")),
+        unet_config_(model::UNetConfig::load(folder.unet / "config.json")),
+        text_encoder_(load_text_encoder(folder.text_encoder, text_encoder_config_, options.variant)),
+        unet_(load_unet(folder.unet, unet_config_, options.variant)),
+        clip_skip_(options.clip_skip) {
+    if (folder.vae) {
+      vae_config_.emplace(model::VaeConfig::load(*folder.vae / "config.json"));
+      vae_.emplace(load_vae_decoder(*folder.vae, *vae_config_, options.variant));
+    }
+    if (text_encoder_.spec().hidden_size != unet_.spec().cross_attention_dim)
+      throw model::FormatError("'" + folder.root.string() + "': text encoder hidden_size " +
+                               std::to_string(text_encoder_.spec().hidden_size) +
+                               " differs from the UNet's cross_attention_dim " +
+                               std::to_string(unet_.spec().cross_attention_dim));
+  }
+
+  /// The folder's tokenizer: `tokenizer().encode(prompt)` gives the 77 ids encode_text expects.
+  const model::ClipTokenizer& tokenizer() const noexcept { return tokenizer_; }
+
+  /// Token id rows (all of one length, normally 77) -> text embeddings [B, L, context_dim()].
+  /// \throws std::invalid_argument for ragged rows or ids outside the vocabulary.
+  Tensor encode_text(std::span<const std::vector<std::int32_t>> token_ids) const {
+    return text_encoder_.forward(token_ids, clip_skip_);
+  }
+
+  /// One UNet evaluation: sample [B, latent_channels(), h, w], timesteps[B], context [B, L, context_dim()]
+  /// -> model output [B, latent_channels(), h, w]. \throws std::invalid_argument for inconsistent shapes.
+  Tensor unet(const Tensor& sample, std::span<const float> timesteps, const Tensor& context) const {
+    return unet_.forward(sample, timesteps, context);
+  }
+
+  /// Scaled latents [B, latent_channels(), h, w] -> images [B, 3, h*f, w*f] nominally in [-1, 1] (not clamped),
+  /// f = vae_scale_factor(); divides by the VAE's scaling_factor first (and adds shift_factor). Without a VAE the
+  /// latents are returned unchanged.
+  Tensor decode(const Tensor& latents) const { return vae_ ? vae_->decode(latents) : latents; }
+
+  /// Channels of the UNet's input (the latent channels).
+  std::int64_t latent_channels() const noexcept { return unet_.spec().in_channels; }
+  /// Image pixels per latent pixel: 2^(len(vae block_out_channels) - 1), 1 without a VAE.
+  std::int64_t vae_scale_factor() const noexcept { return vae_ ? vae_->spec().scale_factor() : 1; }
+  /// Width of a context vector (the UNet's cross_attention_dim = the text encoder's hidden_size).
+  std::int64_t context_dim() const noexcept { return unet_.spec().cross_attention_dim; }
+  /// Whether a VAE was loaded.
+  bool has_vae() const noexcept { return vae_.has_value(); }
+  /// The UNet's architecture.
+  const UNetSpec& unet_spec() const noexcept { return unet_.spec(); }
+  /// The text encoder's architecture.
+  const ClipTextSpec& text_encoder_spec() const noexcept { return text_encoder_.spec(); }
+  /// The VAE decoder's architecture, or nullptr without a VAE.
+  const VaeSpec* vae_spec() const noexcept { return vae_ ? &vae_->spec() : nullptr; }
+  /// The folder's layout (component paths, e.g. scheduler/, and classes from model_index.json).
+  const model::DiffusersFolder& folder() const noexcept { return folder_; }
+  /// unet/config.json as parsed (e.g. sample_size, the latent side the model was trained at).
+  const model::UNetConfig& unet_config() const noexcept { return unet_config_; }
+  /// text_encoder/config.json as parsed (e.g. bos/eos/pad token ids).
+  const model::ClipTextConfig& text_encoder_config() const noexcept { return text_encoder_config_; }
+  /// vae/config.json as parsed, or nullptr without a VAE.
+  const model::VaeConfig* vae_config() const noexcept { return vae_config_ ? &*vae_config_ : nullptr; }
+
+ private:
+  model::DiffusersFolder folder_;
+  model::ClipTokenizer tokenizer_;
+  model::ClipTextConfig text_encoder_config_;
+  model::UNetConfig unet_config_;
+  std::optional<model::VaeConfig> vae_config_;
+  ClipTextModel text_encoder_;
+  UNet2DConditionModel unet_;
+  std::optional<VaeDecoder> vae_;
+  std::int64_t clip_skip_ = 0;
+};
+
+}  // namespace carousel::cpu

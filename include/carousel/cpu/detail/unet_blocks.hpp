@@ -1,0 +1,124 @@
+#pragma once
+// The UNet's inner blocks: diffusers' BasicTransformerBlock and Transformer2DModel, and the block record of
+// UNet2DConditionModel (resnets, attentions, resampler).
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <carousel/cpu/detail/parallel.hpp>
+#include <carousel/cpu/layers.hpp>
+#include <carousel/cpu/ops.hpp>
+#include <carousel/cpu/tensor.hpp>
+#include <carousel/cpu/weight_source.hpp>
+
+namespace carousel::cpu::detail {
+
+// diffusers' BasicTransformerBlock (layer_norm, self-attention, cross-attention, GEGLU feed-forward).
+class BasicTransformerBlock {
+ public:
+  BasicTransformerBlock(WeightSource& w, const std::string& p, std::int64_t dim, std::int64_t context_dim,
+                        std::int64_t heads)
+      : dim_(dim),
+        norm1_(w, p + "norm1.", dim, 1e-5f),
+        attn1_(w, p + "attn1.", dim, dim, heads, false),
+        norm2_(w, p + "norm2.", dim, 1e-5f),
+        attn2_(w, p + "attn2.", dim, context_dim, heads, false),
+        norm3_(w, p + "norm3.", dim, 1e-5f),
+        ff_proj_(w, p + "ff.net.0.proj.", dim, 8 * dim),
+        ff_out_(w, p + "ff.net.2.", 4 * dim, dim) {}
+
+  // h [L, dim] updated in place for one batch item; context [lk, context_dim].
+  void forward(float* h, std::int64_t l, const float* context, std::int64_t lk) const {
+    const auto n = static_cast<std::size_t>(l * dim_);
+    std::vector<float> normed(n), out(n);
+    norm1_.forward(h, l, normed.data());
+    attn1_.forward(normed.data(), l, normed.data(), l, out.data());
+    for (std::size_t i = 0; i < n; ++i)
+      h[i] += out[i];
+    norm2_.forward(h, l, normed.data());
+    attn2_.forward(normed.data(), l, context, lk, out.data());
+    for (std::size_t i = 0; i < n; ++i)
+      h[i] += out[i];
+    norm3_.forward(h, l, normed.data());
+    std::vector<float> proj(n * 8), gated(n * 4);
+    ff_proj_.forward(normed.data(), l, proj.data());
+    const std::int64_t inner = 4 * dim_;
+    parallel_for(l, grain_for(4 * inner), [&](std::int64_t r0, std::int64_t r1) {
+      for (std::int64_t r = r0; r < r1; ++r)
+        for (std::int64_t c = 0; c < inner; ++c)
+          gated[r * inner + c] = proj[r * 2 * inner + c] * gelu(proj[r * 2 * inner + inner + c]);
+    });
+    ff_out_.forward(gated.data(), l, out.data());
+    for (std::size_t i = 0; i < n; ++i)
+      h[i] += out[i];
+  }
+
+ private:
+  std::int64_t dim_;
+  LayerNorm norm1_;
+  Attention attn1_;
+  LayerNorm norm2_;
+  Attention attn2_;
+  LayerNorm norm3_;
+  Linear ff_proj_, ff_out_;
+};
+
+// diffusers' Transformer2DModel for continuous input: GroupNorm(eps 1e-6) -> proj_in -> blocks -> proj_out -> + x.
+// A 1x1-conv projection and a Linear one are the same token-wise matrix; only the stored shape differs.
+class Transformer2D {
+ public:
+  Transformer2D(WeightSource& w, const std::string& p, std::int64_t channels, std::int64_t heads,
+                std::int64_t context_dim, std::int64_t layers, std::int64_t groups, bool linear_projection)
+      : channels_(channels),
+        norm_(w, p + "norm.", channels, groups, 1e-6f),
+        proj_in_(w, p + "proj_in.", channels, channels, true, !linear_projection) {
+    for (std::int64_t i = 0; i < layers; ++i)
+      blocks_.emplace_back(w, p + "transformer_blocks." + std::to_string(i) + ".", channels, context_dim, heads);
+    proj_out_ = Linear(w, p + "proj_out.", channels, channels, true, !linear_projection);
+  }
+
+  Tensor forward(const Tensor& x, const Tensor& context) const {
+    const Tensor normed = norm_.forward(x);
+    Tensor y(x.shape());
+    const std::int64_t spatial = x.sample_numel() / channels_, lk = context.dim(1);
+    std::vector<float> tokens(static_cast<std::size_t>(spatial * channels_)), h(tokens.size());
+    for (std::int64_t b = 0; b < x.dim(0); ++b) {
+      transpose(normed.sample(b), channels_, spatial, tokens.data());
+      proj_in_.forward(tokens.data(), spatial, h.data());
+      for (const auto& block : blocks_)
+        block.forward(h.data(), spatial, context.sample(b), lk);
+      proj_out_.forward(h.data(), spatial, tokens.data());
+      transpose(tokens.data(), spatial, channels_, y.sample(b));
+      const float* xs = x.sample(b);
+      float* ys = y.sample(b);
+      for (std::int64_t i = 0; i < spatial * channels_; ++i)
+        ys[i] += xs[i];
+    }
+    return y;
+  }
+
+ private:
+  // dst[cols, rows] = src[rows, cols]^T
+  static void transpose(const float* src, std::int64_t rows, std::int64_t cols, float* dst) {
+    parallel_for(rows, grain_for(cols), [&](std::int64_t r0, std::int64_t r1) {
+      for (std::int64_t r = r0; r < r1; ++r)
+        for (std::int64_t c = 0; c < cols; ++c)
+          dst[c * rows + r] = src[r * cols + c];
+    });
+  }
+
+  std::int64_t channels_;
+  GroupNorm norm_;
+  Linear proj_in_;
+  std::vector<BasicTransformerBlock> blocks_;
+  Linear proj_out_;
+};
+
+struct UNetBlock {
+  std::vector<ResnetBlock2D> resnets;
+  std::vector<Transformer2D> attentions;  // empty for DownBlock2D / UpBlock2D
+  std::vector<Conv2d> resample;           // downsamplers.0.conv / upsamplers.0.conv, when present
+};
+
+}  // namespace carousel::cpu::detail
