@@ -1,0 +1,159 @@
+// carousel-sd-server: an HTTP Stable Diffusion server on carousel's step-level batcher (docs/server.md).
+//
+//   carousel-sd-server [--model DIR] [--device cpu|cuda] [--host 127.0.0.1] [--port 8080] [--max-batch N]
+//                      [--max-queue N] [--admission continuous|static|cost-aware] [--batch-timeout-ms N]
+//                      [--default-steps N]
+//
+// Without --model it serves the bundled model (models/shapes-32). --port 0 picks a free port. It prints
+// "listening on http://HOST:PORT" once ready. SIGINT/SIGTERM: new requests get 503, admitted ones finish, exit 0.
+#include <sd_server/server.hpp>
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <thread>
+
+namespace {
+
+using carousel::examples::sd_server::Server;
+using carousel::examples::sd_server::ServerOptions;
+
+constexpr const char* usage =
+    "usage: carousel-sd-server [--model DIR] [--device cpu|cuda] [--host ADDR] [--port N (0 = any free)]\n"
+    "                          [--max-batch N] [--max-queue N (0 = unbounded)]\n"
+    "                          [--admission continuous|static|cost-aware] [--batch-timeout-ms N]\n"
+    "                          [--default-steps N]\n";
+
+int signal_pipe[2] = {-1, -1};
+
+extern "C" void on_signal(int sig) {
+  const auto byte = static_cast<unsigned char>(sig);
+  static_cast<void>(write(signal_pipe[1], &byte, 1));
+}
+
+[[noreturn]] void fail(const std::string& message) {
+  std::cerr << "carousel-sd-server: " << message << "\n" << usage;
+  std::exit(2);
+}
+
+long number(const std::string& flag, const std::string& value, long lo, long hi) {
+  try {
+    std::size_t used = 0;
+    const long v = std::stol(value, &used);
+    if (used == value.size() && v >= lo && v <= hi) return v;
+  } catch (const std::exception&) {
+  }
+  fail(flag + ": expected an integer between " + std::to_string(lo) + " and " + std::to_string(hi) + ", got '" + value +
+       "'");
+}
+
+ServerOptions parse(int argc, char** argv) {
+  ServerOptions o;
+  std::string device = "cpu";
+  std::optional<std::filesystem::path> model;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "-h" || flag == "--help") {
+      std::cout << usage;
+      std::exit(0);
+    }
+    if (i + 1 >= argc) fail(flag + ": missing value (or unknown flag)");
+    const std::string value = argv[++i];
+    if (flag == "--model") {
+      model = value;
+    } else if (flag == "--device") {
+      device = value;
+    } else if (flag == "--host") {
+      o.host = value;
+    } else if (flag == "--port") {
+      o.port = static_cast<int>(number(flag, value, 0, 65535));
+    } else if (flag == "--max-batch") {
+      o.max_batch = static_cast<std::size_t>(number(flag, value, 1, 4096));
+    } else if (flag == "--max-queue") {
+      o.max_queue = static_cast<std::size_t>(number(flag, value, 0, 1'000'000));
+    } else if (flag == "--batch-timeout-ms") {
+      o.batch_timeout = std::chrono::milliseconds(number(flag, value, 0, 3'600'000));
+    } else if (flag == "--default-steps") {
+      o.default_steps = static_cast<int>(number(flag, value, 1, 1000));
+    } else if (flag == "--admission") {
+      if (value == "continuous") {
+        o.admission = carousel::Admission::continuous;
+      } else if (value == "static") {
+        o.admission = carousel::Admission::static_batch;
+      } else if (value == "cost-aware") {
+        o.admission = carousel::Admission::cost_aware;
+      } else {
+        fail("--admission: expected continuous, static or cost-aware, got '" + value + "'");
+      }
+    } else {
+      fail("unknown flag " + flag);
+    }
+  }
+  if (device == "cuda") {
+    std::cerr << "carousel-sd-server: --device cuda: the CUDA backend (carousel::cuda) does not exist yet in this "
+                 "build; use --device cpu\n";
+    std::exit(2);
+  }
+  if (device != "cpu") fail("--device: expected cpu or cuda, got '" + device + "'");
+  const std::filesystem::path bundled = CAROUSEL_DEFAULT_MODEL_DIR;
+  o.model_dir = model.value_or(bundled);
+  std::error_code ec;
+  o.bundled_model = std::filesystem::equivalent(o.model_dir, bundled, ec);
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const ServerOptions options = parse(argc, argv);
+
+  // SIGINT/SIGTERM may land on any thread (OpenBLAS starts its own before main), so the handler only writes the
+  // signal number to a pipe; a dedicated thread reads it and drains the server.
+  if (pipe(signal_pipe) != 0) {
+    std::perror("carousel-sd-server: pipe");
+    return 1;
+  }
+  struct sigaction action {};
+  action.sa_handler = on_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+
+  std::optional<Server> server;
+  try {
+    server.emplace(options);
+    server->bind();
+  } catch (const std::exception& e) {
+    std::cerr << "carousel-sd-server: " << e.what() << '\n';
+    return 1;
+  }
+  std::cout << "carousel-sd-server " << carousel::version << ": model " << options.model_dir.string()
+            << (options.bundled_model ? " (bundled)" : "") << ", device cpu, admission "
+            << carousel::examples::sd_server::admission_name(options.admission) << ", max batch " << options.max_batch
+            << "\nlistening on http://" << options.host << ':' << server->port() << std::endl;
+
+  std::thread signal_thread([&] {
+    unsigned char sig = 0;
+    while (read(signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+    }
+    if (sig != 0)
+      std::cout << "carousel-sd-server: signal " << int{sig} << ": draining (new requests get 503)" << std::endl;
+    server->shutdown();
+  });
+  const bool ok = server->run();
+  if (!ok) {
+    const unsigned char none = 0;  // listening failed: wake the signal thread
+    static_cast<void>(write(signal_pipe[1], &none, 1));
+  }
+  signal_thread.join();
+  server.reset();
+  std::cout << "carousel-sd-server: stopped" << std::endl;
+  return ok ? 0 : 1;
+}

@@ -1,0 +1,571 @@
+// Integration tests of carousel-sd-server: the Server class runs in-process on a free loopback port with the tiny
+// fixture model (tests/data/models/sd-tiny, 32x32); a real HTTP client (httplib::Client) checks every endpoint, the
+// SSE stream, asynchronous requests, and every error path (400 naming the field, 413, 404, 429 + Retry-After, 504,
+// 503 while draining, cancellation on client disconnect). Images are checked against the library driven directly
+// (same jobs through Pipeline + StepBatcher, PNG-encoded), bit for bit.
+#include <sd_server/server.hpp>
+
+#include <doctest/doctest.h>
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace fs = std::filesystem;
+namespace srv = carousel::examples::sd_server;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+const fs::path model_dir = fs::path(CAROUSEL_TEST_DATA_DIR) / "models" / "sd-tiny";
+
+// A server on a free port, serving on its own thread; shut down (draining) on destruction.
+struct Running {
+  srv::Server server;
+  int port;
+  std::thread thread;
+
+  explicit Running(srv::ServerOptions o = {}) : server(with_model(std::move(o))), port(server.bind()) {
+    thread = std::thread([this] { server.run(); });
+  }
+  ~Running() {
+    server.shutdown();
+    thread.join();
+  }
+
+  static srv::ServerOptions with_model(srv::ServerOptions o) {
+    o.model_dir = model_dir;
+    o.port = 0;
+    o.default_steps = 3;
+    return o;
+  }
+
+  httplib::Client client(std::chrono::milliseconds read_timeout = 60s) const {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(read_timeout);
+    return c;
+  }
+};
+
+httplib::Result post(const Running& r, const std::string& path, const json& body) {
+  return r.client().Post(path.c_str(), body.dump(), "application/json");
+}
+
+// The images the library itself makes for these jobs (validated, run to completion), as base64 PNGs.
+std::vector<std::string> reference_images(std::vector<carousel::diffusion::Job> jobs) {
+  carousel::cpu::Backend backend(model_dir);
+  const auto folder = carousel::model::DiffusersFolder::open(model_dir);
+  srv::Pipeline pipeline(backend, carousel::diffusion::pipeline_scheduler_config(folder),
+                         carousel::diffusion::pipeline_options(folder, backend.vae_scale_factor()));
+  srv::Batcher batcher(pipeline);
+  std::vector<carousel::Ticket<carousel::diffusion::Job>> tickets;
+  for (auto& j : jobs) {
+    pipeline.validate(j);
+    tickets.push_back(batcher.submit(std::move(j)));
+  }
+  while (batcher.step_once()) {
+  }
+  std::vector<std::string> out;
+  for (auto& t : tickets)
+    out.push_back(carousel::examples::base64(carousel::examples::encode_png(t.get().image)));
+  return out;
+}
+
+carousel::diffusion::Job job(const std::string& prompt, int steps, float guidance, std::uint64_t seed,
+                             carousel::diffusion::SamplerKind sampler = carousel::diffusion::SamplerKind::ddim,
+                             const std::string& negative = "") {
+  carousel::diffusion::Job j;
+  j.prompt = prompt;
+  j.negative_prompt = negative;
+  j.steps = steps;
+  j.guidance_scale = guidance;
+  j.seed = seed;
+  j.sampler = sampler;
+  return j;
+}
+
+struct Event {
+  std::string name;
+  json data;
+};
+
+// Parses a text/event-stream body into its events (event: NAME / data: JSON / blank line).
+std::vector<Event> parse_sse(const std::string& text) {
+  std::vector<Event> events;
+  std::istringstream in(text);
+  std::string line;
+  Event e;
+  while (std::getline(in, line)) {
+    if (line.starts_with("event: ")) {
+      e.name = line.substr(7);
+    } else if (line.starts_with("data: ")) {
+      e.data = json::parse(line.substr(6));
+    } else if (line.empty() && !e.name.empty()) {
+      events.push_back(e);
+      e = Event{};
+    }
+  }
+  return events;
+}
+
+// The value of an unlabelled metric line "name value", or -1.
+double metric(const std::string& text, const std::string& name) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.starts_with(name + " ")) return std::stod(line.substr(name.size() + 1));
+  }
+  return -1;
+}
+
+std::string metrics_text(const Running& r) {
+  auto res = r.client().Get("/metrics");
+  REQUIRE(res);
+  return res->body;
+}
+
+// Waits (up to `limit`) until `done` holds; returns whether it did.
+bool eventually(const std::function<bool()>& done, std::chrono::milliseconds limit = 20s) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < until) {
+    if (done()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return done();
+}
+
+void check_error(const httplib::Result& res, int status, const std::string& field) {
+  REQUIRE(res);
+  CHECK(res->status == status);
+  const json body = json::parse(res->body);
+  REQUIRE(body.contains("error"));
+  CHECK(body["error"]["message"].is_string());
+  if (field.empty()) {
+    CHECK(body["error"]["field"].is_null());
+  } else {
+    CHECK(body["error"]["field"] == field);
+  }
+}
+
+std::string status_of(const Running& r, const std::string& id) {
+  auto res = r.client().Get(("/v1/images/generations/" + id).c_str());
+  REQUIRE(res);
+  return json::parse(res->body)["status"];
+}
+
+}  // namespace
+
+TEST_CASE("Server.Health.Page.Samplers") {
+  srv::ServerOptions o;
+  o.admission = carousel::Admission::cost_aware;
+  Running r(o);
+  auto health = r.client().Get("/health");
+  REQUIRE(health);
+  CHECK(health->status == 200);
+  const json h = json::parse(health->body);
+  CHECK(h["status"] == "ok");
+  CHECK(h["model"] == model_dir.string());
+  CHECK(h["bundled_model"] == false);
+  CHECK(h["device"] == "cpu");
+  CHECK(h["admission"] == "cost-aware");
+  CHECK(h["version"] == carousel::version);
+  CHECK(h["default_size"] == "32x32");
+  CHECK(h["size_multiple"] == 2);
+
+  auto page = r.client().Get("/");
+  REQUIRE(page);
+  CHECK(page->status == 200);
+  CHECK(page->get_header_value("Content-Type").starts_with("text/html"));
+  CHECK(page->body.find("<form") != std::string::npos);
+  CHECK(page->body.find("/metrics") != std::string::npos);
+
+  auto samplers = r.client().Get("/sdapi/v1/samplers");
+  REQUIRE(samplers);
+  CHECK(json::parse(samplers->body).size() == 2);
+  check_error(r.client().Get("/nope"), 404, "");
+}
+
+TEST_CASE("Server.OpenAI.Generate") {
+  Running r;
+  SUBCASE("n images with consecutive seeds match the library's images") {
+    auto res = post(r, "/v1/images/generations",
+                    {{"prompt", "a red square"},
+                     {"n", 2},
+                     {"size", "32x32"},
+                     {"steps", 3},
+                     {"guidance_scale", 4.0},
+                     {"negative_prompt", "blue"},
+                     {"seed", 42},
+                     {"model", "ignored"}});
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const json body = json::parse(res->body);
+    CHECK(body["created"].is_number_integer());
+    CHECK(body["id"].get<std::string>().starts_with("gen-"));
+    REQUIRE(body["data"].size() == 2);
+    CHECK(body["data"][0]["seed"] == 42);
+    CHECK(body["data"][1]["seed"] == 43);
+    CHECK(body["timings"]["total_ms"].get<double>() > 0);
+    const auto ref =
+        reference_images({job("a red square", 3, 4.0f, 42, carousel::diffusion::SamplerKind::ddim, "blue"),
+                          job("a red square", 3, 4.0f, 43, carousel::diffusion::SamplerKind::ddim, "blue")});
+    CHECK(body["data"][0]["b64_json"] == ref[0]);
+    CHECK(body["data"][1]["b64_json"] == ref[1]);
+  }
+  SUBCASE("a random seed is drawn when absent and reported back") {
+    auto res = post(r, "/v1/images/generations", {{"prompt", "x"}, {"steps", 2}, {"sampler", "DDPM"}});
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const json body = json::parse(res->body);
+    const auto seed = body["data"][0]["seed"].get<std::uint64_t>();
+    CHECK(body["parameters"]["seed"] == seed);
+    CHECK(body["data"][0]["b64_json"] ==
+          reference_images({job("x", 2, 7.5f, seed, carousel::diffusion::SamplerKind::ddpm)})[0]);
+  }
+}
+
+TEST_CASE("Server.A1111.Txt2img") {
+  Running r;
+  SUBCASE("answers in AUTOMATIC1111's shape") {
+    auto res = post(r, "/sdapi/v1/txt2img",
+                    {{"prompt", "a green circle"},
+                     {"negative_prompt", ""},
+                     {"steps", 3},
+                     {"cfg_scale", 1.0},
+                     {"width", 32},
+                     {"height", 16},
+                     {"seed", 7},
+                     {"sampler_name", "ddpm"},
+                     {"batch_size", 2},
+                     {"restore_faces", false}});
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const json body = json::parse(res->body);
+    REQUIRE(body["images"].size() == 2);
+    CHECK(body["parameters"]["sampler_name"] == "DDPM");
+    CHECK(body["parameters"]["restore_faces"] == false);
+    const json info = json::parse(body["info"].get<std::string>());
+    CHECK(info["all_seeds"] == json::array({7, 8}));
+    CHECK(info["width"] == 32);
+    CHECK(info["height"] == 16);
+    auto a = job("a green circle", 3, 1.0f, 7, carousel::diffusion::SamplerKind::ddpm);
+    auto b = a;
+    b.seed = 8;
+    a.width = b.width = 32;
+    a.height = b.height = 16;
+    const auto ref = reference_images({a, b});
+    CHECK(body["images"][0] == ref[0]);
+    CHECK(body["images"][1] == ref[1]);
+  }
+  SUBCASE("seed -1 draws a seed") {
+    auto res = post(r, "/sdapi/v1/txt2img", {{"prompt", "p"}, {"steps", 2}, {"seed", -1}, {"sampler_name", "DDIM"}});
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const json info = json::parse(json::parse(res->body)["info"].get<std::string>());
+    CHECK(info["seed"].get<std::int64_t>() >= 0);
+  }
+  SUBCASE("errors name A1111's fields") {
+    check_error(post(r, "/sdapi/v1/txt2img", {{"prompt", "p"}, {"sampler_name", "Euler a"}}), 400, "sampler_name");
+    check_error(post(r, "/sdapi/v1/txt2img", {{"prompt", "p"}, {"width", 33}}), 400, "width");
+    check_error(post(r, "/sdapi/v1/txt2img", {{"prompt", "p"}, {"cfg_scale", 1000}}), 400, "cfg_scale");
+    check_error(post(r, "/sdapi/v1/txt2img", {{"prompt", "p"}, {"batch_size", 100}}), 400, "batch_size");
+  }
+}
+
+TEST_CASE("Server.Errors.Fields") {
+  Running r;
+  const std::string gen = "/v1/images/generations";
+  auto raw = [&](const std::string& body) { return r.client().Post(gen.c_str(), body, "application/json"); };
+  SUBCASE("malformed bodies") {
+    check_error(raw("{not json"), 400, "body");
+    check_error(raw("[1, 2]"), 400, "body");
+    check_error(post(r, gen, json::object()), 400, "prompt");
+  }
+  SUBCASE("values") {
+    check_error(post(r, gen, {{"prompt", "p"}, {"size", "33x32"}}), 400, "size");  // not a multiple of the VAE factor
+    check_error(post(r, gen, {{"prompt", "p"}, {"size", "big"}}), 400, "size");
+    check_error(post(r, gen, {{"prompt", "p"}, {"size", "32x32x1"}}), 400, "size");
+    check_error(post(r, gen, {{"prompt", "p"}, {"steps", 0}}), 400, "steps");
+    check_error(post(r, gen, {{"prompt", "p"}, {"steps", 5000}}), 400, "steps");
+    check_error(post(r, gen, {{"prompt", "p"}, {"sampler", "euler_a"}}), 400, "sampler");
+    check_error(post(r, gen, {{"prompt", "p"}, {"n", 9}}), 400, "n");
+    check_error(post(r, gen, {{"prompt", "p"}, {"n", 0}}), 400, "n");
+    check_error(post(r, gen, {{"prompt", "p"}, {"response_format", "url"}}), 400, "response_format");
+    check_error(post(r, gen, {{"prompt", "p"}, {"guidance_scale", -1}}), 400, "guidance_scale");
+    check_error(post(r, gen, {{"prompt", "p"}, {"eta", 2}}), 400, "eta");
+    check_error(post(r, gen, {{"prompt", "p"}, {"timeout_ms", 0}}), 400, "timeout_ms");
+  }
+  SUBCASE("types") {
+    check_error(post(r, gen, {{"prompt", 3}}), 400, "prompt");
+    check_error(post(r, gen, {{"prompt", "p"}, {"n", "2"}}), 400, "n");
+    check_error(post(r, gen, {{"prompt", "p"}, {"steps", 2.5}}), 400, "steps");
+    check_error(post(r, gen, {{"prompt", "p"}, {"guidance_scale", "high"}}), 400, "guidance_scale");
+    check_error(post(r, gen, {{"prompt", "p"}, {"seed", "x"}}), 400, "seed");
+    check_error(post(r, gen, {{"prompt", "p"}, {"stream", "yes"}}), 400, "stream");
+  }
+  SUBCASE("a body over the limit is refused with 413") {
+    const std::string big = json{{"prompt", std::string(2 << 20, 'a')}}.dump();
+    auto res = raw(big);
+    REQUIRE(res);
+    CHECK(res->status == 413);
+    CHECK(json::parse(res->body)["error"]["field"] == "body");
+  }
+  SUBCASE("unknown ids are 404") {
+    check_error(r.client().Get((gen + "/gen-999").c_str()), 404, "id");
+    check_error(r.client().Get((gen + "/gen-999/events").c_str()), 404, "id");
+  }
+  // Nothing invalid reached the batcher.
+  CHECK(r.server.stats().submitted == 0);
+}
+
+TEST_CASE("Server.Stream.Events") {
+  Running r;
+  auto res =
+      post(r, "/v1/images/generations", {{"prompt", "p"}, {"n", 2}, {"steps", 4}, {"seed", 5}, {"stream", true}});
+  REQUIRE(res);
+  CHECK(res->status == 200);
+  CHECK(res->get_header_value("Content-Type").starts_with("text/event-stream"));
+  const auto events = parse_sse(res->body);
+  REQUIRE(events.size() == 1 + 2 * 4 + 1);
+  CHECK(events.front().name == "queued");
+  CHECK(events.front().data["seeds"] == json::array({5, 6}));
+  std::map<int, int> last_step;
+  for (std::size_t i = 1; i + 1 < events.size(); ++i) {
+    const auto& e = events[i];
+    REQUIRE(e.name == "progress");
+    const int index = e.data["index"];
+    CHECK(e.data["step"] == last_step[index] + 1);
+    last_step[index] = e.data["step"];
+    CHECK(e.data["total"] == 4);
+    CHECK(e.data["eta_ms"].get<std::int64_t>() >= 0);
+    if (e.data["step"] == e.data["total"]) CHECK(e.data["eta_ms"] == 0);
+    CHECK(e.data["id"] == events.front().data["id"]);
+  }
+  CHECK(last_step[0] == 4);
+  CHECK(last_step[1] == 4);
+  CHECK(events.back().name == "done");
+  const auto ref = reference_images({job("p", 4, 7.5f, 5), job("p", 4, 7.5f, 6)});
+  CHECK(events.back().data["data"][0]["b64_json"] == ref[0]);
+  CHECK(events.back().data["data"][1]["b64_json"] == ref[1]);
+}
+
+TEST_CASE("Server.Async.StatusEventsDelete") {
+  Running r;
+  auto res = post(r, "/v1/images/generations", {{"prompt", "p"}, {"steps", 3}, {"seed", 1}, {"async", true}});
+  REQUIRE(res);
+  REQUIRE(res->status == 202);
+  const std::string id = json::parse(res->body)["id"];
+  CHECK(eventually([&] { return status_of(r, id) == "completed"; }));
+  auto snapshot = r.client().Get(("/v1/images/generations/" + id).c_str());
+  REQUIRE(snapshot);
+  const json s = json::parse(snapshot->body);
+  CHECK(s["progress"][0]["step"] == 3);
+  CHECK(s["result"]["data"][0]["b64_json"] == reference_images({job("p", 3, 7.5f, 1)})[0]);
+
+  // The event log replays from the start after the fact.
+  auto replay = r.client().Get(("/v1/images/generations/" + id + "/events").c_str());
+  REQUIRE(replay);
+  const auto events = parse_sse(replay->body);
+  REQUIRE(events.size() == 5);
+  CHECK(events.back().name == "done");
+
+  // DELETE cancels a running generation; its events end with an error.
+  auto long_res = post(r, "/v1/images/generations", {{"prompt", "p"}, {"steps", 900}, {"async", true}});
+  REQUIRE(long_res);
+  const std::string long_id = json::parse(long_res->body)["id"];
+  CHECK(eventually([&] { return status_of(r, long_id) == "running"; }));
+  auto del = r.client().Delete(("/v1/images/generations/" + long_id).c_str());
+  REQUIRE(del);
+  CHECK(del->status == 202);
+  CHECK(eventually([&] { return status_of(r, long_id) == "cancelled"; }));
+  auto tail = r.client().Get(("/v1/images/generations/" + long_id + "/events").c_str());
+  REQUIRE(tail);
+  CHECK(parse_sse(tail->body).back().name == "error");
+  CHECK(r.server.stats().cancelled == 1);
+}
+
+TEST_CASE("Server.Disconnect.CancelsAtNextStep") {
+  Running r;
+  SUBCASE("SSE client hangs up after the first progress event") {
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/images/generations";
+    req.body = json{{"prompt", "p"}, {"steps", 900}, {"stream", true}}.dump();
+    req.set_header("Content-Type", "application/json");
+    std::string seen;
+    req.content_receiver = [&](const char* data, std::size_t n, std::uint64_t, std::uint64_t) {
+      seen.append(data, n);
+      return seen.find("event: progress") == std::string::npos;  // false: abort the connection
+    };
+    auto cli = r.client();
+    cli.send(req);
+    CHECK(seen.find("event: progress") != std::string::npos);
+  }
+  SUBCASE("blocking client gives up (read timeout)") {
+    auto res = r.client(300ms).Post("/v1/images/generations", json{{"prompt", "p"}, {"steps", 900}}.dump(),
+                                    "application/json");
+    CHECK(!res);
+  }
+  SUBCASE("A1111 client gives up") {
+    auto res =
+        r.client(300ms).Post("/sdapi/v1/txt2img", json{{"prompt", "p"}, {"steps", 900}}.dump(), "application/json");
+    CHECK(!res);
+  }
+  // The request is cancelled and its slot is free again.
+  CHECK(eventually([&] {
+    const auto m = metrics_text(r);
+    return metric(m, "carousel_requests_cancelled_total") == 1 && metric(m, "carousel_active_requests") == 0;
+  }));
+  const auto s = r.server.stats();
+  CHECK(s.completed == 0);
+  CHECK(s.request_steps < 900);
+}
+
+TEST_CASE("Server.Timeout.504") {
+  Running r;
+  auto res = post(r, "/v1/images/generations", {{"prompt", "p"}, {"steps", 900}, {"timeout_ms", 100}});
+  check_error(res, 504, "timeout_ms");
+  CHECK(json::parse(res->body)["error"]["type"] == "timeout");
+  const auto s = r.server.stats();
+  CHECK(s.expired + s.rejected == 1);
+}
+
+TEST_CASE("Server.QueueFull.429") {
+  srv::ServerOptions o;
+  o.max_batch = 1;
+  o.max_queue = 1;
+  Running r(o);
+  const std::string gen = "/v1/images/generations";
+  auto first = post(r, gen, {{"prompt", "p"}, {"steps", 900}, {"async", true}});
+  REQUIRE(first);
+  const std::string a = json::parse(first->body)["id"];
+  CHECK(eventually([&] { return status_of(r, a) == "running"; }));
+  auto second = post(r, gen, {{"prompt", "p"}, {"steps", 900}, {"async", true}});
+  REQUIRE(second);
+  REQUIRE(second->status == 202);
+  const std::string b = json::parse(second->body)["id"];
+  auto third = post(r, gen, {{"prompt", "p"}, {"steps", 3}});
+  check_error(third, 429, "");
+  CHECK(json::parse(third->body)["error"]["type"] == "queue_full");
+  REQUIRE(third->has_header("Retry-After"));
+  CHECK(std::stoi(third->get_header_value("Retry-After")) >= 1);
+  // n images need n queue places: a partly refused request leaves nothing behind.
+  check_error(post(r, "/sdapi/v1/txt2img", {{"prompt", "p"}, {"batch_size", 2}}), 429, "");
+  r.client().Delete((gen + "/" + a).c_str());
+  r.client().Delete((gen + "/" + b).c_str());
+  CHECK(eventually([&] { return status_of(r, a) == "cancelled" && status_of(r, b) == "cancelled"; }));
+}
+
+TEST_CASE("Server.Metrics.Prometheus") {
+  Running r;
+  REQUIRE(post(r, "/v1/images/generations", {{"prompt", "p"}, {"n", 3}, {"steps", 2}}));
+  REQUIRE(post(r, "/v1/images/generations", {{"prompt", "p"}, {"steps", 0}}));
+  const std::string m = metrics_text(r);
+  CHECK(metric(m, "carousel_requests_submitted_total") == 3);
+  CHECK(metric(m, "carousel_requests_completed_total") == 3);
+  CHECK(metric(m, "carousel_queue_depth") == 0);
+  CHECK(metric(m, "carousel_active_requests") == 0);
+  CHECK(metric(m, "carousel_request_steps_total") == 6);
+  CHECK(metric(m, "carousel_batch_occupancy") > 0);
+  for (const char* name :
+       {"carousel_requests_failed_total", "carousel_requests_cancelled_total", "carousel_requests_expired_total",
+        "carousel_requests_rejected_total", "carousel_requests_preempted_total"}) {
+    CHECK(metric(m, name) == 0);
+  }
+  // Histograms: cumulative buckets, +Inf equal to _count.
+  for (const std::string h :
+       {"carousel_request_latency_seconds", "carousel_queue_wait_seconds", "carousel_step_time_seconds"}) {
+    std::istringstream in(m);
+    std::string line;
+    double previous = 0, inf = -1;
+    int buckets = 0;
+    while (std::getline(in, line)) {
+      if (!line.starts_with(h + "_bucket{")) continue;
+      const double v = std::stod(line.substr(line.rfind(' ') + 1));
+      CHECK(v >= previous);
+      previous = v;
+      ++buckets;
+      if (line.find("le=\"+Inf\"") != std::string::npos) inf = v;
+    }
+    CHECK(buckets == static_cast<int>(carousel::Histogram::bucket_count) + 1);
+    CHECK(inf == metric(m, h + "_count"));
+    CHECK(metric(m, h + "_sum") >= 0);
+  }
+  CHECK(metric(m, "carousel_request_latency_seconds_count") == 3);
+  // The HTTP counters are updated once a response is written, so they may trail the client by a moment.
+  CHECK(eventually([&] {
+    const std::string now = metrics_text(r);
+    return now.find(
+               R"(carousel_http_requests_total{method="POST",endpoint="/v1/images/generations",status="200"} 1)") !=
+               std::string::npos &&
+           now.find(
+               R"(carousel_http_requests_total{method="POST",endpoint="/v1/images/generations",status="400"} 1)") !=
+               std::string::npos &&
+           now.find(R"(carousel_http_requests_total{method="GET",endpoint="/metrics",status="200"})") !=
+               std::string::npos;
+  }));
+}
+
+TEST_CASE("Server.Shutdown.DrainsAndRefuses") {
+  auto r = std::make_unique<Running>();
+  // A request in flight when shutdown begins still completes.
+  std::atomic<int> in_flight_status{0};
+  std::thread client([&] {
+    auto res = post(*r, "/v1/images/generations", {{"prompt", "p"}, {"steps", 150}, {"seed", 3}});
+    in_flight_status = res ? res->status : -1;
+  });
+  REQUIRE(eventually([&] { return r->server.stats().active == 1; }));
+  std::thread stopper([&] { r->server.shutdown(); });
+  REQUIRE(eventually([&] {
+    auto h = r->client().Get("/health");
+    return h && h->status == 503;
+  }));
+  auto refused = post(*r, "/v1/images/generations", {{"prompt", "p"}, {"steps", 2}});
+  check_error(refused, 503, "");
+  CHECK(refused->has_header("Retry-After"));
+  client.join();
+  stopper.join();
+  CHECK(in_flight_status == 200);
+  CHECK(r->server.stats().completed == 1);
+  r.reset();
+}
+
+TEST_CASE("Server.Shutdown.BeforeRun") {
+  srv::Server server(Running::with_model({}));
+  server.bind();
+  server.shutdown();
+  CHECK(server.run());  // returns at once instead of listening forever
+}
+
+TEST_CASE("Server.Priority.AdmitsHigherFirst") {
+  srv::ServerOptions o;
+  o.max_batch = 1;
+  Running r(o);
+  const std::string gen = "/v1/images/generations";
+  auto running = post(r, gen, {{"prompt", "p"}, {"steps", 100}, {"async", true}});
+  REQUIRE(running);
+  const std::string a = json::parse(running->body)["id"];
+  REQUIRE(eventually([&] { return status_of(r, a) == "running"; }));
+  // Both wait behind the running one; the later but higher-priority request is admitted first.
+  auto low = post(r, gen, {{"prompt", "p"}, {"steps", 10}, {"priority", 0}, {"async", true}});
+  auto high = post(r, gen, {{"prompt", "p"}, {"steps", 10}, {"priority", 5}, {"async", true}});
+  REQUIRE(low);
+  REQUIRE(high);
+  const std::string b = json::parse(low->body)["id"], c = json::parse(high->body)["id"];
+  REQUIRE(eventually([&] { return status_of(r, b) == "completed" && status_of(r, c) == "completed"; }));
+  auto result = [&](const std::string& id) {
+    return json::parse(r.client().Get((gen + "/" + id).c_str())->body)["result"];
+  };
+  // first_step_ms counts from each request's own arrival, and the low-priority one arrived first.
+  CHECK(result(c)["timings"]["first_step_ms"].get<double>() < result(b)["timings"]["first_step_ms"].get<double>());
+}
