@@ -1,0 +1,195 @@
+// CUDA backend benchmarks: the measured matrix-unit peak (a cuBLAS fp16 GEMM, fp32 accumulation) and one UNet step of
+// an SD-1.5-shaped UNet (random weights, fp16, 512x512 images = 64x64 latents, 77-token context) at batch sizes
+// 1..16. Times come from CUDA events around each step (manual time); counters report ms per step, TFLOP/s (from the
+// FLOPs the engine counts for every GEMM and convolution) and images/s.
+//   carousel-bench-cuda --benchmark_format=json    (scripts/gpu-check.sh runs it and prints the table)
+
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include <carousel/cuda/engine.cuh>
+#include <carousel/cuda/graph.cuh>
+#include <carousel/cuda/ops.cuh>
+#include <carousel/cuda/unet.cuh>
+#include <carousel/cuda/weights.cuh>
+#include <carousel/model/unet_config.hpp>
+
+namespace cu = carousel::cuda;
+
+namespace {
+
+bool have_gpu() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+// Milliseconds between two events recorded around `fn` on the engine's stream.
+template <class F>
+double time_ms(cu::Engine& e, F&& fn) {
+  cudaEvent_t start, stop;
+  CAROUSEL_CUDA_CHECK(cudaEventCreate(&start));
+  CAROUSEL_CUDA_CHECK(cudaEventCreate(&stop));
+  CAROUSEL_CUDA_CHECK(cudaEventRecord(start, e.stream()));
+  fn();
+  CAROUSEL_CUDA_CHECK(cudaEventRecord(stop, e.stream()));
+  CAROUSEL_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  CAROUSEL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms;
+}
+
+void BM_GemmPeakFp16(benchmark::State& state) {
+  if (!have_gpu()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const std::int64_t n = state.range(0);
+  cu::Engine e;
+  auto a = e.empty({n, n}, cu::DType::f16), b = e.empty({n, n}, cu::DType::f16), c = e.empty({n, n}, cu::DType::f16);
+  CAROUSEL_CUDA_CHECK(cudaMemsetAsync(a.data(), 0x3c, a.bytes(), e.stream()));  // ~1.0 in every half
+  CAROUSEL_CUDA_CHECK(cudaMemsetAsync(b.data(), 0x2c, b.bytes(), e.stream()));
+  auto run = [&] {
+    cu::gemm(e, false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n, cu::DType::f16,
+             cu::DType::f16);
+  };
+  run();
+  double total_ms = 0;
+  for (auto _ : state) {
+    const double ms = time_ms(e, run);
+    total_ms += ms;
+    state.SetIterationTime(ms / 1e3);
+  }
+  const double flops = 2.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(n);
+  const double mean_ms = total_ms / static_cast<double>(state.iterations());
+  state.counters["ms"] = mean_ms;
+  state.counters["TFLOPS"] = flops / (mean_ms * 1e-3) / 1e12;
+}
+BENCHMARK(BM_GemmPeakFp16)->ArgName("n")->Arg(8192)->UseManualTime()->Iterations(20)->Unit(benchmark::kMillisecond);
+
+// SD-1.5's largest self-attention (64x64 latents: 4096 tokens, 8 heads of 40) for 2 images, fused flash kernel
+// (fused = 1) against the plain GEMM + softmax + GEMM path (fused = 0); fp16.
+void BM_AttentionSd15Fp16(benchmark::State& state) {
+  if (!have_gpu()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const std::int64_t batch = 2, tokens = 4096, heads = 8, head_dim = 40, width = heads * head_dim;
+  cu::Engine e;
+  e.set_fused_attention(state.range(0) != 0);
+  auto qkv = e.empty({batch, tokens, 3 * width}, cu::DType::f16);
+  auto out = e.empty({batch, tokens, width}, cu::DType::f16);
+  CAROUSEL_CUDA_CHECK(cudaMemsetAsync(qkv.data(), 0x2c, qkv.bytes(), e.stream()));
+  const auto* base = static_cast<const unsigned char*>(qkv.data());
+  auto run = [&] {
+    cu::attention(e, cu::DType::f16, base, 3 * width, base + 2 * width, 3 * width, base + 4 * width, 3 * width, batch,
+                  tokens, tokens, heads, head_dim, false, out.data(), width);
+  };
+  run();
+  double total_ms = 0;
+  for (auto _ : state) {
+    const double ms = time_ms(e, run);
+    total_ms += ms;
+    state.SetIterationTime(ms / 1e3);
+  }
+  const double flops = 4.0 * static_cast<double>(batch * heads * tokens) * static_cast<double>(tokens * head_dim);
+  const double mean_ms = total_ms / static_cast<double>(state.iterations());
+  state.counters["ms"] = mean_ms;
+  state.counters["TFLOPS"] = flops / (mean_ms * 1e-3) / 1e12;
+}
+BENCHMARK(BM_AttentionSd15Fp16)
+    ->ArgName("fused")
+    ->Arg(1)
+    ->Arg(0)
+    ->UseManualTime()
+    ->Iterations(10)
+    ->Unit(benchmark::kMillisecond);
+
+// The SD-1.5 UNet (859.5M parameters) with cross_attention_dim 768, built once.
+const cu::UNet2DConditionModel& sd15_unet() {
+  static const auto unet = [] {
+    carousel::model::UNetConfig config;  // defaults are SD-1.5's blocks
+    config.cross_attention_dim = 768;
+    config.sample_size = 64;
+    cu::RandomWeights weights(1234);
+    return std::make_unique<cu::UNet2DConditionModel>(config, weights, cu::DType::f16);
+  }();
+  return *unet;
+}
+
+// One UNet step at `batch`, eager (every kernel launched from the host) or replayed from a captured CUDA graph.
+void unet_step(benchmark::State& state, bool graphs) {
+  if (!have_gpu()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const std::int64_t batch = state.range(0);
+  const auto& unet = sd15_unet();
+  cu::Engine e;
+  const auto sample_values = std::vector<float>(static_cast<std::size_t>(batch * 4 * 64 * 64), 0.5f);
+  const auto sample = cu::to_nhwc(e, sample_values, {batch, 4, 64, 64}, cu::DType::f16);
+  const auto timesteps =
+      cu::upload(e, std::vector<float>(static_cast<std::size_t>(batch), 500.0f), {batch}, cu::DType::f32);
+  const auto context = cu::upload(e, std::vector<float>(static_cast<std::size_t>(batch * 77 * 768), 0.1f),
+                                  {batch, 77, 768}, cu::DType::f16);
+  // FLOPs of one step, counted on an eager warm-up (a graph replay issues the same work without the host).
+  static_cast<void>(unet.forward(e, sample, timesteps, context));
+  e.synchronize();
+  const double flops = e.flops();
+  cu::UNetGraphs graph_runner(unet, {batch});
+  auto step = [&] {
+    if (graphs) {
+      static_cast<void>(graph_runner.forward(e, sample, timesteps, context));
+    } else {
+      static_cast<void>(unet.forward(e, sample, timesteps, context));
+    }
+  };
+  step();  // warm-up (captures the graph)
+  e.synchronize();
+  double total_ms = 0;
+  for (auto _ : state) {
+    const double ms = time_ms(e, step);
+    total_ms += ms;
+    state.SetIterationTime(ms / 1e3);
+  }
+  const double mean_ms = total_ms / static_cast<double>(state.iterations());
+  state.counters["batch"] = static_cast<double>(batch);
+  state.counters["ms"] = mean_ms;
+  state.counters["GFLOP_per_step"] = flops / 1e9;
+  state.counters["TFLOPS"] = flops / (mean_ms * 1e-3) / 1e12;
+  state.counters["images_per_s"] = static_cast<double>(batch) / (mean_ms * 1e-3);
+}
+
+void BM_UNetStepSd15Fp16(benchmark::State& state) {
+  unet_step(state, false);
+}
+void BM_UNetStepSd15Fp16Graph(benchmark::State& state) {
+  unet_step(state, true);
+}
+
+BENCHMARK(BM_UNetStepSd15Fp16)
+    ->ArgName("batch")
+    ->Arg(1)
+    ->Arg(2)
+    ->Arg(4)
+    ->Arg(8)
+    ->Arg(16)
+    ->UseManualTime()
+    ->Iterations(5)
+    ->Unit(benchmark::kMillisecond);
+
+BENCHMARK(BM_UNetStepSd15Fp16Graph)
+    ->ArgName("batch")
+    ->Arg(1)
+    ->Arg(8)
+    ->UseManualTime()
+    ->Iterations(5)
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace

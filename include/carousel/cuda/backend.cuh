@@ -1,0 +1,206 @@
+#pragma once
+/// \file
+/// carousel::cuda::Backend — a diffusers Stable Diffusion folder on the GPU behind the interface the diffusion
+/// Pipeline drives (tokenizer, encode_text, unet, decode on host tensors), plus the component loaders.
+/// Weights are uploaded once at construction; each call uploads its inputs, runs on the device and downloads its
+/// result (a device-resident latent path is a later step, see docs/cuda-backend.md).
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <carousel/cuda/clip_text.cuh>
+#include <carousel/cuda/engine.cuh>
+#include <carousel/cuda/graph.cuh>
+#include <carousel/cuda/ops.cuh>
+#include <carousel/cuda/tensor.cuh>
+#include <carousel/cuda/unet.cuh>
+#include <carousel/cuda/vae.cuh>
+#include <carousel/cuda/weights.cuh>
+#include <carousel/model/clip_text_config.hpp>
+#include <carousel/model/clip_tokenizer.hpp>
+#include <carousel/model/diffusers_folder.hpp>
+#include <carousel/model/format_error.hpp>
+#include <carousel/model/unet_config.hpp>
+#include <carousel/model/vae_config.hpp>
+#include <carousel/model/weights.hpp>
+
+namespace carousel::cuda {
+
+/// Loads a diffusers unet/ folder onto the GPU in `dtype` (`variant` e.g. "fp16" picks *.fp16.safetensors).
+/// \throws model::FormatError naming the file, field or tensor at fault (also for tensors left unused).
+inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, const model::UNetConfig& config, DType dtype,
+                                      std::string_view variant = "") {
+  auto store = model::WeightStore::open(dir, variant);
+  StoreWeights weights(store);
+  UNet2DConditionModel unet(config, weights, dtype);
+  store.require_all_used();
+  return unet;
+}
+
+/// Loads a transformers text_encoder/ folder (CLIPTextModel; keys with or without "text_model.") onto the GPU.
+/// \throws model::FormatError as load_unet.
+inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, const model::ClipTextConfig& config,
+                                       DType dtype, std::string_view variant = "") {
+  auto store = model::WeightStore::open(dir, variant);
+  store.add_missing_prefix("text_model.");
+  StoreWeights weights(store);
+  ClipTextModel clip(config, weights, dtype, "text_model.");
+  store.require_all_used();
+  return clip;
+}
+
+/// Loads the decode path of a diffusers vae/ folder onto the GPU; the encoder (encoder.*, quant_conv.*) is not read,
+/// any other unused tensor is an error. \throws model::FormatError as load_unet.
+inline VaeDecoder load_vae_decoder(const std::filesystem::path& dir, const model::VaeConfig& config, DType dtype,
+                                   std::string_view variant = "") {
+  auto store = model::WeightStore::open(dir, variant);
+  StoreWeights weights(store);
+  VaeDecoder vae(config, weights, dtype);
+  std::vector<std::string> left;
+  for (auto& name : store.unused())
+    if (!name.starts_with("encoder.") && !name.starts_with("quant_conv.")) left.push_back(std::move(name));
+  if (!left.empty()) {
+    std::string list;
+    for (std::size_t i = 0; i < left.size() && i < 20; ++i)
+      list += (i ? ", " : "") + left[i];
+    throw model::FormatError("weights in '" + dir.string() + "': " + std::to_string(left.size()) +
+                             " tensor(s) were not used by the VAE decoder (unexpected for its config): " + list);
+  }
+  return vae;
+}
+
+/// Options of Backend's loading constructor.
+struct BackendOptions {
+  std::string variant;           ///< weight variant, as diffusers' `variant=` ("fp16" or empty)
+  std::int64_t clip_skip = 0;    ///< encode_text uses the hidden state clip_skip layers before the last
+  DType dtype = DType::f16;      ///< text encoder and UNet: f16 (tensor cores) or f32 (the exact reference)
+  DType vae_dtype = DType::f32;  ///< VAE decoder (diffusers' force_upcast keeps SD's VAE in float32)
+  bool cuda_graphs = false;      ///< run the UNet through UNetGraphs (one CUDA graph per batch/shape bucket)
+};
+
+/// A Stable Diffusion model on the GPU: CLIP tokenizer (host) and text tower, UNet and optionally the VAE decoder,
+/// satisfying diffusion::DiffusionBackend with HostTensor at the boundary.
+///
+/// Work runs on two Engines (streams): text encoding and the UNet share one, VAE decode has its own, so a decode
+/// called from another thread does not wait for a UNet step. Calls on one engine are serialised by its mutex, so all
+/// members may be called from several threads. Batch items never influence each other. Move-only.
+class Backend {
+ public:
+  /// Loads the diffusers folder at `root`. \throws model::FormatError naming what is at fault; CudaError.
+  explicit Backend(const std::filesystem::path& root, const BackendOptions& options = {})
+      : Backend(model::DiffusersFolder::open(root), options) {}
+
+  /// Loads the folder's text_encoder, unet and, when listed, vae (without one decode is the identity and
+  /// vae_scale_factor() is 1). \throws model::FormatError naming what is at fault; CudaError.
+  explicit Backend(const model::DiffusersFolder& folder, const BackendOptions& options = {})
+      : folder_(folder),
+        tokenizer_(model::ClipTokenizer::load(folder.tokenizer)),
+        text_encoder_config_(model::ClipTextConfig::load(folder.text_encoder / "config.json")),
+        unet_config_(model::UNetConfig::load(folder.unet / "config.json")),
+        text_encoder_(std::make_unique<ClipTextModel>(
+            load_text_encoder(folder.text_encoder, text_encoder_config_, options.dtype, options.variant))),
+        unet_(std::make_unique<UNet2DConditionModel>(
+            load_unet(folder.unet, unet_config_, options.dtype, options.variant))),
+        clip_skip_(options.clip_skip),
+        main_(std::make_unique<Engine>()),
+        decode_engine_(std::make_unique<Engine>()) {
+    if (options.cuda_graphs) graphs_ = std::make_unique<UNetGraphs>(*unet_);
+    if (folder.vae) {
+      vae_config_.emplace(model::VaeConfig::load(*folder.vae / "config.json"));
+      vae_ =
+          std::make_unique<VaeDecoder>(load_vae_decoder(*folder.vae, *vae_config_, options.vae_dtype, options.variant));
+    }
+    if (text_encoder_config_.hidden_size != unet_config_.cross_attention_dim)
+      throw model::FormatError("'" + folder.root.string() + "': text encoder hidden_size " +
+                               std::to_string(text_encoder_config_.hidden_size) +
+                               " differs from the UNet's cross_attention_dim " +
+                               std::to_string(unet_config_.cross_attention_dim));
+  }
+
+  /// The folder's tokenizer (`tokenizer().encode(prompt)` gives the ids encode_text expects).
+  const model::ClipTokenizer& tokenizer() const noexcept { return tokenizer_; }
+
+  /// Token id rows -> text embeddings [B, L, context_dim()] (float32 host).
+  /// \throws std::invalid_argument for ragged rows or ids outside the vocabulary.
+  HostTensor encode_text(std::span<const std::vector<std::int32_t>> token_ids) const {
+    std::lock_guard lock(main_->mutex());
+    return to_host(*main_, text_encoder_->forward(*main_, token_ids, clip_skip_));
+  }
+
+  /// One UNet evaluation: sample [B, latent_channels(), h, w], timesteps[B], context [B, L, context_dim()] ->
+  /// model output [B, out_channels, h, w] (host, float32). \throws std::invalid_argument for inconsistent shapes.
+  HostTensor unet(const HostTensor& sample, std::span<const float> timesteps, const HostTensor& context) const {
+    if (sample.rank() != 4)
+      throw std::invalid_argument("carousel::cuda::Backend::unet: sample " + shape_string(sample.shape()) +
+                                  " is not [B, C, H, W]");
+    if (static_cast<std::int64_t>(timesteps.size()) != sample.dim(0))
+      throw std::invalid_argument("carousel::cuda::Backend::unet: " + std::to_string(timesteps.size()) +
+                                  " timesteps for a batch of " + std::to_string(sample.dim(0)));
+    std::lock_guard lock(main_->mutex());
+    Engine& e = *main_;
+    const DType dt = unet_->dtype();
+    const DeviceTensor x =
+        to_nhwc(e, sample.values(), sample.shape(), dt, InputTransform{.center = unet_config_.center_input_sample});
+    const DeviceTensor t = upload(e, timesteps, {static_cast<std::int64_t>(timesteps.size())}, DType::f32);
+    const DeviceTensor ctx = upload(e, context.values(), context.shape(), dt);
+    return to_host_nchw(e, graphs_ ? graphs_->forward(e, x, t, ctx) : unet_->forward(e, x, t, ctx));
+  }
+
+  /// Scaled latents [B, latent_channels(), h, w] -> images [B, 3, h*f, w*f] nominally in [-1, 1] (not clamped);
+  /// divides by the VAE's scaling_factor (and adds shift_factor) first. Without a VAE the latents come back unchanged.
+  HostTensor decode(const HostTensor& latents) const {
+    if (!vae_) return latents;
+    if (latents.rank() != 4)
+      throw std::invalid_argument("carousel::cuda::Backend::decode: latents " + shape_string(latents.shape()) +
+                                  " are not [B, C, h, w]");
+    std::lock_guard lock(decode_engine_->mutex());
+    Engine& e = *decode_engine_;
+    const DeviceTensor z =
+        to_nhwc(e, latents.values(), latents.shape(), vae_->dtype(),
+                InputTransform{.divisor = static_cast<float>(vae_config_->scaling_factor),
+                               .shift = static_cast<float>(vae_config_->shift_factor.value_or(0.0))});
+    return to_host_nchw(e, vae_->forward(e, z));
+  }
+
+  /// Channels of the UNet's input.
+  std::int64_t latent_channels() const noexcept { return unet_config_.in_channels; }
+  /// Image pixels per latent pixel: 2^(len(vae block_out_channels) - 1), 1 without a VAE.
+  std::int64_t vae_scale_factor() const noexcept { return vae_ ? vae_config_->downscale_factor() : 1; }
+  /// Width of a context vector (the UNet's cross_attention_dim).
+  std::int64_t context_dim() const noexcept { return unet_config_.cross_attention_dim; }
+  /// Whether a VAE was loaded.
+  bool has_vae() const noexcept { return vae_ != nullptr; }
+  /// The folder's layout.
+  const model::DiffusersFolder& folder() const noexcept { return folder_; }
+  /// unet/config.json as parsed.
+  const model::UNetConfig& unet_config() const noexcept { return unet_config_; }
+  /// The device UNet (for device-resident callers, with an Engine of their own).
+  const UNet2DConditionModel& unet_model() const noexcept { return *unet_; }
+  /// The device text encoder.
+  const ClipTextModel& text_encoder_model() const noexcept { return *text_encoder_; }
+  /// The device VAE decoder, or nullptr without a VAE.
+  const VaeDecoder* vae_model() const noexcept { return vae_.get(); }
+
+ private:
+  model::DiffusersFolder folder_;
+  model::ClipTokenizer tokenizer_;
+  model::ClipTextConfig text_encoder_config_;
+  model::UNetConfig unet_config_;
+  std::optional<model::VaeConfig> vae_config_;
+  std::unique_ptr<ClipTextModel> text_encoder_;
+  std::unique_ptr<UNet2DConditionModel> unet_;
+  std::unique_ptr<VaeDecoder> vae_;
+  std::int64_t clip_skip_ = 0;
+  std::unique_ptr<Engine> main_;           // text encoder + UNet stream
+  std::unique_ptr<Engine> decode_engine_;  // VAE decode stream
+  std::unique_ptr<UNetGraphs> graphs_;     // used under main_'s mutex; destroyed before the engines
+};
+
+}  // namespace carousel::cuda

@@ -1,0 +1,273 @@
+#pragma once
+/// \file
+/// The backend's own __global__ kernels (launched by ops.cuh). Element type T is float or __half; arithmetic is
+/// float32; reductions accumulate in double where the CPU backend does, so fp32 results track it closely.
+
+#include <cstdint>
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+namespace carousel::cuda::detail {
+
+__device__ __forceinline__ float load(const float* p, std::int64_t i) {
+  return p[i];
+}
+__device__ __forceinline__ float load(const __half* p, std::int64_t i) {
+  return __half2float(p[i]);
+}
+__device__ __forceinline__ void store(float* p, std::int64_t i, float v) {
+  p[i] = v;
+}
+__device__ __forceinline__ void store(__half* p, std::int64_t i, float v) {
+  p[i] = __float2half_rn(v);
+}
+
+__device__ __forceinline__ float silu(float v) {
+  return v / (1.0f + expf(-v));
+}
+__device__ __forceinline__ float gelu_erf(float x) {
+  return 0.5f * x * (1.0f + erff(x * 1.41421356237309504880f * 0.5f));
+}
+__device__ __forceinline__ float quick_gelu(float x) {
+  return x / (1.0f + expf(-1.702f * x));
+}
+
+constexpr int block_threads = 256;
+
+// Sum of one double per thread over a block of block_threads threads; every thread gets the total.
+__device__ inline double block_sum(double v) {
+  __shared__ double partial[block_threads / 32];
+  __shared__ double total;
+  for (int o = 16; o > 0; o /= 2)
+    v += __shfl_down_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double s = 0;
+    for (int w = 0; w < block_threads / 32; ++w)
+      s += partial[w];
+    total = s;
+  }
+  __syncthreads();
+  return total;
+}
+
+__device__ inline float block_max(float v) {
+  __shared__ float partial[block_threads / 32];
+  __shared__ float total;
+  for (int o = 16; o > 0; o /= 2)
+    v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float m = partial[0];
+    for (int w = 1; w < block_threads / 32; ++w)
+      m = fmaxf(m, partial[w]);
+    total = m;
+  }
+  __syncthreads();
+  return total;
+}
+
+// GroupNorm over NHWC: block (g, b) normalises channels [g*cpg, (g+1)*cpg) of all `spatial` positions of item b.
+// One pass for the statistics (sum and sum of squares in double: no cancellation at these sizes), one to normalise.
+template <class T>
+__global__ void group_norm_nhwc(const T* x, T* y, std::int64_t spatial, std::int64_t channels, std::int64_t cpg,
+                                float eps, const float* gamma, const float* beta, bool apply_silu) {
+  const std::int64_t g = blockIdx.x, b = blockIdx.y, count = spatial * cpg;
+  const std::int64_t base = b * spatial * channels + g * cpg;
+  double sum = 0, sq = 0;
+  for (std::int64_t i = threadIdx.x; i < count; i += blockDim.x) {
+    const double v = load(x, base + (i / cpg) * channels + i % cpg);
+    sum += v;
+    sq += v * v;
+  }
+  sum = block_sum(sum);
+  sq = block_sum(sq);
+  const double mean = sum / static_cast<double>(count);
+  const double var = fmax(sq / static_cast<double>(count) - mean * mean, 0.0);
+  const double inv = 1.0 / sqrt(var + eps);
+  for (std::int64_t i = threadIdx.x; i < count; i += blockDim.x) {
+    const std::int64_t c = g * cpg + i % cpg, idx = base + (i / cpg) * channels + i % cpg;
+    const float scale = static_cast<float>(inv) * gamma[c];
+    const float shift = beta[c] - static_cast<float>(mean * inv) * gamma[c];
+    const float v = load(x, idx) * scale + shift;
+    store(y, idx, apply_silu ? silu(v) : v);
+  }
+}
+
+// LayerNorm: one block per row of `width` values.
+template <class T>
+__global__ void layer_norm_rows(const T* x, T* y, std::int64_t width, float eps, const float* gamma,
+                                const float* beta) {
+  const std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * width;
+  double sum = 0;
+  for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x)
+    sum += load(x, base + i);
+  const double mean = block_sum(sum) / static_cast<double>(width);
+  double sq = 0;
+  for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+    const double d = load(x, base + i) - mean;
+    sq += d * d;
+  }
+  const double inv = 1.0 / sqrt(block_sum(sq) / static_cast<double>(width) + eps);
+  for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x)
+    store(y, base + i, static_cast<float>((load(x, base + i) - mean) * inv) * gamma[i] + beta[i]);
+}
+
+// Softmax of scores (S: float or __half) into T probabilities, one block per row; in place when both alias. Row r is
+// query r % lq for the causal mask (keys j > query get probability 0).
+template <class S, class T>
+__global__ void softmax_rows(const S* scores, T* probs, std::int64_t width, std::int64_t lq, bool causal) {
+  const std::int64_t r = blockIdx.x, base = r * width;
+  const std::int64_t valid = causal ? min(width, r % lq + 1) : width;
+  float m = -INFINITY;
+  for (std::int64_t j = threadIdx.x; j < valid; j += blockDim.x)
+    m = fmaxf(m, load(scores, base + j));
+  m = block_max(m);
+  double sum = 0;
+  for (std::int64_t j = threadIdx.x; j < valid; j += blockDim.x)
+    sum += expf(load(scores, base + j) - m);
+  const float inv = static_cast<float>(1.0 / block_sum(sum));
+  // Each thread rewrites only the elements it read, so scores and probs may be the same buffer.
+  for (std::int64_t j = threadIdx.x; j < width; j += blockDim.x)
+    store(probs, base + j, j < valid ? expf(load(scores, base + j) - m) * inv : 0.0f);
+}
+
+// y[r, c] = a[r, c] * gelu(g[r, c]) with [a | g] = proj[r, 0:2*inner].
+template <class T>
+__global__ void geglu(const T* proj, T* y, std::int64_t rows, std::int64_t inner) {
+  const std::int64_t n = rows * inner;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t r = i / inner, c = i % inner;
+    store(y, i, load(proj, r * 2 * inner + c) * gelu_erf(load(proj, r * 2 * inner + inner + c)));
+  }
+}
+
+// In-place activation: 0 = SiLU, 1 = quick GELU, 2 = GELU (erf).
+template <class T>
+__global__ void activation(T* x, std::int64_t n, int kind) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const float v = load(x, i);
+    store(x, i, kind == 0 ? silu(v) : kind == 1 ? quick_gelu(v) : gelu_erf(v));
+  }
+}
+
+// y[b, p, c] += bias[c] + per_item[b, c] + residual[b, p, c] (each term optional), y viewed as [B, P, C].
+template <class T>
+__global__ void epilogue(T* y, std::int64_t items, std::int64_t positions, std::int64_t channels, const T* bias,
+                         const T* per_item, const T* residual) {
+  const std::int64_t n = items * positions * channels;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t c = i % channels, b = i / (positions * channels);
+    float v = load(y, i);
+    if (bias) v += load(bias, c);
+    if (per_item) v += load(per_item, b * channels + c);
+    if (residual) v += load(residual, i);
+    store(y, i, v);
+  }
+}
+
+// Sinusoidal timestep embedding [B, 2*half] from per-item timesteps and precomputed frequencies.
+template <class T>
+__global__ void timestep_embedding(const float* timesteps, const float* freqs, T* y, std::int64_t batch,
+                                   std::int64_t half, bool flip_sin_to_cos) {
+  const std::int64_t n = batch * half;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t b = i / half, k = i % half;
+    const float e = timesteps[b] * freqs[k];
+    const float s = sinf(e), c = cosf(e);
+    store(y, b * 2 * half + k, flip_sin_to_cos ? c : s);
+    store(y, b * 2 * half + half + k, flip_sin_to_cos ? s : c);
+  }
+}
+
+// Nearest upsampling NHWC [B, h, w, C] -> [B, oh, ow, C] with torch's source index floor(o * in/out).
+template <class T>
+__global__ void upsample_nearest_nhwc(const T* x, T* y, std::int64_t batch, std::int64_t h, std::int64_t w,
+                                      std::int64_t channels, std::int64_t oh, std::int64_t ow, float sy, float sx) {
+  const std::int64_t n = batch * oh * ow * channels;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t c = i % channels, ox = (i / channels) % ow, oy = (i / (channels * ow)) % oh,
+                       b = i / (channels * ow * oh);
+    const std::int64_t iy = min(static_cast<std::int64_t>(floorf(static_cast<float>(oy) * sy)), h - 1);
+    const std::int64_t ix = min(static_cast<std::int64_t>(floorf(static_cast<float>(ox) * sx)), w - 1);
+    y[i] = x[((b * h + iy) * w + ix) * channels + c];
+  }
+}
+
+// Channel concatenation of two NHWC tensors with the same B, H, W: y[..., 0:ca] = a, y[..., ca:ca+cb] = b.
+template <class T>
+__global__ void concat_channels_nhwc(const T* a, const T* b, T* y, std::int64_t pixels, std::int64_t ca,
+                                     std::int64_t cb) {
+  const std::int64_t c_all = ca + cb, n = pixels * c_all;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t p = i / c_all, c = i % c_all;
+    y[i] = c < ca ? a[p * ca + c] : b[p * cb + c - ca];
+  }
+}
+
+// NCHW float -> NHWC T (optionally y = 2x - 1 or y = x / divisor + shift: mode 0 copy, 1 centre, 2 scale).
+template <class T>
+__global__ void nchw_to_nhwc(const float* x, T* y, std::int64_t batch, std::int64_t channels, std::int64_t spatial,
+                             int mode, float divisor, float shift) {
+  const std::int64_t n = batch * channels * spatial;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t c = i % channels, p = (i / channels) % spatial, b = i / (channels * spatial);
+    float v = x[(b * channels + c) * spatial + p];
+    if (mode == 1) v = 2.0f * v - 1.0f;
+    if (mode == 2) v = v / divisor + shift;
+    store(y, i, v);
+  }
+}
+
+// NHWC T -> NCHW float.
+template <class T>
+__global__ void nhwc_to_nchw(const T* x, float* y, std::int64_t batch, std::int64_t channels, std::int64_t spatial) {
+  const std::int64_t n = batch * channels * spatial;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t p = i % spatial, c = (i / spatial) % channels, b = i / (channels * spatial);
+    y[i] = load(x, (b * spatial + p) * channels + c);
+  }
+}
+
+// h[b, t, :] = token_embedding[ids[b, t], :] + position_embedding[t, :].
+template <class T>
+__global__ void clip_embed(const std::int32_t* ids, const T* token, const T* position, T* h, std::int64_t batch,
+                           std::int64_t len, std::int64_t width) {
+  const std::int64_t n = batch * len * width;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t c = i % width, t = (i / width) % len, b = i / (width * len);
+    store(h, i, load(token, static_cast<std::int64_t>(ids[b * len + t]) * width + c) + load(position, t * width + c));
+  }
+}
+
+// Element conversion between float and __half (or a copy).
+template <class From, class To>
+__global__ void convert(const From* x, To* y, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    store(y, i, load(x, i));
+}
+
+// A grid for a grid-stride loop over n elements.
+inline unsigned grid_for(std::int64_t n) {
+  const std::int64_t blocks = (n + block_threads - 1) / block_threads;
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 * 8 ? 65535 * 8 : blocks));
+}
+
+}  // namespace carousel::cuda::detail

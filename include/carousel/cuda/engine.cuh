@@ -1,0 +1,145 @@
+#pragma once
+/// \file
+/// carousel::cuda::Stream (an owning cudaStream_t) and Engine: one stream with its cuBLAS and cuDNN handles and its
+/// own CachingAllocator — the execution context every device op and module forward runs on.
+
+#include <cstdint>
+#include <cstdlib>
+#include <mutex>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <carousel/cuda/allocator.cuh>
+#include <carousel/cuda/check.cuh>
+#include <carousel/cuda/tensor.cuh>
+
+namespace carousel::cuda {
+
+/// An owning, non-blocking CUDA stream. Move-only.
+class Stream {
+ public:
+  /// A new stream (cudaStreamNonBlocking). \throws CudaError.
+  Stream() { CAROUSEL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  Stream(Stream&& o) noexcept : stream_(std::exchange(o.stream_, nullptr)) {}
+  Stream& operator=(Stream&& o) noexcept {
+    if (this != &o) {
+      if (stream_) cudaStreamDestroy(stream_);
+      stream_ = std::exchange(o.stream_, nullptr);
+    }
+    return *this;
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  ~Stream() {
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+  /// The handle.
+  cudaStream_t get() const noexcept { return stream_; }
+  /// Blocks until all work on the stream has finished. \throws CudaError for an asynchronous error.
+  void synchronize() const { CAROUSEL_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+/// One stream of work: the stream, a cuBLAS handle and a cuDNN handle bound to it, and the allocator whose blocks
+/// are ordered by that stream. Modules' forward calls take an Engine; an Engine must be used by one thread at a time
+/// (`mutex()` is there for callers that share one). Counts the FLOPs of the GEMMs and convolutions it issues
+/// (`flops()`, for benchmarks).
+///
+/// Graph capture (carousel::cuda::UNetGraphs): `set_pool` redirects temporaries to a private allocator whose blocks
+/// stay reserved for one captured graph; the cuBLAS and cuDNN workspaces have fixed addresses (cuBLAS's is set once,
+/// cuDNN's only grows and never frees an address a graph may hold) so that captured work never allocates.
+class Engine {
+ public:
+  /// A new stream with its handles. \throws CudaError.
+  Engine() {
+    CAROUSEL_CUBLAS_CHECK(cublasCreate(&cublas_));
+    CAROUSEL_CUBLAS_CHECK(cublasSetStream(cublas_, stream_.get()));
+    CAROUSEL_CUDNN_CHECK(cudnnCreate(&cudnn_));
+    CAROUSEL_CUDNN_CHECK(cudnnSetStream(cudnn_, stream_.get()));
+    cublas_workspace_ = DeviceBuffer(cublas_workspace_bytes, nullptr);
+    CAROUSEL_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_.get(), cublas_workspace_bytes));
+  }
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+  ~Engine() {
+    cudaStreamSynchronize(stream_.get());
+    cudnnDestroy(cudnn_);
+    cublasDestroy(cublas_);
+  }
+
+  /// The stream.
+  cudaStream_t stream() const noexcept { return stream_.get(); }
+  /// The cuBLAS handle (bound to stream()).
+  cublasHandle_t cublas() const noexcept { return cublas_; }
+  /// The cuDNN handle (bound to stream()).
+  cudnnHandle_t cudnn() const noexcept { return cudnn_; }
+  /// The allocator temporaries come from now: the engine's own, or the pool given to set_pool().
+  CachingAllocator& allocator() noexcept { return pool_ ? *pool_ : allocator_; }
+  /// Directs temporaries to `pool` (nullptr: back to the engine's own allocator). The pool must outlive its use.
+  void set_pool(CachingAllocator* pool) noexcept { pool_ = pool; }
+  /// A fresh tensor from allocator() (uninitialised).
+  DeviceTensor empty(Shape shape, DType dtype) { return DeviceTensor(std::move(shape), dtype, &allocator()); }
+  /// A scratch block of at least `bytes` for cuDNN, valid until the next call on this stream. Grows only; a replaced
+  /// block is kept until the engine is destroyed, since a captured graph may still use its address.
+  void* workspace(std::size_t bytes) {
+    if (bytes > workspace_.bytes()) {
+      retired_workspaces_.push_back(std::move(workspace_));
+      workspace_ = DeviceBuffer(bytes, nullptr);
+    }
+    return workspace_.get();
+  }
+  /// Blocks until the stream's work is done. \throws CudaError for an asynchronous error.
+  void synchronize() const { stream_.synchronize(); }
+  /// The mutex callers share an engine under.
+  std::mutex& mutex() noexcept { return mutex_; }
+  /// Whether fp16 non-causal attention uses the fused (flash) kernel rather than GEMMs + softmax. Defaults to true
+  /// unless the environment variable CAROUSEL_CUDA_ATTENTION is "plain".
+  bool fused_attention() const noexcept { return fused_attention_; }
+  /// Chooses the attention path (see fused_attention()).
+  void set_fused_attention(bool fused) noexcept { fused_attention_ = fused; }
+  /// Adds `n` to the FLOP counter (called by the GEMM and convolution ops).
+  void count_flops(double n) noexcept { flops_ += n; }
+  /// FLOPs issued since construction or the last reset_flops().
+  double flops() const noexcept { return flops_; }
+  /// Zeroes the FLOP counter.
+  void reset_flops() noexcept { flops_ = 0; }
+
+ private:
+  Stream stream_;
+  cublasHandle_t cublas_ = nullptr;
+  cudnnHandle_t cudnn_ = nullptr;
+  static constexpr std::size_t cublas_workspace_bytes = std::size_t{32} << 20;
+  CachingAllocator allocator_;
+  CachingAllocator* pool_ = nullptr;
+  DeviceBuffer cublas_workspace_;
+  DeviceBuffer workspace_;
+  std::vector<DeviceBuffer> retired_workspaces_;
+  std::mutex mutex_;
+  double flops_ = 0;
+  bool fused_attention_ = [] {
+    const char* env = std::getenv("CAROUSEL_CUDA_ATTENTION");
+    return env == nullptr || std::string_view(env) != "plain";
+  }();
+};
+
+/// Copies a host tensor to the device as `dtype` on the engine's stream (synchronous with respect to the host
+/// buffer: returns after the copy was enqueued from a staging vector that it waits for).
+inline DeviceTensor upload(Engine& engine, std::span<const float> values, Shape shape, DType dtype) {
+  if (static_cast<std::int64_t>(values.size()) != shape_numel(shape))
+    throw std::invalid_argument("carousel::cuda::upload: " + std::to_string(values.size()) +
+                                " values do not fill shape " + shape_string(shape));
+  DeviceTensor t = engine.empty(std::move(shape), dtype);
+  const auto bytes = to_dtype_bytes(values, dtype);
+  CAROUSEL_CUDA_CHECK(cudaMemcpyAsync(t.data(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice, engine.stream()));
+  engine.synchronize();
+  return t;
+}
+
+}  // namespace carousel::cuda

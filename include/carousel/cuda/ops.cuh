@@ -1,0 +1,488 @@
+#pragma once
+/// \file
+/// Device ops of the CUDA backend on DeviceTensors, all enqueued on an Engine's stream: GEMMs (cuBLAS, fp32
+/// accumulation; fp16 inputs use the tensor cores, fp32 stays true fp32 — no TF32), convolutions (cuDNN, NHWC),
+/// attention (batched GEMMs + softmax kernel), GroupNorm(+SiLU), LayerNorm, GEGLU, activations, timestep embedding,
+/// nearest upsampling, channel concatenation and layout conversions. Images are NHWC on the device.
+/// Every op checks its shapes and throws std::invalid_argument naming the op; CUDA failures throw CudaError.
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cudnn.h>
+
+#include <carousel/cuda/check.cuh>
+#include <carousel/cuda/detail/flash_attention.cuh>
+#include <carousel/cuda/detail/kernels.cuh>
+#include <carousel/cuda/engine.cuh>
+#include <carousel/cuda/tensor.cuh>
+
+namespace carousel::cuda {
+
+namespace detail {
+
+// Calls f(float{}) or f(__half{}) for the dtype.
+template <class F>
+void with_dtype(DType t, F&& f) {
+  if (t == DType::f32) {
+    f(float{});
+  } else {
+    f(__half{});
+  }
+}
+
+inline cudaDataType_t cuda_type(DType t) {
+  return t == DType::f32 ? CUDA_R_32F : CUDA_R_16F;
+}
+inline cudnnDataType_t cudnn_type(DType t) {
+  return t == DType::f32 ? CUDNN_DATA_FLOAT : CUDNN_DATA_HALF;
+}
+
+inline void check_kernel() {
+  CAROUSEL_CUDA_CHECK(cudaGetLastError());
+}
+
+inline void require(bool ok, const std::string& message) {
+  if (!ok) throw std::invalid_argument("carousel::cuda::" + message);
+}
+
+}  // namespace detail
+
+/// Row-major C[M, N] = alpha * op(A)[M, K] op(B)[K, N] + beta * C with leading dimensions in elements. A and B have
+/// type `ab`, C type `c`; accumulation is float32 (CUBLAS_COMPUTE_32F: tensor cores for fp16 inputs, plain FMA for
+/// fp32 inputs). Counts 2MNK FLOPs on the engine.
+inline void gemm(Engine& e, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
+                 const void* a, std::int64_t lda, const void* b, std::int64_t ldb, float beta, void* c,
+                 std::int64_t ldc, DType ab, DType ct) {
+  // Column-major C^T = op(B)^T op(A)^T: pass B first with the same transpose flags.
+  CAROUSEL_CUBLAS_CHECK(cublasGemmEx(e.cublas(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                     trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+                                     static_cast<int>(k), &alpha, b, detail::cuda_type(ab), static_cast<int>(ldb), a,
+                                     detail::cuda_type(ab), static_cast<int>(lda), &beta, c, detail::cuda_type(ct),
+                                     static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  e.count_flops(2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k));
+}
+
+/// `count` row-major GEMMs as gemm(), matrix i at a + i*stride_a, b + i*stride_b, c + i*stride_c (strides in
+/// elements).
+inline void gemm_strided_batched(Engine& e, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
+                                 float alpha, const void* a, std::int64_t lda, std::int64_t stride_a, const void* b,
+                                 std::int64_t ldb, std::int64_t stride_b, float beta, void* c, std::int64_t ldc,
+                                 std::int64_t stride_c, std::int64_t count, DType ab, DType ct) {
+  CAROUSEL_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+      e.cublas(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n),
+      static_cast<int>(m), static_cast<int>(k), &alpha, b, detail::cuda_type(ab), static_cast<int>(ldb), stride_b, a,
+      detail::cuda_type(ab), static_cast<int>(lda), stride_a, &beta, c, detail::cuda_type(ct), static_cast<int>(ldc),
+      stride_c, static_cast<int>(count), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  e.count_flops(2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) *
+                static_cast<double>(count));
+}
+
+/// y[..., out] = x[..., in] W^T (+ bias) (+ residual): torch.nn.Linear over the last dimension. `weight` [out, in],
+/// `bias` [out] or null, `residual` shaped like y or null; all of x's dtype.
+inline DeviceTensor linear(Engine& e, const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
+                           const DeviceTensor* residual = nullptr) {
+  const std::int64_t in = weight.dim(1), out = weight.dim(0);
+  detail::require(x.rank() >= 1 && x.dim(-1) == in && x.dtype() == weight.dtype(),
+                  "linear: input " + shape_string(x.shape()) + " does not end in " + std::to_string(in));
+  const std::int64_t rows = x.numel() / in;
+  Shape shape = x.shape();
+  shape.back() = out;
+  DeviceTensor y = e.empty(shape, x.dtype());
+  gemm(e, false, true, rows, out, in, 1.0f, x.data(), in, weight.data(), in, 0.0f, y.data(), out, x.dtype(), x.dtype());
+  if (bias || residual) {
+    detail::require(!residual || residual->shape() == y.shape(), "linear: residual shape differs from the output");
+    detail::with_dtype(x.dtype(), [&](auto t) {
+      using T = decltype(t);
+      detail::epilogue<T><<<detail::grid_for(y.numel()), detail::block_threads, 0, e.stream()>>>(
+          y.as<T>(), 1, rows, out, bias ? bias->as<T>() : nullptr, nullptr, residual ? residual->as<T>() : nullptr);
+    });
+    detail::check_kernel();
+  }
+  return y;
+}
+
+/// In place y[b, p, c] += bias[c] + per_item[b, c] + residual[b, p, c] over y viewed as [B, P, C] with C its last
+/// extent and B its first; each term optional (null).
+inline void add_epilogue(Engine& e, DeviceTensor& y, const DeviceTensor* bias, const DeviceTensor* per_item,
+                         const DeviceTensor* residual) {
+  const std::int64_t items = y.dim(0), channels = y.dim(-1), positions = y.numel() / (items * channels);
+  detail::require(!residual || residual->shape() == y.shape(), "add_epilogue: residual shape differs");
+  detail::require(!per_item || per_item->numel() == items * channels, "add_epilogue: per-item term is not [B, C]");
+  detail::with_dtype(y.dtype(), [&](auto t) {
+    using T = decltype(t);
+    detail::epilogue<T><<<detail::grid_for(y.numel()), detail::block_threads, 0, e.stream()>>>(
+        y.as<T>(), items, positions, channels, bias ? bias->as<T>() : nullptr, per_item ? per_item->as<T>() : nullptr,
+        residual ? residual->as<T>() : nullptr);
+  });
+  detail::check_kernel();
+}
+
+/// Convolution of x [B, H, W, Cin] (NHWC) with `weight` [Cout, k, k, Cin] (KRSC), square kernel, stride and zero
+/// padding, through cuDNN (fp16: tensor-core math; fp32: FMA math, no TF32); no bias. The algorithm comes from
+/// cuDNN's heuristics (cudnnGetConvolutionForwardAlgorithm_v7).
+inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTensor& weight, std::int64_t stride,
+                                std::int64_t pad) {
+  const std::int64_t cout = weight.dim(0), k = weight.dim(1), cin = weight.dim(3);
+  detail::require(
+      x.rank() == 4 && x.dim(3) == cin && x.dtype() == weight.dtype(),
+      "conv2d_nhwc: input " + shape_string(x.shape()) + " does not have " + std::to_string(cin) + " channels (NHWC)");
+  const std::int64_t b = x.dim(0), h = x.dim(1), w = x.dim(2);
+  const std::int64_t ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
+  DeviceTensor y = e.empty({b, ho, wo, cout}, x.dtype());
+  const cudnnDataType_t dt = detail::cudnn_type(x.dtype());
+  cudnnTensorDescriptor_t xd = nullptr, yd = nullptr;
+  cudnnFilterDescriptor_t wd = nullptr;
+  cudnnConvolutionDescriptor_t cd = nullptr;
+  struct Guard {
+    cudnnTensorDescriptor_t& xd;
+    cudnnTensorDescriptor_t& yd;
+    cudnnFilterDescriptor_t& wd;
+    cudnnConvolutionDescriptor_t& cd;
+    ~Guard() {
+      if (xd) cudnnDestroyTensorDescriptor(xd);
+      if (yd) cudnnDestroyTensorDescriptor(yd);
+      if (wd) cudnnDestroyFilterDescriptor(wd);
+      if (cd) cudnnDestroyConvolutionDescriptor(cd);
+    }
+  } guard{xd, yd, wd, cd};
+  CAROUSEL_CUDNN_CHECK(cudnnCreateTensorDescriptor(&xd));
+  CAROUSEL_CUDNN_CHECK(cudnnCreateTensorDescriptor(&yd));
+  CAROUSEL_CUDNN_CHECK(cudnnCreateFilterDescriptor(&wd));
+  CAROUSEL_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&cd));
+  CAROUSEL_CUDNN_CHECK(cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NHWC, dt, static_cast<int>(b), static_cast<int>(cin),
+                                                  static_cast<int>(h), static_cast<int>(w)));
+  CAROUSEL_CUDNN_CHECK(cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NHWC, dt, static_cast<int>(b),
+                                                  static_cast<int>(cout), static_cast<int>(ho), static_cast<int>(wo)));
+  CAROUSEL_CUDNN_CHECK(cudnnSetFilter4dDescriptor(wd, dt, CUDNN_TENSOR_NHWC, static_cast<int>(cout),
+                                                  static_cast<int>(cin), static_cast<int>(k), static_cast<int>(k)));
+  CAROUSEL_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(cd, static_cast<int>(pad), static_cast<int>(pad),
+                                                       static_cast<int>(stride), static_cast<int>(stride), 1, 1,
+                                                       CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+  const cudnnMathType_t math = x.dtype() == DType::f16 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
+  CAROUSEL_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, math));
+  // The heuristic's choice per problem shape, asked once (a host-side query that would otherwise run per call).
+  using Key = std::array<std::int64_t, 9>;
+  static std::mutex cache_mutex;
+  static std::map<Key, std::pair<cudnnConvolutionFwdAlgo_t, std::size_t>> cache;
+  const Key key{b, h, w, cin, cout, k, stride, pad, static_cast<std::int64_t>(x.dtype())};
+  cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+  std::size_t workspace = 0;
+  {
+    std::lock_guard lock(cache_mutex);
+    if (const auto it = cache.find(key); it != cache.end()) {
+      algo = it->second.first;
+      workspace = it->second.second;
+    } else {
+      cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+      int found = 0;
+      CAROUSEL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(e.cudnn(), xd, wd, cd, yd,
+                                                                  CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf));
+      for (int i = 0; i < found; ++i) {
+        if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
+        // fp32 must stay true fp32: skip anything that would use TF32 tensor cores.
+        if (x.dtype() == DType::f32 && perf[i].mathType != CUDNN_FMA_MATH && perf[i].mathType != CUDNN_DEFAULT_MATH)
+          continue;
+        algo = perf[i].algo;
+        break;
+      }
+      CAROUSEL_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(e.cudnn(), xd, wd, cd, yd, algo, &workspace));
+      cache.emplace(key, std::make_pair(algo, workspace));
+    }
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  CAROUSEL_CUDNN_CHECK(cudnnConvolutionForward(e.cudnn(), &alpha, xd, x.data(), wd, weight.data(), cd, algo,
+                                               e.workspace(workspace), workspace, &beta, yd, y.data()));
+  e.count_flops(2.0 * static_cast<double>(b * ho * wo * cout) * static_cast<double>(cin * k * k));
+  return y;
+}
+
+/// GroupNorm of x NHWC [B, ..., C] (affine, biased variance, float32 gamma/beta [C]); SiLU afterwards when `silu`.
+inline DeviceTensor group_norm(Engine& e, const DeviceTensor& x, std::int64_t groups, float eps,
+                               const DeviceTensor& gamma, const DeviceTensor& beta, bool silu) {
+  const std::int64_t channels = x.dim(-1);
+  detail::require(
+      groups > 0 && channels % groups == 0,
+      "group_norm: " + std::to_string(channels) + " channels do not split into " + std::to_string(groups) + " groups");
+  const std::int64_t batch = x.dim(0), spatial = x.numel() / (batch * channels);
+  DeviceTensor y = e.empty(x.shape(), x.dtype());
+  detail::with_dtype(x.dtype(), [&](auto t) {
+    using T = decltype(t);
+    detail::group_norm_nhwc<T>
+        <<<dim3(static_cast<unsigned>(groups), static_cast<unsigned>(batch)), detail::block_threads, 0, e.stream()>>>(
+            x.as<T>(), y.as<T>(), spatial, channels, channels / groups, eps, gamma.as<float>(), beta.as<float>(), silu);
+  });
+  detail::check_kernel();
+  return y;
+}
+
+/// LayerNorm over the last dimension (float32 gamma/beta).
+inline DeviceTensor layer_norm(Engine& e, const DeviceTensor& x, const DeviceTensor& gamma, const DeviceTensor& beta,
+                               float eps) {
+  const std::int64_t width = x.dim(-1), rows = x.numel() / width;
+  detail::require(gamma.numel() == width, "layer_norm: gamma does not match the width");
+  DeviceTensor y = e.empty(x.shape(), x.dtype());
+  if (rows == 0) return y;
+  detail::with_dtype(x.dtype(), [&](auto t) {
+    using T = decltype(t);
+    detail::layer_norm_rows<T><<<static_cast<unsigned>(rows), detail::block_threads, 0, e.stream()>>>(
+        x.as<T>(), y.as<T>(), width, eps, gamma.as<float>(), beta.as<float>());
+  });
+  detail::check_kernel();
+  return y;
+}
+
+namespace detail {
+
+// The fused kernel for a padded head dim DP.
+template <int DP>
+void launch_flash(Engine& e, const void* q, std::int64_t ldq, const void* k, std::int64_t ldk, const void* v,
+                  std::int64_t ldv, std::int64_t batch, std::int64_t lq, std::int64_t lk, std::int64_t heads,
+                  std::int64_t head_dim, float scale, void* out, std::int64_t ldo) {
+  const std::size_t smem = flash_smem_bytes(DP);
+  // Raise the kernel's dynamic shared memory limit once (not again while a graph is being captured).
+  static std::once_flag raised;
+  std::call_once(raised, [&] {
+    CAROUSEL_CUDA_CHECK(
+        cudaFuncSetAttribute(flash_attention<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  });
+  const dim3 grid(static_cast<unsigned>((lq + flash_rows - 1) / flash_rows), static_cast<unsigned>(heads),
+                  static_cast<unsigned>(batch));
+  flash_attention<DP><<<grid, 128, smem, e.stream()>>>(
+      static_cast<const __half*>(q), ldq, static_cast<const __half*>(k), ldk, static_cast<const __half*>(v), ldv,
+      static_cast<__half*>(out), ldo, lq, lk, static_cast<int>(head_dim), scale);
+  check_kernel();
+  e.count_flops(4.0 * static_cast<double>(batch * heads) * static_cast<double>(lq) * static_cast<double>(lk) *
+                static_cast<double>(head_dim));
+}
+
+// Runs the fused kernel when it applies (fp16, non-causal, head_dim <= 160); returns whether it did.
+inline bool flash_attention_if_supported(Engine& e, DType dtype, const void* q, std::int64_t ldq, const void* k,
+                                         std::int64_t ldk, const void* v, std::int64_t ldv, std::int64_t batch,
+                                         std::int64_t lq, std::int64_t lk, std::int64_t heads, std::int64_t head_dim,
+                                         bool causal, float scale, void* out, std::int64_t ldo) {
+  if (!e.fused_attention() || dtype != DType::f16 || causal || head_dim > 160 || lk == 0) return false;
+  const auto run = [&](auto dp) {
+    launch_flash<decltype(dp)::value>(e, q, ldq, k, ldk, v, ldv, batch, lq, lk, heads, head_dim, scale, out, ldo);
+  };
+  if (head_dim <= 16) {
+    run(std::integral_constant<int, 16>{});
+  } else if (head_dim <= 32) {
+    run(std::integral_constant<int, 32>{});
+  } else if (head_dim <= 48) {
+    run(std::integral_constant<int, 48>{});
+  } else if (head_dim <= 64) {
+    run(std::integral_constant<int, 64>{});
+  } else if (head_dim <= 80) {
+    run(std::integral_constant<int, 80>{});
+  } else if (head_dim <= 128) {
+    run(std::integral_constant<int, 128>{});
+  } else {
+    run(std::integral_constant<int, 160>{});
+  }
+  return true;
+}
+
+}  // namespace detail
+
+/// Multi-head attention. fp16 without a causal mask and head_dim <= 160 runs the fused flash kernel
+/// (detail/flash_attention.cuh) unless Engine::fused_attention() is off; otherwise the plain way: per batch item,
+/// S = Q K^T / sqrt(head_dim) for all heads in one strided batched GEMM, a softmax kernel (causal: query i sees keys j
+/// <= i) that overwrites S with P, O = P V. Scores are kept in the model's dtype (fp16 halves the traffic of the
+/// [heads, lq, lk] score matrix; the softmax itself runs in float32). Heads split the width as c = head * head_dim + d.
+/// q: [B, lq, *] with row stride ldq (elements), k and v [B, lk, *] with ldk / ldv; out [B, lq, heads*head_dim] (row
+/// stride ldo). All of one dtype.
+inline void attention(Engine& e, DType dtype, const void* q, std::int64_t ldq, const void* k, std::int64_t ldk,
+                      const void* v, std::int64_t ldv, std::int64_t batch, std::int64_t lq, std::int64_t lk,
+                      std::int64_t heads, std::int64_t head_dim, bool causal, void* out, std::int64_t ldo) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  if (detail::flash_attention_if_supported(e, dtype, q, ldq, k, ldk, v, ldv, batch, lq, lk, heads, head_dim, causal,
+                                           scale, out, ldo))
+    return;
+  DeviceTensor scores = e.empty({heads, lq, lk}, dtype);
+  const std::size_t es = dtype_size(dtype);
+  for (std::int64_t b = 0; b < batch; ++b) {
+    const auto* qb = static_cast<const unsigned char*>(q) + static_cast<std::size_t>(b * lq * ldq) * es;
+    const auto* kb = static_cast<const unsigned char*>(k) + static_cast<std::size_t>(b * lk * ldk) * es;
+    const auto* vb = static_cast<const unsigned char*>(v) + static_cast<std::size_t>(b * lk * ldv) * es;
+    auto* ob = static_cast<unsigned char*>(out) + static_cast<std::size_t>(b * lq * ldo) * es;
+    gemm_strided_batched(e, false, true, lq, lk, head_dim, scale, qb, ldq, head_dim, kb, ldk, head_dim, 0.0f,
+                         scores.data(), lk, lq * lk, heads, dtype, dtype);
+    detail::with_dtype(dtype, [&](auto t) {
+      using T = decltype(t);
+      detail::softmax_rows<T, T><<<static_cast<unsigned>(heads * lq), detail::block_threads, 0, e.stream()>>>(
+          scores.as<T>(), scores.as<T>(), lk, lq, causal);
+    });
+    detail::check_kernel();
+    gemm_strided_batched(e, false, false, lq, head_dim, lk, 1.0f, scores.data(), lk, lq * lk, vb, ldv, head_dim, 0.0f,
+                         ob, ldo, head_dim, heads, dtype, dtype);
+  }
+}
+
+/// GEGLU: proj [..., 2*inner] = [a | g] -> a * GELU_erf(g) [..., inner].
+inline DeviceTensor geglu(Engine& e, const DeviceTensor& proj) {
+  const std::int64_t inner = proj.dim(-1) / 2, rows = proj.numel() / (2 * inner);
+  Shape shape = proj.shape();
+  shape.back() = inner;
+  DeviceTensor y = e.empty(shape, proj.dtype());
+  detail::with_dtype(proj.dtype(), [&](auto t) {
+    using T = decltype(t);
+    detail::geglu<T><<<detail::grid_for(rows * inner), detail::block_threads, 0, e.stream()>>>(proj.as<T>(), y.as<T>(),
+                                                                                               rows, inner);
+  });
+  detail::check_kernel();
+  return y;
+}
+
+/// Elementwise activations (in place).
+enum class Activation : int {
+  silu = 0,        ///< x * sigmoid(x)
+  quick_gelu = 1,  ///< x * sigmoid(1.702 x)
+  gelu = 2,        ///< erf GELU
+};
+
+/// Applies `kind` to every element of x in place.
+inline void activate(Engine& e, DeviceTensor& x, Activation kind) {
+  detail::with_dtype(x.dtype(), [&](auto t) {
+    using T = decltype(t);
+    detail::activation<T><<<detail::grid_for(x.numel()), detail::block_threads, 0, e.stream()>>>(
+        x.as<T>(), x.numel(), static_cast<int>(kind));
+  });
+  detail::check_kernel();
+}
+
+/// Frequencies of the sinusoidal timestep embedding, computed on the host exactly as the CPU backend does:
+/// f_i = exp(-ln(10000) * i / (half - freq_shift)) in float32.
+inline std::vector<float> timestep_frequencies(std::int64_t dim, float freq_shift) {
+  const std::int64_t half = dim / 2;
+  std::vector<float> freqs(static_cast<std::size_t>(half));
+  const auto log_period = static_cast<float>(std::log(10000.0));
+  for (std::int64_t i = 0; i < half; ++i)
+    freqs[static_cast<std::size_t>(i)] =
+        std::exp(-log_period * static_cast<float>(i) / (static_cast<float>(half) - freq_shift));
+  return freqs;
+}
+
+/// Timestep embedding [B, 2*half] in `dtype` from device timesteps [B] (float) and device frequencies [half].
+inline DeviceTensor timestep_embedding(Engine& e, const DeviceTensor& timesteps, const DeviceTensor& freqs,
+                                       bool flip_sin_to_cos, DType dtype) {
+  const std::int64_t batch = timesteps.numel(), half = freqs.numel();
+  DeviceTensor y = e.empty({batch, 2 * half}, dtype);
+  detail::with_dtype(dtype, [&](auto t) {
+    using T = decltype(t);
+    detail::timestep_embedding<T><<<detail::grid_for(batch * half), detail::block_threads, 0, e.stream()>>>(
+        timesteps.as<float>(), freqs.as<float>(), y.as<T>(), batch, half, flip_sin_to_cos);
+  });
+  detail::check_kernel();
+  return y;
+}
+
+/// Nearest-neighbour upsampling of NHWC x to [B, out_h, out_w, C] (torch's "nearest": source floor(o * in/out)).
+inline DeviceTensor upsample_nearest(Engine& e, const DeviceTensor& x, std::int64_t out_h, std::int64_t out_w) {
+  const std::int64_t b = x.dim(0), h = x.dim(1), w = x.dim(2), c = x.dim(3);
+  DeviceTensor y = e.empty({b, out_h, out_w, c}, x.dtype());
+  const float sy = static_cast<float>(h) / static_cast<float>(out_h);
+  const float sx = static_cast<float>(w) / static_cast<float>(out_w);
+  detail::with_dtype(x.dtype(), [&](auto t) {
+    using T = decltype(t);
+    detail::upsample_nearest_nhwc<T><<<detail::grid_for(y.numel()), detail::block_threads, 0, e.stream()>>>(
+        x.as<T>(), y.as<T>(), b, h, w, c, out_h, out_w, sy, sx);
+  });
+  detail::check_kernel();
+  return y;
+}
+
+/// Channel concatenation of NHWC tensors (torch.cat(dim=1) in NCHW terms).
+inline DeviceTensor concat_channels(Engine& e, const DeviceTensor& a, const DeviceTensor& b) {
+  detail::require(a.rank() == 4 && b.rank() == 4 && a.dim(0) == b.dim(0) && a.dim(1) == b.dim(1) &&
+                      a.dim(2) == b.dim(2) && a.dtype() == b.dtype(),
+                  "concat_channels: shapes " + shape_string(a.shape()) + " and " + shape_string(b.shape()) +
+                      " do not concatenate along channels");
+  DeviceTensor y = e.empty({a.dim(0), a.dim(1), a.dim(2), a.dim(3) + b.dim(3)}, a.dtype());
+  detail::with_dtype(a.dtype(), [&](auto t) {
+    using T = decltype(t);
+    detail::concat_channels_nhwc<T><<<detail::grid_for(y.numel()), detail::block_threads, 0, e.stream()>>>(
+        a.as<T>(), b.as<T>(), y.as<T>(), a.dim(0) * a.dim(1) * a.dim(2), a.dim(3), b.dim(3));
+  });
+  detail::check_kernel();
+  return y;
+}
+
+/// What to_nhwc does to each value on the way.
+struct InputTransform {
+  bool center = false;   ///< v = 2v - 1 (UNet center_input_sample)
+  float divisor = 0.0f;  ///< when non-zero: v = v / divisor + shift (VAE latent scaling)
+  float shift = 0.0f;    ///< see divisor
+};
+
+/// Host NCHW float32 [B, C, H, W] -> device NHWC `dtype` [B, H, W, C], with an optional value transform.
+inline DeviceTensor to_nhwc(Engine& e, std::span<const float> nchw, const Shape& shape, DType dtype,
+                            const InputTransform& transform = {}) {
+  detail::require(shape.size() == 4, "to_nhwc: shape " + shape_string(shape) + " is not [B, C, H, W]");
+  DeviceTensor staged = upload(e, nchw, shape, DType::f32);
+  DeviceTensor y = e.empty({shape[0], shape[2], shape[3], shape[1]}, dtype);
+  const int mode = transform.divisor != 0.0f ? 2 : transform.center ? 1 : 0;
+  detail::with_dtype(dtype, [&](auto t) {
+    using T = decltype(t);
+    detail::nchw_to_nhwc<T><<<detail::grid_for(y.numel()), detail::block_threads, 0, e.stream()>>>(
+        staged.as<float>(), y.as<T>(), shape[0], shape[1], shape[2] * shape[3], mode, transform.divisor,
+        transform.shift);
+  });
+  detail::check_kernel();
+  e.synchronize();
+  return y;
+}
+
+/// Device NHWC [B, H, W, C] -> host NCHW float32 [B, C, H, W] (waits for the stream).
+inline HostTensor to_host_nchw(Engine& e, const DeviceTensor& x) {
+  const std::int64_t b = x.dim(0), h = x.dim(1), w = x.dim(2), c = x.dim(3);
+  DeviceTensor staged = e.empty({b, c, h, w}, DType::f32);
+  detail::with_dtype(x.dtype(), [&](auto t) {
+    using T = decltype(t);
+    detail::nhwc_to_nchw<T><<<detail::grid_for(x.numel()), detail::block_threads, 0, e.stream()>>>(
+        x.as<T>(), staged.as<float>(), b, c, h * w);
+  });
+  detail::check_kernel();
+  std::vector<float> values(static_cast<std::size_t>(x.numel()));
+  CAROUSEL_CUDA_CHECK(
+      cudaMemcpyAsync(values.data(), staged.data(), values.size() * 4, cudaMemcpyDeviceToHost, e.stream()));
+  e.synchronize();
+  return HostTensor({b, c, h, w}, std::move(values));
+}
+
+/// A copy of x converted to `dtype`.
+inline DeviceTensor cast(Engine& e, const DeviceTensor& x, DType dtype) {
+  DeviceTensor y = e.empty(x.shape(), dtype);
+  detail::with_dtype(x.dtype(), [&](auto from) {
+    detail::with_dtype(dtype, [&](auto to) {
+      detail::convert<decltype(from), decltype(to)>
+          <<<detail::grid_for(x.numel()), detail::block_threads, 0, e.stream()>>>(x.as<decltype(from)>(),
+                                                                                  y.as<decltype(to)>(), x.numel());
+    });
+  });
+  detail::check_kernel();
+  return y;
+}
+
+/// Device tensor -> host float32 values in the same layout (waits for the stream).
+inline HostTensor to_host(Engine& e, const DeviceTensor& x) {
+  const DeviceTensor f = x.dtype() == DType::f32 ? DeviceTensor() : cast(e, x, DType::f32);
+  const void* src = x.dtype() == DType::f32 ? x.data() : f.data();
+  std::vector<float> values(static_cast<std::size_t>(x.numel()));
+  CAROUSEL_CUDA_CHECK(cudaMemcpyAsync(values.data(), src, values.size() * 4, cudaMemcpyDeviceToHost, e.stream()));
+  e.synchronize();
+  return HostTensor(x.shape(), std::move(values));
+}
+
+}  // namespace carousel::cuda

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# One-shot GPU check of the CUDA backend for a lent H100/H200 machine (no Debian packages, no network), about
+# 8 minutes including the build:
+#   1. finds nvcc, cmake (the Python environment's), ninja, cuBLAS and cuDNN (the CUDA toolkit's, else the pip wheels
+#      under site-packages/nvidia/ that PyTorch uses) and unpacks .carry/deps.tar.xz (scripts/prepare-carry.sh:
+#      doctest, Google Benchmark, nlohmann json, OpenBLAS for the CPU oracle);
+#   2. builds the GPU tests, the per-header nvcc check and the benchmark (Release, sm_90);
+#   3. runs the CUDA backend's tests (ctest -L "gpu|cuda", TF32 off), then compute-sanitizer memcheck on the
+#      test binaries;
+#   4. runs benchmarks/cuda (carousel-bench-cuda) and benchmarks/cuda/torch_unet.py on the same GPU and prints a
+#      table last: per-step ms, TFLOP/s and % of the measured fp16 GEMM peak, PyTorch eager ms, speed-up.
+# Usage (device tool): scripts/prepare-carry.sh here, then run `bash scripts/gpu-check.sh` with carry [".carry"].
+# Results land in $OUT (or /tmp/carousel-gpu-check): ctest.log, sanitizer.log, bench.json, torch.json, summary.txt.
+set -uo pipefail
+start=$(date +%s)
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+out="${OUT:-/tmp/carousel-gpu-check}"
+mkdir -p "$out"
+log() { echo "[gpu-check +$(($(date +%s) - start))s] $*"; }
+status=0
+
+# ---- 1. tools and libraries ---------------------------------------------------------------------------------------
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || log "nvidia-smi failed"
+py=$(command -v python3)
+site_dirs=$("$py" -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null)
+find_in_wheels() {  # first file called $1 under site-packages/nvidia
+  for s in $site_dirs; do find "$s/nvidia" -name "$1" 2>/dev/null; done | head -1
+}
+nvcc=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc 2>/dev/null | head -1)
+[ -n "$nvcc" ] || nvcc=$(find_in_wheels nvcc)
+cmake_bin=$(command -v cmake || echo "$(dirname "$py")/cmake")
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+cuda_home="$(dirname "$(dirname "$nvcc")")"
+cudnn_root="" cublas_root=""
+if [ -f "$cuda_home/include/cudnn.h" ] && ls "$cuda_home"/lib64/libcudnn.so* >/dev/null 2>&1; then
+  cudnn_root="$cuda_home"
+else
+  h=$(find_in_wheels cudnn.h) && [ -n "$h" ] && cudnn_root="$(dirname "$(dirname "$h")")"
+fi
+if ! ls "$cuda_home"/lib64/libcublas.so* >/dev/null 2>&1 || [ ! -f "$cuda_home/include/cublas_v2.h" ]; then
+  h=$(find_in_wheels cublas_v2.h) && [ -n "$h" ] && cublas_root="$(dirname "$(dirname "$h")")"
+fi
+log "nvcc=$nvcc ($("$nvcc" --version | tail -1)) cmake=$cmake_bin cudnn=${cudnn_root} cublas=${cublas_root:-toolkit}"
+carry=/tmp/carousel-carry
+rm -rf "$carry" && mkdir -p "$carry" && tar -C "$carry" -xJf .carry/deps.tar.xz || {
+  log "missing .carry/deps.tar.xz: run scripts/prepare-carry.sh and carry .carry"
+  exit 2
+}
+prefix="$carry/prefix"
+for d in "$cudnn_root/lib" "$cudnn_root/lib64" "$cublas_root/lib" "$cublas_root/lib64" "$prefix/lib" \
+  "$cuda_home/lib64" "$cuda_home/lib"; do
+  [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+export CPATH="$prefix/include${CPATH:+:$CPATH}"
+export NVIDIA_TF32_OVERRIDE=0  # fp32 comparisons need true fp32 (the backend asks for it too)
+
+# ---- 2. build -----------------------------------------------------------------------------------------------------
+log "configure"
+"$cmake_bin" -S . -B build-gpu "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DCAROUSEL_BUILD_EXAMPLES=OFF \
+  -DCAROUSEL_INSTALL=OFF -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_PREFIX_PATH="$prefix" \
+  -DCAROUSEL_CUDNN_ROOT="$cudnn_root" -DCAROUSEL_CUBLAS_ROOT="$cublas_root" >"$out/configure.log" 2>&1 ||
+  { tail -40 "$out/configure.log"; exit 3; }
+grep -E "carousel|CUDA" "$out/configure.log" | tail -5
+log "build"
+"$cmake_bin" --build build-gpu -j "$(nproc)" --target carousel.cuda.ops carousel.cuda.sampler carousel.cuda.models \
+  carousel.cuda.host carousel_cuda_header_check carousel-bench-cuda >"$out/build.log" 2>&1 ||
+  { tail -60 "$out/build.log"; exit 4; }
+
+# ---- 3. tests and compute-sanitizer -------------------------------------------------------------------------------
+log "GPU tests"
+(cd build-gpu && timeout 300 ctest -L "gpu|cuda" --output-on-failure) 2>&1 | tee "$out/ctest.log" | tail -40
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=5
+log "compute-sanitizer memcheck"
+sanitizer=$(command -v compute-sanitizer || echo "$cuda_home/bin/compute-sanitizer")
+: >"$out/sanitizer.log"
+for t in "carousel.cuda.sampler" "carousel.cuda.ops --test-case=Cuda.Ops.*" \
+  "carousel.cuda.models --test-case=Cuda.Models.MatchCpu"; do
+  set -- $t
+  timeout 150 "$sanitizer" --tool memcheck --error-exitcode 9 "build-gpu/tests/cuda/$1" "${@:2}" \
+    >>"$out/sanitizer.log" 2>&1
+  rc=$?
+  log "memcheck $t: rc=$rc"
+  [ $rc -eq 0 ] || status=6
+done
+grep -E "ERROR SUMMARY|========= " "$out/sanitizer.log" | sort | uniq -c | head -20
+
+# ---- 4. benchmarks ------------------------------------------------------------------------------------------------
+log "carousel-bench-cuda"
+timeout 200 build-gpu/benchmarks/cuda/carousel-bench-cuda --benchmark_out="$out/bench.json" \
+  --benchmark_out_format=json >"$out/bench.txt" 2>&1 || { tail -20 "$out/bench.txt"; status=7; }
+log "PyTorch eager (diffusers UNet2DConditionModel)"
+PYTHONUNBUFFERED=1 timeout 200 "$py" benchmarks/cuda/torch_unet.py >"$out/torch.json" 2>"$out/torch.err" ||
+  { tail -20 "$out/torch.err"; status=8; }
+"$py" - "$out/bench.json" "$out/torch.json" >"$out/summary.txt" <<'PY'
+import json, sys
+bench, graph, torch, attention = {}, {}, {}, {}
+peak = None
+try:
+    for b in json.load(open(sys.argv[1]))["benchmarks"]:
+        if b["name"].startswith("BM_GemmPeakFp16"):
+            peak = b.get("TFLOPS")
+        elif b["name"].startswith("BM_AttentionSd15Fp16/fused:"):
+            attention["fused" if "fused:1" in b["name"] else "plain"] = b
+        elif b["name"].startswith("BM_UNetStepSd15Fp16Graph/") and "batch" in b:
+            graph[int(b["batch"])] = b
+        elif b["name"].startswith("BM_UNetStepSd15Fp16/") and "batch" in b:
+            bench[int(b["batch"])] = b
+except Exception as e:  # noqa: BLE001 - print what is there
+    print("no carousel benchmark results:", e)
+try:
+    for line in open(sys.argv[2]):
+        r = json.loads(line)
+        torch[r["batch"]] = r
+except Exception as e:  # noqa: BLE001
+    print("no PyTorch results:", e)
+device = next(iter(torch.values()), {}).get("device", "?")
+print(f"SD-1.5 UNet step, 64x64 latents (512x512), fp16, {device}; cuBLAS fp16 GEMM peak: "
+      + (f"{peak:.0f} TFLOP/s" if peak else "n/a"))
+print(f"{'batch':>5} {'carousel ms':>12} {'TFLOP/s':>8} {'% peak':>7} {'graph ms':>9} {'torch eager ms':>15} "
+      f"{'speed-up':>9}")
+for batch in sorted(set(bench) | set(torch)):
+    b, t = bench.get(batch), torch.get(batch)
+    ms = b["ms"] if b else float("nan")
+    tf = b["TFLOPS"] if b else float("nan")
+    pct = 100 * tf / peak if b and peak else float("nan")
+    gms = graph[batch]["ms"] if batch in graph else float("nan")
+    tms = t["ms"] if t else float("nan")
+    print(f"{batch:>5} {ms:>12.2f} {tf:>8.1f} {pct:>6.1f}% {gms:>9.2f} {tms:>15.2f} {tms / ms:>8.2f}x")
+for kind, b in sorted(attention.items()):
+    print(f"attention 2x8x4096x4096 (head_dim 40), {kind}: {b['ms']:.2f} ms, {b['TFLOPS']:.1f} TFLOP/s")
+PY
+log "done (status $status)"
+cat "$out/summary.txt"
+exit $status

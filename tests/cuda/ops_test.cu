@@ -1,0 +1,242 @@
+// The CUDA backend's ops and layers against the CPU backend (the oracle) on random data: fp32 within 1e-4 and fp16
+// within 1e-2 relative (norm-wise, see compare.cuh). SD-1.5-sized layers use RandomWeights, which both backends
+// implement bit-identically, so the same parameters load on both sides.
+
+#include "compare.cuh"
+#include "gpu_guard.cuh"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include <carousel/cpu/layers.hpp>
+#include <carousel/cpu/ops.hpp>
+#include <carousel/cpu/unet.hpp>
+#include <carousel/cpu/weight_source.hpp>
+#include <carousel/cuda/allocator.cuh>
+#include <carousel/cuda/check.cuh>
+#include <carousel/cuda/engine.cuh>
+#include <carousel/cuda/layers.cuh>
+#include <carousel/cuda/ops.cuh>
+#include <carousel/cuda/unet.cuh>
+#include <carousel/cuda/weights.cuh>
+
+namespace cpu = carousel::cpu;
+namespace cu = carousel::cuda;
+using carousel::cuda::test::check_close;
+using carousel::cuda::test::tolerance;
+
+namespace {
+
+const cu::DType dtypes[] = {cu::DType::f32, cu::DType::f16};
+
+const char* name_of(cu::DType t) {
+  return t == cu::DType::f32 ? "fp32" : "fp16";
+}
+
+}  // namespace
+
+TEST_CASE("Cuda.Check.ThrowsWithLocation") {
+  try {
+    CAROUSEL_CUDA_CHECK(cudaErrorInvalidValue);
+    FAIL("no exception");
+  } catch (const cu::CudaError& e) {
+    const std::string what = e.what();
+    CHECK(what.find("ops_test.cu:") != std::string::npos);
+    CHECK(what.find("cudaErrorInvalidValue") != std::string::npos);
+  }
+  CHECK_THROWS_AS(CAROUSEL_CUBLAS_CHECK(CUBLAS_STATUS_INVALID_VALUE), cu::CudaError);
+  CHECK_THROWS_AS(CAROUSEL_CUDNN_CHECK(CUDNN_STATUS_BAD_PARAM), cu::CudaError);
+}
+
+TEST_CASE("Cuda.Allocator.ReusesBlocks") {
+  cu::CachingAllocator a;
+  void* p = a.allocate(1000);
+  a.deallocate(p);
+  CHECK(a.cached_bytes() == 1024);
+  void* q = a.allocate(900);
+  CHECK(q == p);  // a cached block of at most twice the size is reused
+  a.deallocate(q);
+  void* r = a.allocate(4096);
+  CHECK(r != p);
+  a.deallocate(r);
+  a.release_cached();
+  CHECK(a.allocated_bytes() == 0);
+}
+
+TEST_CASE("Cuda.Ops.Elementwise") {
+  cu::Engine e;
+  for (auto dt : dtypes) {
+    CAPTURE(name_of(dt));
+    const double tol = tolerance(dt);
+    SUBCASE("GroupNormSilu") {
+      const auto x = carousel::cuda::test::random_tensor({2, 64, 5, 7}, 1, 2.0f);
+      const auto gamma = carousel::cuda::test::random_values(64, 2), beta = carousel::cuda::test::random_values(64, 3);
+      for (bool silu : {false, true}) {
+        const auto ref = cpu::group_norm(x, 32, 1e-5f, gamma.data(), beta.data(), silu);
+        const auto g = cu::upload_weight(gamma, {64}, cu::DType::f32),
+                   b = cu::upload_weight(beta, {64}, cu::DType::f32);
+        const auto y = cu::group_norm(e, carousel::cuda::test::to_device(e, x, dt), 32, 1e-5f, g, b, silu);
+        check_close(carousel::cuda::test::from_device(e, y), ref.values(), tol);
+      }
+    }
+    SUBCASE("LayerNorm") {
+      const auto x = carousel::cuda::test::random_tensor({3, 11, 48}, 4, 3.0f);
+      const auto gamma = carousel::cuda::test::random_values(48, 5), beta = carousel::cuda::test::random_values(48, 6);
+      cpu::Tensor ref(x.shape());
+      cpu::layer_norm_rows(x.data(), 33, 48, gamma.data(), beta.data(), 1e-5f, ref.data());
+      const auto y = cu::layer_norm(e, carousel::cuda::test::to_device_rows(e, x, dt),
+                                    cu::upload_weight(gamma, {48}, cu::DType::f32),
+                                    cu::upload_weight(beta, {48}, cu::DType::f32), 1e-5f);
+      check_close(carousel::cuda::test::from_device_rows(e, y), ref.values(), tol);
+    }
+    SUBCASE("Geglu") {
+      const auto x = carousel::cuda::test::random_tensor({2, 9, 2 * 24}, 7, 2.0f);
+      std::vector<float> ref(2 * 9 * 24);
+      for (int r = 0; r < 18; ++r)
+        for (int c = 0; c < 24; ++c)
+          ref[r * 24 + c] = x.data()[r * 48 + c] * cpu::gelu(x.data()[r * 48 + 24 + c]);
+      const auto y = cu::geglu(e, carousel::cuda::test::to_device_rows(e, x, dt));
+      check_close(carousel::cuda::test::from_device_rows(e, y), ref, tol);
+    }
+    SUBCASE("Activations") {
+      const auto x = carousel::cuda::test::random_tensor({1000}, 8, 3.0f);
+      for (auto kind : {cu::Activation::silu, cu::Activation::quick_gelu, cu::Activation::gelu}) {
+        std::vector<float> ref(x.values().begin(), x.values().end());
+        for (auto& v : ref)
+          v = kind == cu::Activation::silu         ? v / (1.0f + std::exp(-v))
+              : kind == cu::Activation::quick_gelu ? cpu::quick_gelu(v)
+                                                   : cpu::gelu(v);
+        auto y = carousel::cuda::test::to_device_rows(e, x, dt);
+        cu::activate(e, y, kind);
+        check_close(carousel::cuda::test::from_device_rows(e, y), ref, tol);
+      }
+    }
+    SUBCASE("TimestepEmbedding") {
+      const std::vector<float> t = {999.0f, 1.0f, 500.0f, 0.0f};
+      for (bool flip : {true, false}) {
+        const auto ref = cpu::timestep_embedding(t, 320, flip, 0.0f);
+        const auto freqs = cu::upload_weight(cu::timestep_frequencies(320, 0.0f), {160}, cu::DType::f32);
+        const auto y = cu::timestep_embedding(e, cu::upload(e, t, {4}, cu::DType::f32), freqs, flip, dt);
+        check_close(carousel::cuda::test::from_device_rows(e, y), ref.values(), tol);
+      }
+    }
+    SUBCASE("UpsampleConcat") {
+      const auto x = carousel::cuda::test::random_tensor({2, 6, 3, 5}, 9);
+      const auto s = carousel::cuda::test::random_tensor({2, 4, 7, 10}, 10);
+      const auto ref = cpu::concat_channels(cpu::upsample_nearest(x, 7, 10), s);
+      const auto up = cu::upsample_nearest(e, carousel::cuda::test::to_device(e, x, dt), 7, 10);
+      const auto y = cu::concat_channels(e, up, carousel::cuda::test::to_device(e, s, dt));
+      check_close(carousel::cuda::test::from_device(e, y), ref.values(), tol);
+    }
+  }
+}
+
+TEST_CASE("Cuda.Ops.GemmConvAttention") {
+  cu::Engine e;
+  for (auto dt : dtypes) {
+    CAPTURE(name_of(dt));
+    const double tol = tolerance(dt);
+    SUBCASE("Linear") {
+      cpu::RandomWeights cw(11);
+      cu::RandomWeights gw(11);
+      const cpu::Linear cl(cw, "l.", 40, 24);
+      const cu::Linear gl(gw, "l.", 40, 24, dt);
+      const auto x = carousel::cuda::test::random_tensor({3, 7, 40}, 12);
+      cpu::Tensor ref({3, 7, 24});
+      cl.forward(x.data(), 21, ref.data());
+      check_close(
+          carousel::cuda::test::from_device_rows(e, gl.forward(e, carousel::cuda::test::to_device_rows(e, x, dt))),
+          ref.values(), tol);
+    }
+    SUBCASE("Conv2d") {
+      struct Case {
+        std::int64_t in, out, k, stride, pad, h, w;
+      };
+      for (const Case c : {Case{8, 16, 3, 1, 1, 9, 7}, Case{16, 16, 3, 2, 1, 9, 8}, Case{12, 20, 1, 1, 0, 5, 6},
+                           Case{4, 32, 3, 1, 1, 16, 16}}) {
+        CAPTURE(c.in);
+        CAPTURE(c.stride);
+        cpu::RandomWeights cw(13);
+        cu::RandomWeights gw(13);
+        const cpu::Conv2d cc(cw, "c.", c.in, c.out, c.k, c.stride, c.pad);
+        const cu::Conv2d gc(gw, "c.", c.in, c.out, c.k, dt, c.stride, c.pad);
+        const auto x = carousel::cuda::test::random_tensor({2, c.in, c.h, c.w}, 14);
+        const auto ref = cc.forward(x);
+        check_close(carousel::cuda::test::from_device(e, gc.forward(e, carousel::cuda::test::to_device(e, x, dt))),
+                    ref.values(), tol);
+      }
+    }
+    SUBCASE("Attention") {
+      // Head dims of the tiny fixtures (1), CLIP (64) and SD-1.5 (40, 80, 160); self- and cross-attention shapes with
+      // lengths that are not multiples of the fused kernel's 64-row tiles; both attention paths.
+      struct Case {
+        std::int64_t lq, lk, heads, head_dim;
+      };
+      for (const Case c : {Case{37, 37, 4, 16}, Case{150, 77, 8, 40}, Case{70, 70, 8, 1}, Case{200, 200, 2, 80},
+                           Case{65, 77, 2, 160}, Case{77, 77, 12, 64}}) {
+        const std::int64_t d = c.heads * c.head_dim;
+        CAPTURE(c.lq);
+        CAPTURE(c.head_dim);
+        for (bool causal : {false, true}) {
+          CAPTURE(causal);
+          const auto q = carousel::cuda::test::random_tensor({2, c.lq, d}, 15);
+          const auto k = carousel::cuda::test::random_tensor({2, c.lk, d}, 16);
+          const auto v = carousel::cuda::test::random_tensor({2, c.lk, d}, 17);
+          cpu::Tensor ref({2, c.lq, d});
+          for (int b = 0; b < 2; ++b)
+            cpu::attention(q.sample(b), d, k.sample(b), d, v.sample(b), d, c.lq, c.lk, c.heads, c.head_dim, causal,
+                           ref.sample(b), d);
+          const auto dq = carousel::cuda::test::to_device_rows(e, q, dt);
+          const auto dk = carousel::cuda::test::to_device_rows(e, k, dt);
+          const auto dv = carousel::cuda::test::to_device_rows(e, v, dt);
+          for (bool fused : {true, false}) {
+            CAPTURE(fused);
+            e.set_fused_attention(fused);
+            auto out = e.empty({2, c.lq, d}, dt);
+            cu::attention(e, dt, dq.data(), d, dk.data(), d, dv.data(), d, 2, c.lq, c.lk, c.heads, c.head_dim, causal,
+                          out.data(), d);
+            check_close(carousel::cuda::test::from_device_rows(e, out), ref.values(), tol);
+          }
+          e.set_fused_attention(true);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("Cuda.Layers.Sd15Sized") {
+  // One SD-1.5 resnet (320 -> 640, with time embedding) and one 320-channel transformer (8 heads of 40) at 16x16.
+  cu::Engine e;
+  for (auto dt : dtypes) {
+    CAPTURE(name_of(dt));
+    const double tol = tolerance(dt);
+    SUBCASE("ResnetBlock2D") {
+      cpu::RandomWeights cw(21);
+      cu::RandomWeights gw(21);
+      const cpu::ResnetBlock2D cr(cw, "r.", 320, 640, 1280, 32, 1e-5f);
+      const cu::ResnetBlock2D gr(gw, "r.", 320, 640, 1280, 32, 1e-5f, dt);
+      const auto x = carousel::cuda::test::random_tensor({2, 320, 16, 16}, 22);
+      const auto temb = carousel::cuda::test::random_tensor({2, 1280}, 23);
+      const auto ref = cr.forward(x, &temb);
+      const auto dtemb = carousel::cuda::test::to_device_rows(e, temb, dt);
+      check_close(
+          carousel::cuda::test::from_device(e, gr.forward(e, carousel::cuda::test::to_device(e, x, dt), &dtemb)),
+          ref.values(), tol);
+    }
+    SUBCASE("Transformer2D") {
+      cpu::RandomWeights cw(24);
+      cu::RandomWeights gw(24);
+      const cpu::detail::Transformer2D ct(cw, "t.", 320, 8, 768, 1, 32, false);
+      const cu::detail::Transformer2D gt(gw, "t.", 320, 8, 768, 1, 32, false, dt);
+      const auto x = carousel::cuda::test::random_tensor({2, 320, 16, 16}, 25);
+      const auto ctx = carousel::cuda::test::random_tensor({2, 77, 768}, 26);
+      const auto ref = ct.forward(x, ctx);
+      const auto dctx = carousel::cuda::test::to_device_rows(e, ctx, dt);
+      check_close(carousel::cuda::test::from_device(e, gt.forward(e, carousel::cuda::test::to_device(e, x, dt), dctx)),
+                  ref.values(), tol);
+    }
+  }
+}
