@@ -16,8 +16,8 @@
 #include <carousel/cuda/graph.cuh>
 #include <carousel/cuda/ops.cuh>
 #include <carousel/cuda/unet.cuh>
-#include <carousel/cuda/weights.cuh>
 #include <carousel/model/unet_config.hpp>
+#include <carousel/model/weight_source.hpp>
 
 namespace cu = carousel::cuda;
 
@@ -117,7 +117,7 @@ const cu::UNet2DConditionModel& sd15_unet() {
     carousel::model::UNetConfig config;  // defaults are SD-1.5's blocks
     config.cross_attention_dim = 768;
     config.sample_size = 64;
-    cu::RandomWeights weights(1234);
+    carousel::model::RandomWeights weights(1234);
     return std::make_unique<cu::UNet2DConditionModel>(config, weights, cu::DType::f16);
   }();
   return *unet;

@@ -172,7 +172,7 @@ TEST_CASE("Cpu.Errors.UnsupportedBlockType") {
   SUBCASE("spec") {
     auto spec = carousel::cpu::UNetSpec::sd15();
     spec.down_block_types[1] = "AttnDownBlock2D";
-    carousel::cpu::RandomWeights w;
+    carousel::model::RandomWeights w;
     const auto what = error_of([&] { carousel::cpu::UNet2DConditionModel(spec, w); });
     CHECK_MESSAGE(contains(what, "AttnDownBlock2D"), what);
   }

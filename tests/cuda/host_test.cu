@@ -1,6 +1,6 @@
 // Host-side parts of the CUDA backend, which run without a GPU (label `cuda`, not `gpu`: CI runs them): the boundary
-// tensor, fp16 conversion against IEEE binary16 bit patterns, RandomWeights against the CPU backend's generator (the
-// GPU tests rely on both building the same random model), the timestep frequencies against a double-precision
+// tensor, fp16 conversion against IEEE binary16 bit patterns, model::RandomWeights against the CPU backend's generator
+// (the GPU tests rely on both building the same random model), the timestep frequencies against a double-precision
 // formula, and the DiffusionBackend concept.
 
 #include <doctest/doctest.h>
@@ -11,12 +11,11 @@
 #include <stdexcept>
 #include <vector>
 
-#include <carousel/cpu/weight_source.hpp>
 #include <carousel/cuda/backend.cuh>
 #include <carousel/cuda/ops.cuh>
 #include <carousel/cuda/tensor.cuh>
-#include <carousel/cuda/weights.cuh>
 #include <carousel/diffusion/pipeline.hpp>
+#include <carousel/model/weight_source.hpp>
 
 namespace cu = carousel::cuda;
 
@@ -49,17 +48,6 @@ TEST_CASE("Cuda.Host.Fp16Conversion") {
   }
   const auto f32 = cu::to_dtype_bytes(values, cu::DType::f32);
   CHECK(std::memcmp(f32.data(), values.data(), f32.size()) == 0);
-}
-
-TEST_CASE("Cuda.Host.RandomWeightsMatchCpu") {
-  carousel::cpu::RandomWeights cpu(99);
-  cu::RandomWeights gpu(99);
-  CHECK(gpu.take("down_blocks.0.resnets.0.conv1.weight", {320, 320, 3, 3}) ==
-        cpu.take("down_blocks.0.resnets.0.conv1.weight", {320, 320, 3, 3}));
-  CHECK(gpu.take("mid_block.attentions.0.norm.weight", {1280}) ==
-        cpu.take("mid_block.attentions.0.norm.weight", {1280}));
-  CHECK(gpu.take("conv_in.bias", {320}) == cpu.take("conv_in.bias", {320}));
-  CHECK(cu::RandomWeights(1).take("x.weight", {4, 4}) != cpu.take("x.weight", {4, 4}));
 }
 
 TEST_CASE("Cuda.Host.TimestepFrequencies") {

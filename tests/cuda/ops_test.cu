@@ -1,5 +1,5 @@
 // The CUDA backend's ops and layers against the CPU backend (the oracle) on random data: fp32 within 1e-4 and fp16
-// within 1e-2 relative (norm-wise, see compare.cuh). SD-1.5-sized layers use RandomWeights, which both backends
+// within 1e-2 relative (norm-wise, see compare.cuh). SD-1.5-sized layers use model::RandomWeights, which both backends
 // implement bit-identically, so the same parameters load on both sides.
 
 #include "compare.cuh"
@@ -14,14 +14,13 @@
 #include <carousel/cpu/layers.hpp>
 #include <carousel/cpu/ops.hpp>
 #include <carousel/cpu/unet.hpp>
-#include <carousel/cpu/weight_source.hpp>
 #include <carousel/cuda/allocator.cuh>
 #include <carousel/cuda/check.cuh>
 #include <carousel/cuda/engine.cuh>
 #include <carousel/cuda/layers.cuh>
 #include <carousel/cuda/ops.cuh>
 #include <carousel/cuda/unet.cuh>
-#include <carousel/cuda/weights.cuh>
+#include <carousel/model/weight_source.hpp>
 
 namespace cpu = carousel::cpu;
 namespace cu = carousel::cuda;
@@ -140,8 +139,8 @@ TEST_CASE("Cuda.Ops.GemmConvAttention") {
     CAPTURE(name_of(dt));
     const double tol = tolerance(dt);
     SUBCASE("Linear") {
-      cpu::RandomWeights cw(11);
-      cu::RandomWeights gw(11);
+      carousel::model::RandomWeights cw(11);
+      carousel::model::RandomWeights gw(11);
       const cpu::Linear cl(cw, "l.", 40, 24);
       const cu::Linear gl(gw, "l.", 40, 24, dt);
       const auto x = carousel::cuda::test::random_tensor({3, 7, 40}, 12);
@@ -159,8 +158,8 @@ TEST_CASE("Cuda.Ops.GemmConvAttention") {
                            Case{4, 32, 3, 1, 1, 16, 16}}) {
         CAPTURE(c.in);
         CAPTURE(c.stride);
-        cpu::RandomWeights cw(13);
-        cu::RandomWeights gw(13);
+        carousel::model::RandomWeights cw(13);
+        carousel::model::RandomWeights gw(13);
         const cpu::Conv2d cc(cw, "c.", c.in, c.out, c.k, c.stride, c.pad);
         const cu::Conv2d gc(gw, "c.", c.in, c.out, c.k, dt, c.stride, c.pad);
         const auto x = carousel::cuda::test::random_tensor({2, c.in, c.h, c.w}, 14);
@@ -214,8 +213,8 @@ TEST_CASE("Cuda.Layers.Sd15Sized") {
     CAPTURE(name_of(dt));
     const double tol = tolerance(dt);
     SUBCASE("ResnetBlock2D") {
-      cpu::RandomWeights cw(21);
-      cu::RandomWeights gw(21);
+      carousel::model::RandomWeights cw(21);
+      carousel::model::RandomWeights gw(21);
       const cpu::ResnetBlock2D cr(cw, "r.", 320, 640, 1280, 32, 1e-5f);
       const cu::ResnetBlock2D gr(gw, "r.", 320, 640, 1280, 32, 1e-5f, dt);
       const auto x = carousel::cuda::test::random_tensor({2, 320, 16, 16}, 22);
@@ -227,8 +226,8 @@ TEST_CASE("Cuda.Layers.Sd15Sized") {
           ref.values(), tol);
     }
     SUBCASE("Transformer2D") {
-      cpu::RandomWeights cw(24);
-      cu::RandomWeights gw(24);
+      carousel::model::RandomWeights cw(24);
+      carousel::model::RandomWeights gw(24);
       const cpu::detail::Transformer2D ct(cw, "t.", 320, 8, 768, 1, 32, false);
       const cu::detail::Transformer2D gt(gw, "t.", 320, 8, 768, 1, 32, false, dt);
       const auto x = carousel::cuda::test::random_tensor({2, 320, 16, 16}, 25);

@@ -16,13 +16,13 @@
 #include <carousel/cpu/tensor.hpp>
 #include <carousel/cpu/unet.hpp>
 #include <carousel/cpu/vae.hpp>
-#include <carousel/cpu/weight_source.hpp>
 #include <carousel/model/clip_text_config.hpp>
 #include <carousel/model/clip_tokenizer.hpp>
 #include <carousel/model/diffusers_folder.hpp>
 #include <carousel/model/format_error.hpp>
 #include <carousel/model/unet_config.hpp>
 #include <carousel/model/vae_config.hpp>
+#include <carousel/model/weight_source.hpp>
 #include <carousel/model/weights.hpp>
 
 namespace carousel::cpu {
@@ -92,7 +92,7 @@ inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, const mo
                                       std::string_view variant = "") {
   const auto spec = unet_spec(config);
   auto store = model::WeightStore::open(dir, variant);
-  StoreWeights weights(store);
+  model::StoreWeights weights(store);
   UNet2DConditionModel unet(spec, weights);
   store.require_all_used();
   return unet;
@@ -110,7 +110,7 @@ inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, const m
   const auto spec = clip_text_spec(config);
   auto store = model::WeightStore::open(dir, variant);
   store.add_missing_prefix("text_model.");
-  StoreWeights weights(store);
+  model::StoreWeights weights(store);
   ClipTextModel clip(spec, weights, "text_model.");
   store.require_all_used();
   return clip;
@@ -128,7 +128,7 @@ inline VaeDecoder load_vae_decoder(const std::filesystem::path& dir, const model
                                    std::string_view variant = "") {
   const auto spec = vae_spec(config);
   auto store = model::WeightStore::open(dir, variant);
-  StoreWeights weights(store);
+  model::StoreWeights weights(store);
   VaeDecoder vae(spec, weights);
   std::vector<std::string> left;
   for (auto& name : store.unused())

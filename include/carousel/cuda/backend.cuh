@@ -22,13 +22,13 @@
 #include <carousel/cuda/tensor.cuh>
 #include <carousel/cuda/unet.cuh>
 #include <carousel/cuda/vae.cuh>
-#include <carousel/cuda/weights.cuh>
 #include <carousel/model/clip_text_config.hpp>
 #include <carousel/model/clip_tokenizer.hpp>
 #include <carousel/model/diffusers_folder.hpp>
 #include <carousel/model/format_error.hpp>
 #include <carousel/model/unet_config.hpp>
 #include <carousel/model/vae_config.hpp>
+#include <carousel/model/weight_source.hpp>
 #include <carousel/model/weights.hpp>
 
 namespace carousel::cuda {
@@ -38,7 +38,7 @@ namespace carousel::cuda {
 inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, const model::UNetConfig& config, DType dtype,
                                       std::string_view variant = "") {
   auto store = model::WeightStore::open(dir, variant);
-  StoreWeights weights(store);
+  model::StoreWeights weights(store);
   UNet2DConditionModel unet(config, weights, dtype);
   store.require_all_used();
   return unet;
@@ -50,7 +50,7 @@ inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, const m
                                        DType dtype, std::string_view variant = "") {
   auto store = model::WeightStore::open(dir, variant);
   store.add_missing_prefix("text_model.");
-  StoreWeights weights(store);
+  model::StoreWeights weights(store);
   ClipTextModel clip(config, weights, dtype, "text_model.");
   store.require_all_used();
   return clip;
@@ -61,7 +61,7 @@ inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, const m
 inline VaeDecoder load_vae_decoder(const std::filesystem::path& dir, const model::VaeConfig& config, DType dtype,
                                    std::string_view variant = "") {
   auto store = model::WeightStore::open(dir, variant);
-  StoreWeights weights(store);
+  model::StoreWeights weights(store);
   VaeDecoder vae(config, weights, dtype);
   std::vector<std::string> left;
   for (auto& name : store.unused())

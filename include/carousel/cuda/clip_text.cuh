@@ -14,8 +14,8 @@
 #include <carousel/cuda/layers.cuh>
 #include <carousel/cuda/ops.cuh>
 #include <carousel/cuda/tensor.cuh>
-#include <carousel/cuda/weights.cuh>
 #include <carousel/model/clip_text_config.hpp>
+#include <carousel/model/weight_source.hpp>
 
 namespace carousel::cuda {
 
@@ -24,7 +24,7 @@ namespace carousel::cuda {
 class ClipTextModel {
  public:
   /// Loads `prefix` + "embeddings.*", "encoder.layers.N.*", "final_layer_norm.*" from `w` in `dtype`.
-  ClipTextModel(const model::ClipTextConfig& config, WeightSource& w, DType dtype,
+  ClipTextModel(const model::ClipTextConfig& config, model::WeightSource& w, DType dtype,
                 const std::string& prefix = "text_model.")
       : config_(config), dtype_(dtype) {
     const std::int64_t d = config.hidden_size, inner = config.intermediate_size;

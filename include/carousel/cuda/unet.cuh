@@ -14,9 +14,9 @@
 #include <carousel/cuda/layers.cuh>
 #include <carousel/cuda/ops.cuh>
 #include <carousel/cuda/tensor.cuh>
-#include <carousel/cuda/weights.cuh>
 #include <carousel/model/format_error.hpp>
 #include <carousel/model/unet_config.hpp>
+#include <carousel/model/weight_source.hpp>
 
 namespace carousel::cuda {
 
@@ -25,7 +25,7 @@ namespace detail {
 // diffusers' BasicTransformerBlock: h += attn1(LN1 h); h += attn2(LN2 h, ctx); h += FF(LN3 h) (GEGLU).
 class BasicTransformerBlock {
  public:
-  BasicTransformerBlock(WeightSource& w, const std::string& p, std::int64_t dim, std::int64_t context_dim,
+  BasicTransformerBlock(model::WeightSource& w, const std::string& p, std::int64_t dim, std::int64_t context_dim,
                         std::int64_t heads, DType dtype)
       : norm1_(w, p + "norm1.", dim, 1e-5f),
         attn1_(w, p + "attn1.", dim, dim, heads, false, true, dtype),
@@ -56,7 +56,7 @@ class BasicTransformerBlock {
 // are the same matrix.
 class Transformer2D {
  public:
-  Transformer2D(WeightSource& w, const std::string& p, std::int64_t channels, std::int64_t heads,
+  Transformer2D(model::WeightSource& w, const std::string& p, std::int64_t channels, std::int64_t heads,
                 std::int64_t context_dim, std::int64_t layers, std::int64_t groups, bool linear_projection, DType dtype)
       : norm_(w, p + "norm.", channels, groups, 1e-6f),
         proj_in_(w, p + "proj_in.", channels, channels, dtype, true, !linear_projection) {
@@ -99,7 +99,8 @@ class UNet2DConditionModel {
   /// Builds the model for `config` with parameters from `w` in `dtype` (f16: tensor cores, fp32 accumulation).
   /// \throws model::FormatError for what the backend does not implement (downsample_padding != 1); whatever `w`
   /// throws for a bad tensor; CudaError.
-  UNet2DConditionModel(const model::UNetConfig& config, WeightSource& w, DType dtype) : config_(config), dtype_(dtype) {
+  UNet2DConditionModel(const model::UNetConfig& config, model::WeightSource& w, DType dtype)
+      : config_(config), dtype_(dtype) {
     if (config.downsample_padding != 1)
       throw model::FormatError("UNet config: downsample_padding = " + std::to_string(config.downsample_padding) +
                                " is not supported by the CUDA backend (only 1)");

@@ -13,8 +13,8 @@
 #include <carousel/cuda/layers.cuh>
 #include <carousel/cuda/ops.cuh>
 #include <carousel/cuda/tensor.cuh>
-#include <carousel/cuda/weights.cuh>
 #include <carousel/model/vae_config.hpp>
+#include <carousel/model/weight_source.hpp>
 
 namespace carousel::cuda {
 
@@ -22,7 +22,7 @@ namespace carousel::cuda {
 class VaeDecoder {
  public:
   /// Loads post_quant_conv.* (when used) and decoder.* from `w` in `dtype`.
-  VaeDecoder(const model::VaeConfig& config, WeightSource& w, DType dtype) : config_(config), dtype_(dtype) {
+  VaeDecoder(const model::VaeConfig& config, model::WeightSource& w, DType dtype) : config_(config), dtype_(dtype) {
     const auto& ch = config.block_out_channels;
     if (ch.empty()) throw std::invalid_argument("carousel::cuda::VaeDecoder: block_out_channels is empty");
     const std::int64_t n = static_cast<std::int64_t>(ch.size()), groups = config.norm_num_groups, top = ch.back();

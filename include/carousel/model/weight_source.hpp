@@ -1,8 +1,9 @@
 #pragma once
 /// \file
-/// carousel::cpu::WeightSource — where a module's parameters come from while it is built: a checkpoint
-/// (StoreWeights, over carousel::model::WeightStore) or deterministic random values (RandomWeights, for benchmarks
-/// and tests of shapes that have no file).
+/// carousel::model::WeightSource — where a module's parameters come from while a backend builds it: a checkpoint
+/// (StoreWeights, over WeightStore) or deterministic random values (RandomWeights, for benchmarks and tests of shapes
+/// that have no file). Backend-neutral: the CPU and CUDA backends walk their module trees over the same source, so
+/// RandomWeights(seed) gives both backends the same model.
 
 #include <cmath>
 #include <cstdint>
@@ -11,9 +12,9 @@
 #include <string_view>
 #include <vector>
 
-#include <carousel/model/weights.hpp>
+#include "carousel/model/weights.hpp"
 
-namespace carousel::cpu {
+namespace carousel::model {
 
 /// Supplies each parameter tensor by its checkpoint name ("down_blocks.0.resnets.1.conv1.weight") and expected
 /// shape. Modules walk their tree and ask for every parameter exactly once.
@@ -26,7 +27,7 @@ class WeightSource {
   virtual std::vector<float> take(std::string_view name, std::initializer_list<std::int64_t> shape) = 0;
 };
 
-/// Parameters read from a checkpoint: forwards to carousel::model::WeightStore::take, which checks the shape, converts
+/// Parameters read from a checkpoint: forwards to WeightStore::take, which checks the shape, converts
 /// to float32 and marks the tensor used (so WeightStore::require_all_used() can report leftovers afterwards).
 class StoreWeights final : public WeightSource {
  public:
@@ -82,4 +83,4 @@ class RandomWeights final : public WeightSource {
   std::uint64_t seed_;
 };
 
-}  // namespace carousel::cpu
+}  // namespace carousel::model
