@@ -38,8 +38,6 @@ symbols (bytes_to_unicode order), the same with '</w>', one entry per merge, the
 """
 
 import argparse
-import gzip
-import importlib.util
 import json
 import math
 import os
@@ -49,6 +47,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from clip_bpe import bytes_to_unicode, clip_merges
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "tests" / "data" / "models"
 TOKENIZERS = ROOT / "tests" / "data" / "tokenizer"
@@ -56,27 +56,7 @@ TINY_VOCAB = 1000
 SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
 
 
-def bytes_to_unicode():
-    """CLIP's / GPT-2's reversible byte -> printable unicode mapping, in its canonical order."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
 
-
-def clip_merges():
-    """All CLIP BPE merges (48894 pairs) from open_clip's bpe_simple_vocab_16e6.txt.gz, in rank order."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("needs open_clip_torch for the CLIP merges: pip install --no-deps open_clip_torch")
-    path = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(path).read().decode("utf-8").split("\n")
-    return [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
 
 
 def build_vocab(merges):

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import regex
 
+from clip_bpe import bytes_to_unicode
+
 ROOT = Path(__file__).resolve().parent.parent
 FULL = ROOT / "tests" / "data" / "tokenizer" / "clip"
 TINY = ROOT / "tests" / "data" / "models" / "sd-tiny" / "tokenizer"
@@ -114,18 +116,6 @@ PROMPTS = [
     "🐱" * 40,
     "supercalifragilisticexpialidocious antidisestablishmentarianism",
 ]
-
-
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
 
 
 class SlowClip:

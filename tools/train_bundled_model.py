@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gzip
-import importlib.util
 import json
 import math
 import os
@@ -40,6 +38,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shapes_dataset  # noqa: E402
+from clip_bpe import bytes_to_unicode, clip_merges  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "models", "shapes-32")
@@ -58,27 +57,9 @@ GRID_PROMPTS = [
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer files
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte -> printable unicode map."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
 def write_tokenizer(folder: str) -> None:
     """Write the full CLIP tokenizer (vocab 49408) in transformers' CLIPTokenizer layout."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or spec.origin is None:
-        raise SystemExit("pip install open_clip_torch (its bpe_simple_vocab_16e6.txt.gz is the CLIP merges file)")
-    bpe_path = os.path.join(os.path.dirname(spec.origin), "bpe_simple_vocab_16e6.txt.gz")
-    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
-    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
+    merges = clip_merges()
     vocab = list(bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab]
     vocab += ["".join(m) for m in merges]
