@@ -5,6 +5,7 @@
 //
 //   carousel-bench-serving                       the simulation grid (virtual time, deterministic, well under a minute)
 //   carousel-bench-serving --wallclock           simulation vs wall clock on scaled regimes (real sleeps, ~1 minute)
+//   carousel-bench-serving --wallclock-pipeline DIR   the same with the real CPU Pipeline on a model folder (tiny)
 //
 // Options:
 //   --csv PATH             where the grid's CSV goes (default: <build folder>/serving.csv, or serving-wallclock.csv)
@@ -24,6 +25,8 @@
 // and 90% load of the balanced regime, the worst over every regime and load, and the throughput ratio at saturation.
 #include "serving_sim.hpp"
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -33,6 +36,11 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#ifdef CAROUSEL_SERVING_WITH_PIPELINE
+#include <carousel/cpu/backend.hpp>
+#include <carousel/diffusion/pipeline.hpp>
+#endif
 
 #ifndef CAROUSEL_SERVING_OUT_DIR
 #define CAROUSEL_SERVING_OUT_DIR "."
@@ -54,6 +62,7 @@ struct Cli {
   bool wallclock = false;
   std::size_t wall_requests = 150;
   std::string wall_modes = "static@0.05,continuous@0.05,cost_aware@0.05";
+  std::string pipeline;  // --wallclock-pipeline: a diffusers model folder run by the real CPU Pipeline
 };
 
 Cli parse(int argc, char** argv) {
@@ -85,6 +94,9 @@ Cli parse(int argc, char** argv) {
     } else if (arg == "--decode-off-loop") {
       cli.decode_off_loop = true;
     } else if (arg == "--wallclock") {
+      cli.wallclock = true;
+    } else if (arg == "--wallclock-pipeline") {
+      cli.pipeline = value();
       cli.wallclock = true;
     } else {
       throw std::invalid_argument("unknown argument " + arg + " (see the comment at the top of bench_serving.cpp)");
@@ -362,11 +374,102 @@ int run_wallclock_check(const Cli& cli) {
   return worst <= 0.10 ? 0 : 1;
 }
 
+#ifdef CAROUSEL_SERVING_WITH_PIPELINE
+// Simulation vs wall clock with the real CPU diffusion Pipeline: measures its step and decode times per batch size,
+// simulates the Poisson trace on that measured curve, then runs the same trace through the Pipeline in real time.
+int run_pipeline_check(const Cli& cli) {
+  namespace cd = carousel::diffusion;
+  using Pipeline = cd::Pipeline<carousel::cpu::Backend>;
+  const auto folder = carousel::model::DiffusersFolder::open(cli.pipeline);
+  const carousel::cpu::Backend backend(folder);
+  Pipeline pipeline(backend, cd::pipeline_scheduler_config(folder),
+                    cd::pipeline_options(folder, backend.vae_scale_factor()));
+  auto job = [&](std::size_t steps, std::uint64_t seed) {
+    cd::Job j;
+    j.prompt = "a red circle on a blue background";
+    j.steps = static_cast<int>(steps);
+    j.seed = seed;
+    pipeline.validate(j);
+    return j;
+  };
+  // The measured curves: the median of several timed steps (after one warm-up step) and of several decodes, per
+  // batch size (medians, because one slow sample on a shared machine would bend the curve).
+  std::vector<std::pair<std::size_t, double>> step_points, decode_points;
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  using Clock = std::chrono::steady_clock;
+  for (std::size_t b : {1, 2, 4, 8}) {
+    std::vector<double> step_times, decode_times;
+    for (int round = 0; round < 5; ++round) {
+      std::vector<cd::Job> jobs;
+      for (std::size_t i = 0; i < b; ++i)
+        jobs.push_back(job(50, i));
+      std::vector<cd::Job*> ptrs;
+      for (auto& j : jobs)
+        ptrs.push_back(&j);
+      pipeline.admit(ptrs);
+      pipeline.step(ptrs);
+      for (int r = 0; r < 4; ++r) {
+        const auto t0 = Clock::now();
+        pipeline.step(ptrs);
+        step_times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+      }
+      const auto t0 = Clock::now();
+      pipeline.retire(ptrs);
+      decode_times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    step_points.emplace_back(b, median(step_times));
+    decode_points.emplace_back(b, median(decode_times));
+  }
+  const Regime regime{"pipeline", CostCurve::table(step_points), CostCurve::table(decode_points)};
+  std::printf("carousel-bench-serving --wallclock-pipeline %s: measured t(b), d(b) in ms:", cli.pipeline.c_str());
+  for (std::size_t k = 0; k < step_points.size(); ++k) {
+    std::printf(" b=%zu %.2f/%.2f", step_points[k].first, step_points[k].second * 1e3, decode_points[k].second * 1e3);
+  }
+  std::printf("\n");
+  const Family f{"poisson", Pattern::poisson, {20}, 1, {0.5, 0.9}};
+  const std::vector<Mode> all = modes(8);
+  const double sat = static_saturation(regime, f, cli, all.front().options);
+  std::printf("%-5s %-11s %-5s %8s %8s %8s %8s %8s %7s\n", "load", "mode", "run", "mean", "p50", "p90", "p99", "thr/s",
+              "occ");
+  double worst = 0;
+  for (const Mode& m : all) {
+    if (m.name != "static" && m.name != "continuous" && m.name != "cost_aware") continue;
+    for (double load : f.loads) {
+      Workload w = workload_of(f, cli, load * sat);
+      w.requests = cli.wall_requests;
+      const std::vector<Arrival> trace = generate_trace(w);
+      const Summary sim = summarize(simulate(regime, m.options, w), regime);
+      const Summary wall = summarize(
+          run_wallclock(pipeline, m.options, trace, [&](const Arrival& a) { return job(a.steps, 7); }), regime);
+      for (const auto& [run, sm] : {std::pair<const char*, const Summary&>{"sim", sim}, {"wall", wall}}) {
+        std::printf("%-5s %-11s %-5s %8.4f %8.4f %8.4f %8.4f %8.2f %7.2f\n", load_label(load).c_str(), m.name.c_str(),
+                    run, sm.mean, sm.p50, sm.p90, sm.p99, sm.throughput, sm.occupancy);
+      }
+      const double dev = std::max(std::abs(wall.mean / sim.mean - 1), std::abs(wall.p50 / sim.p50 - 1));
+      worst = std::max(worst, dev);
+      std::printf("%-5s %-11s wall/sim: mean %.3f p50 %.3f throughput %.3f\n", load_label(load).c_str(), m.name.c_str(),
+                  wall.mean / sim.mean, wall.p50 / sim.p50, wall.throughput / sim.throughput);
+    }
+  }
+  std::printf("wallclock-pipeline: largest |wall/sim - 1| of mean and p50 = %.3f (goal <= 0.10): %s\n", worst,
+              worst <= 0.10 ? "agree" : "DISAGREE");
+  return worst <= 0.10 ? 0 : 1;
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
     const Cli cli = parse(argc, argv);
+#ifdef CAROUSEL_SERVING_WITH_PIPELINE
+    if (!cli.pipeline.empty()) return run_pipeline_check(cli);
+#else
+    if (!cli.pipeline.empty()) throw std::invalid_argument("--wallclock-pipeline: built without the CPU backend");
+#endif
     return cli.wallclock ? run_wallclock_check(cli) : run_grid(cli);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "carousel-bench-serving: %s\n", e.what());
