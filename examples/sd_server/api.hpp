@@ -69,10 +69,11 @@ struct GenerationRequest {
 
 /// Limits and defaults for parsing.
 struct ApiLimits {
-  int default_steps = 20;    ///< steps when the client gives none
-  int max_images = 8;        ///< most images per request (`n`, `batch_size` x `n_iter`)
-  int default_width = 512;   ///< the model's default image size
-  int default_height = 512;  ///< the model's default image size
+  int default_steps = 20;         ///< steps when the client gives none
+  double default_guidance = 7.5;  ///< guidance scale (cfg_scale) when the client gives none
+  int max_images = 8;             ///< most images per request (`n`, `batch_size` x `n_iter`)
+  int default_width = 512;        ///< the model's default image size
+  int default_height = 512;       ///< the model's default image size
 };
 
 namespace detail {
@@ -202,7 +203,7 @@ inline GenerationRequest parse_openai(std::string_view text, const ApiLimits& li
     }
   }
   base.steps = static_cast<int>(get_int(body, "steps", limits.default_steps, 1, 10000));
-  base.guidance_scale = static_cast<float>(get_number(body, "guidance_scale", 7.5));
+  base.guidance_scale = static_cast<float>(get_number(body, "guidance_scale", limits.default_guidance));
   base.sampler = sampler_of(get_string(body, "sampler", "ddim"), "sampler");
   base.eta = static_cast<float>(get_number(body, "eta", 0.0));
   const auto seed = get_int(body, "seed", -1, -1, max_seed);
@@ -239,7 +240,7 @@ inline GenerationRequest parse_a1111(std::string_view text, const ApiLimits& lim
   base.prompt = get_string(body, "prompt", "");
   base.negative_prompt = get_string(body, "negative_prompt", "");
   base.steps = static_cast<int>(get_int(body, "steps", limits.default_steps, 1, 10000));
-  base.guidance_scale = static_cast<float>(get_number(body, "cfg_scale", 7.0));
+  base.guidance_scale = static_cast<float>(get_number(body, "cfg_scale", limits.default_guidance));
   base.width = static_cast<int>(get_int(body, "width", limits.default_width, 1, 1 << 16));
   base.height = static_cast<int>(get_int(body, "height", limits.default_height, 1, 1 << 16));
   base.eta = static_cast<float>(get_number(body, "eta", 0.0));

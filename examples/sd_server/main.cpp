@@ -2,7 +2,7 @@
 //
 //   carousel-sd-server [--model DIR] [--device cpu|cuda] [--host 127.0.0.1] [--port 8080] [--max-batch N]
 //                      [--max-queue N] [--admission continuous|static|cost-aware] [--batch-timeout-ms N]
-//                      [--default-steps N]
+//                      [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]
 //
 // Without --model it serves the bundled model (models/shapes-32). --port 0 picks a free port. It prints
 // "listening on http://HOST:PORT" once ready. SIGINT/SIGTERM: new requests get 503, admitted ones finish, exit 0.
@@ -29,7 +29,7 @@ constexpr const char* usage =
     "usage: carousel-sd-server [--model DIR] [--device cpu|cuda] [--host ADDR] [--port N (0 = any free)]\n"
     "                          [--max-batch N] [--max-queue N (0 = unbounded)]\n"
     "                          [--admission continuous|static|cost-aware] [--batch-timeout-ms N]\n"
-    "                          [--default-steps N]\n";
+    "                          [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]\n";
 
 int signal_pipe[2] = {-1, -1};
 
@@ -54,10 +54,22 @@ long number(const std::string& flag, const std::string& value, long lo, long hi)
        "'");
 }
 
+double real(const std::string& flag, const std::string& value, double lo, double hi) {
+  try {
+    std::size_t used = 0;
+    const double v = std::stod(value, &used);
+    if (used == value.size() && v >= lo && v <= hi) return v;
+  } catch (const std::exception&) {
+  }
+  fail(flag + ": expected a number between " + std::to_string(lo) + " and " + std::to_string(hi) + ", got '" + value +
+       "'");
+}
+
 ServerOptions parse(int argc, char** argv) {
   ServerOptions o;
   std::string device = "cpu";
   std::optional<std::filesystem::path> model;
+  std::optional<double> guidance;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
     if (flag == "-h" || flag == "--help") {
@@ -82,6 +94,8 @@ ServerOptions parse(int argc, char** argv) {
       o.batch_timeout = std::chrono::milliseconds(number(flag, value, 0, 3'600'000));
     } else if (flag == "--default-steps") {
       o.default_steps = static_cast<int>(number(flag, value, 1, 1000));
+    } else if (flag == "--default-guidance") {
+      guidance = real(flag, value, 0, 100);
     } else if (flag == "--admission") {
       if (value == "continuous") {
         o.admission = carousel::Admission::continuous;
@@ -97,8 +111,8 @@ ServerOptions parse(int argc, char** argv) {
     }
   }
   if (device == "cuda") {
-    std::cerr << "carousel-sd-server: --device cuda: the CUDA backend (carousel::cuda) does not exist yet in this "
-                 "build; use --device cpu\n";
+    std::cerr << "carousel-sd-server: --device cuda: the server does not run the CUDA backend yet (carousel::cuda "
+                 "has not run on a GPU); use --device cpu\n";
     std::exit(2);
   }
   if (device != "cpu") fail("--device: expected cpu or cuda, got '" + device + "'");
@@ -106,6 +120,8 @@ ServerOptions parse(int argc, char** argv) {
   o.model_dir = model.value_or(bundled);
   std::error_code ec;
   o.bundled_model = std::filesystem::equivalent(o.model_dir, bundled, ec);
+  // The bundled model was tuned for guidance 2 (docs/bundled-model.md); other models get diffusers' 7.5.
+  o.default_guidance = guidance.value_or(o.bundled_model ? 2.0 : 7.5);
   return o;
 }
 

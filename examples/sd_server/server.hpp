@@ -59,6 +59,7 @@ struct ServerOptions {
   std::chrono::milliseconds batch_timeout{100};       ///< static batching: longest wait for a full batch
   std::size_t max_body_bytes = std::size_t{1} << 20;  ///< larger request bodies are answered 413
   int default_steps = 20;                             ///< steps when a request gives none
+  double default_guidance = 7.5;                      ///< guidance scale when a request gives none
   int max_images = 8;                                 ///< most images per request
   std::size_t keep_finished = 256;                    ///< finished generations kept for GET .../{id}
 };
@@ -134,6 +135,7 @@ class Server {
                                     .batch_timeout = options_.batch_timeout,
                                     .order = Order::priority}) {
     limits_.default_steps = options_.default_steps;
+    limits_.default_guidance = options_.default_guidance;
     limits_.max_images = options_.max_images;
     limits_.default_width = pipeline_.options().default_width;
     limits_.default_height = pipeline_.options().default_height;
@@ -324,6 +326,7 @@ class Server {
         {"default_size", std::to_string(limits_.default_width) + "x" + std::to_string(limits_.default_height)},
         {"size_multiple", backend_.vae_scale_factor()},
         {"default_steps", options_.default_steps},
+        {"default_guidance", options_.default_guidance},
         {"max_images", options_.max_images},
         {"samplers", {"ddim", "ddpm"}},
         {"version", carousel::version}};

@@ -81,6 +81,7 @@ fetch('/health').then(r => r.json()).then(h => {
   $('meta').textContent = `${h.model.split('/').pop()} · ${h.device} · ${h.admission} batching · max batch ${h.max_batch_size} · v${h.version}`;
   $('size').value = h.default_size;
   $('steps').value = h.default_steps;
+  $('guidance').value = h.default_guidance;
 }).catch(() => { $('meta').textContent = 'server unreachable'; });
 
 function card(prompt) {

@@ -195,6 +195,26 @@ TEST_CASE("Server.Health.Page.Samplers") {
   check_error(r.client().Get("/nope"), 404, "");
 }
 
+TEST_CASE("Server.Defaults.Guidance") {
+  srv::ServerOptions o;
+  o.default_guidance = 3.5;
+  Running r(o);
+  auto health = r.client().Get("/health");
+  REQUIRE(health);
+  CHECK(json::parse(health->body)["default_guidance"] == 3.5);
+  auto res = post(r, "/v1/images/generations", {{"prompt", "x"}, {"steps", 2}, {"seed", 5}});
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  const json body = json::parse(res->body);
+  CHECK(body["parameters"]["guidance_scale"] == 3.5);
+  CHECK(body["data"][0]["b64_json"] ==
+        reference_images({job("x", 2, 3.5f, 5, carousel::diffusion::SamplerKind::ddim)})[0]);
+  auto a1111 = post(r, "/sdapi/v1/txt2img", {{"prompt", "x"}, {"steps", 2}, {"seed", 5}});
+  REQUIRE(a1111);
+  REQUIRE(a1111->status == 200);
+  CHECK(json::parse(a1111->body)["parameters"]["cfg_scale"] == 3.5);
+}
+
 TEST_CASE("Server.OpenAI.Generate") {
   Running r;
   SUBCASE("n images with consecutive seeds match the library's images") {
