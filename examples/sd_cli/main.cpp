@@ -4,8 +4,9 @@
 //               [--sampler ddim|ddpm|euler|dpm++2m] [--eta E] [--seed N] [--width W --height H] [--out FILE.png]
 //               [--batch-file prompts.txt] [--max-batch N]
 //
-// Without --model it uses the bundled model. With --batch-file every non-empty line is a prompt; all of them run
-// through one batcher (step-level batching) and each writes <out-stem>-<index>.png with seeds seed, seed+1, ...
+// Without --model it uses the bundled model (and guidance 2, unless --guidance says otherwise). With --batch-file every
+// non-empty line is a prompt; all of them run through one batcher (step-level batching) and each writes
+// <out-stem>-<index>.png with seeds seed, seed+1, ...
 #include <carousel/carousel.hpp>
 #include <carousel/cpu/backend.hpp>
 #include <carousel/diffusion/pipeline.hpp>
@@ -33,6 +34,8 @@ namespace {
 
 struct Args {
   fs::path model = CAROUSEL_DEFAULT_MODEL_DIR;
+  bool model_given = false;
+  bool guidance_given = false;
   Job job;
   bool have_prompt = false;
   fs::path out = "out.png";
@@ -74,7 +77,7 @@ Args parse(int argc, char** argv) {
     auto to_float = [](const std::string& s, std::size_t* u) { return std::stof(s, u); };
     auto to_u64 = [](const std::string& s, std::size_t* u) { return std::stoull(s, u); };
     if (flag == "--model")
-      a.model = value();
+      a.model = value(), a.model_given = true;
     else if (flag == "--prompt")
       a.job.prompt = value(), a.have_prompt = true;
     else if (flag == "--negative-prompt")
@@ -82,7 +85,7 @@ Args parse(int argc, char** argv) {
     else if (flag == "--steps")
       a.job.steps = number(to_int);
     else if (flag == "--guidance")
-      a.job.guidance_scale = number(to_float);
+      a.job.guidance_scale = number(to_float), a.guidance_given = true;
     else if (flag == "--eta")
       a.job.eta = number(to_float);
     else if (flag == "--seed")
@@ -116,6 +119,8 @@ Args parse(int argc, char** argv) {
   }
   if (!a.have_prompt && a.batch_file.empty()) usage("--prompt or --batch-file is required");
   if (a.max_batch == 0) usage("--max-batch must be at least 1");
+  // The bundled model was tuned for guidance 2 (docs/bundled-model.md); other models get diffusers' 7.5.
+  if (!a.model_given && !a.guidance_given) a.job.guidance_scale = 2.0f;
   return a;
 }
 
