@@ -136,11 +136,42 @@ inline std::string lower(std::string s) {
   return s;
 }
 
+/// A sampler's names: ours (OpenAI-shape `sampler`) and AUTOMATIC1111's (`sampler_name`).
+struct SamplerName {
+  diffusion::SamplerKind kind;
+  const char* api;
+  const char* a1111;
+};
+inline constexpr SamplerName sampler_names[] = {
+    {diffusion::SamplerKind::ddim, "ddim", "DDIM"},
+    {diffusion::SamplerKind::ddpm, "ddpm", "DDPM"},
+    {diffusion::SamplerKind::euler, "euler", "Euler"},
+    {diffusion::SamplerKind::dpm_solver, "dpm++2m", "DPM++ 2M"},
+};
+
+inline const SamplerName& sampler_name(diffusion::SamplerKind kind) {
+  for (const SamplerName& s : sampler_names) {
+    if (s.kind == kind) return s;
+  }
+  return sampler_names[0];
+}
+
+/// Our names of the samplers, for /health.
+inline nlohmann::json sampler_list() {
+  nlohmann::json names = nlohmann::json::array();
+  for (const SamplerName& s : sampler_names)
+    names.push_back(s.api);
+  return names;
+}
+
+/// Either name, any case.
 inline diffusion::SamplerKind sampler_of(const std::string& name, const char* field) {
   const std::string n = lower(name);
-  if (n == "ddim") return diffusion::SamplerKind::ddim;
-  if (n == "ddpm") return diffusion::SamplerKind::ddpm;
-  throw ApiError(400, std::string(field) + ": unknown sampler '" + name + "' (supported: DDIM, DDPM)", field);
+  for (const SamplerName& s : sampler_names) {
+    if (n == s.api || n == lower(s.a1111)) return s.kind;
+  }
+  throw ApiError(400, std::string(field) + ": unknown sampler '" + name + "' (supported: DDIM, DDPM, Euler, DPM++ 2M)",
+                 field);
 }
 
 inline nlohmann::json parse_object(std::string_view body) {
@@ -220,7 +251,7 @@ inline GenerationRequest parse_openai(std::string_view text, const ApiLimits& li
                   {"size", std::to_string(base.width) + "x" + std::to_string(base.height)},
                   {"steps", base.steps},
                   {"guidance_scale", base.guidance_scale},
-                  {"sampler", base.sampler == diffusion::SamplerKind::ddim ? "ddim" : "ddpm"},
+                  {"sampler", sampler_name(base.sampler).api},
                   {"eta", base.eta},
                   {"seed", r.seed},
                   {"priority", r.priority}};
@@ -268,7 +299,7 @@ inline GenerationRequest parse_a1111(std::string_view text, const ApiLimits& lim
   r.parameters["width"] = base.width;
   r.parameters["height"] = base.height;
   r.parameters["seed"] = seed;
-  r.parameters["sampler_name"] = base.sampler == diffusion::SamplerKind::ddim ? "DDIM" : "DDPM";
+  r.parameters["sampler_name"] = sampler_name(base.sampler).a1111;
   r.parameters["batch_size"] = batch;
   r.parameters["n_iter"] = iters;
   r.parameters["eta"] = base.eta;

@@ -273,9 +273,11 @@ class Server {
       guarded(res, [&] { post_a1111(req, res); });
     });
     http_.Get("/sdapi/v1/samplers", [](const httplib::Request&, httplib::Response& res) {
-      const nlohmann::json samplers =
-          nlohmann::json::array({{{"name", "DDIM"}, {"aliases", {"ddim"}}, {"options", nlohmann::json::object()}},
-                                 {{"name", "DDPM"}, {"aliases", {"ddpm"}}, {"options", nlohmann::json::object()}}});
+      nlohmann::json samplers = nlohmann::json::array();
+      for (const auto& s : detail::sampler_names) {
+        samplers.push_back(
+            nlohmann::json{{"name", s.a1111}, {"aliases", {s.api}}, {"options", nlohmann::json::object()}});
+      }
       res.set_content(samplers.dump(), "application/json");
     });
     http_.Get("/sdapi/v1/sd-models", [this](const httplib::Request&, httplib::Response& res) {
@@ -328,7 +330,7 @@ class Server {
         {"default_steps", options_.default_steps},
         {"default_guidance", options_.default_guidance},
         {"max_images", options_.max_images},
-        {"samplers", {"ddim", "ddpm"}},
+        {"samplers", detail::sampler_list()},
         {"version", carousel::version}};
     res.status = draining ? 503 : 200;
     res.set_content(body.dump(), "application/json");
@@ -614,7 +616,7 @@ class Server {
                            {"subseed_strength", 0},
                            {"width", first.width},
                            {"height", first.height},
-                           {"sampler_name", first.sampler == diffusion::SamplerKind::ddim ? "DDIM" : "DDPM"},
+                           {"sampler_name", detail::sampler_name(first.sampler).a1111},
                            {"cfg_scale", first.guidance_scale},
                            {"steps", first.steps},
                            {"batch_size", jobs.size()},

@@ -66,7 +66,7 @@ inline constexpr const char* web_page = R"HTML(<!doctype html>
     </div>
     <div class="row">
       <div><label for="n">Images</label><input id="n" type="number" min="1" max="8" value="1"></div>
-      <div><label for="sampler">Sampler</label><select id="sampler"><option>ddim</option><option>ddpm</option></select></div>
+      <div><label for="sampler">Sampler</label><select id="sampler"><option>ddim</option><option>ddpm</option><option>euler</option><option>dpm++2m</option></select></div>
     </div>
     <button type="submit" id="generate">Generate</button>
   </form>

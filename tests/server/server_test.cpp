@@ -191,7 +191,11 @@ TEST_CASE("Server.Health.Page.Samplers") {
 
   auto samplers = r.client().Get("/sdapi/v1/samplers");
   REQUIRE(samplers);
-  CHECK(json::parse(samplers->body).size() == 2);
+  const json sampler_list = json::parse(samplers->body);
+  REQUIRE(sampler_list.size() == 4);
+  CHECK(sampler_list[2]["name"] == "Euler");
+  CHECK(sampler_list[3]["name"] == "DPM++ 2M");
+  CHECK(h["samplers"] == json::array({"ddim", "ddpm", "euler", "dpm++2m"}));
   check_error(r.client().Get("/nope"), 404, "");
 }
 
@@ -213,6 +217,22 @@ TEST_CASE("Server.Defaults.Guidance") {
   REQUIRE(a1111);
   REQUIRE(a1111->status == 200);
   CHECK(json::parse(a1111->body)["parameters"]["cfg_scale"] == 3.5);
+}
+
+TEST_CASE("Server.Samplers.EulerAndDpm") {
+  Running r;
+  auto openai = post(r, "/v1/images/generations", {{"prompt", "x"}, {"steps", 3}, {"seed", 9}, {"sampler", "euler"}});
+  REQUIRE(openai);
+  REQUIRE(openai->status == 200);
+  CHECK(json::parse(openai->body)["data"][0]["b64_json"] ==
+        reference_images({job("x", 3, 7.5f, 9, carousel::diffusion::SamplerKind::euler)})[0]);
+  auto a1111 = post(r, "/sdapi/v1/txt2img",
+                    {{"prompt", "x"}, {"steps", 3}, {"seed", 9}, {"cfg_scale", 7.5}, {"sampler_name", "DPM++ 2M"}});
+  REQUIRE(a1111);
+  REQUIRE(a1111->status == 200);
+  const json body = json::parse(a1111->body);
+  CHECK(body["parameters"]["sampler_name"] == "DPM++ 2M");
+  CHECK(body["images"][0] == reference_images({job("x", 3, 7.5f, 9, carousel::diffusion::SamplerKind::dpm_solver)})[0]);
 }
 
 TEST_CASE("Server.OpenAI.Generate") {
