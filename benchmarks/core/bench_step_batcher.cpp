@@ -1,7 +1,9 @@
 // Scheduler overhead of StepBatcher, excluding the model: a no-op model, manual driving.
 //
 //   BM_Iteration/batch:B/waiting:W   one step_once() with B running requests and W more waiting (batch full)
-//   BM_Churn/batch:B                 one step_once() where every request finishes after one step and B new ones join
+//   BM_Churn/batch:B/stage:S         one step_once() where every request finishes after one step and B new ones join;
+//                                    the model has an empty retire(), run in the iteration (S = 0) or, with
+//                                    Options::concurrent_retire, by the retire_once() that follows (S = 1)
 //   BM_Submit (threads 1..8)         submit() throughput against a running scheduler thread
 #include <benchmark/benchmark.h>
 
@@ -24,6 +26,11 @@ struct NoOpModel {
       ++j->done;
   }
   bool finished(const Job& j) const { return j.done >= j.total; }
+};
+
+// The same with an empty retire().
+struct RetiringNoOpModel : NoOpModel {
+  void retire(std::span<Job* const> leaving) { benchmark::DoNotOptimize(leaving.data()); }
 };
 
 // Steps forever (total < 0) until cancelled; the model does nothing.
@@ -50,18 +57,20 @@ BENCHMARK(BM_Iteration)->ArgNames({"batch", "waiting"})->ArgsProduct({{1, 8, 32,
 
 void BM_Churn(benchmark::State& state) {
   const auto batch = static_cast<std::size_t>(state.range(0));
-  NoOpModel model;
-  carousel::StepBatcher<NoOpModel, Job> batcher{model, {.max_batch_size = batch}};
+  const bool stage = state.range(1) != 0;
+  RetiringNoOpModel model;
+  carousel::StepBatcher<RetiringNoOpModel, Job> batcher{model, {.max_batch_size = batch, .concurrent_retire = stage}};
   for (auto _ : state) {
     state.PauseTiming();
     for (std::size_t i = 0; i < batch; ++i)
       batcher.submit(Job{1});
     state.ResumeTiming();
-    batcher.step_once();  // admit B, step B, retire B, complete B tickets
+    batcher.step_once();  // admit B, step B, retire B (or hand them to the stage), complete B tickets
+    if (stage) batcher.retire_once();
   }
   state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * static_cast<std::int64_t>(batch));
 }
-BENCHMARK(BM_Churn)->ArgName("batch")->Arg(1)->Arg(8)->Arg(64)->Arg(256);
+BENCHMARK(BM_Churn)->ArgNames({"batch", "stage"})->ArgsProduct({{1, 8, 64, 256}, {0, 1}});
 
 carousel::StepBatcher<NoOpModel, Job>* shared_batcher = nullptr;
 NoOpModel shared_model;

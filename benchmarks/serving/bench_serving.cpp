@@ -14,7 +14,8 @@
 //   --seed S               workload seed (default 1)
 //   --decode-factor F      VAE decode of b requests costs F x t(b) (default 2)
 //   --policy NAME          carousel's recommended mode for the summary line (default cost_aware)
-//   --decode-off-loop      the decode runs on its own worker, not on the step loop (simulation only)
+//   --decode-off-loop      the decode runs in the batcher's retire stage (Options::concurrent_retire), not on the step
+//                          loop: replayed on one decode worker in the simulation, a second thread in wall-clock runs
 //   --carousel-max-batch N max_batch_size of the continuous modes (default 8, like static and dynamic batching)
 //   --wall-requests N      --wallclock: requests per point (default 150)
 //   --wall-modes M@X,...   --wallclock: the modes compared, each on the balanced regime's costs (and static timeout)
@@ -332,12 +333,15 @@ int run_wallclock_check(const Cli& cli) {
   const Family f{"poisson", Pattern::poisson, {30}, 1, {0.5, 0.9}};
   std::vector<Row> rows;
   double worst = 0;
-  std::printf("carousel-bench-serving --wallclock: balanced regime scaled by x, %zu requests per point\n",
-              cli.wall_requests);
+  std::printf("carousel-bench-serving --wallclock: balanced regime scaled by x, %zu requests per point, decode %s\n",
+              cli.wall_requests, cli.decode_off_loop ? "in the retire stage (concurrent_retire)" : "on the step loop");
   std::printf("%-5s %-11s %-5s %-5s %8s %8s %8s %8s %8s %7s\n", "load", "mode", "x", "run", "mean", "p50", "p90", "p99",
               "thr/s", "occ");
   for (const auto& [m, x] : checked) {
-    const Regime regime = Regime::linear("balanced", 20 * x, 15 * x, cli.decode_factor);
+    Regime regime = Regime::linear("balanced", 20 * x, 15 * x, cli.decode_factor);
+    regime.decode_off_loop = cli.decode_off_loop;
+    carousel::Options wall_options = m.options;
+    wall_options.concurrent_retire = cli.decode_off_loop;
     carousel::Options static_mode = modes(8).front().options;
     static_mode.batch_timeout = std::chrono::round<std::chrono::nanoseconds>(static_mode.batch_timeout * x);
     const double sat = static_saturation(regime, f, cli, static_mode);
@@ -346,8 +350,8 @@ int run_wallclock_check(const Cli& cli) {
       w.requests = cli.wall_requests;
       const std::vector<Arrival> trace = generate_trace(w);
       const Summary sim = summarize(simulate(regime, m.options, w), regime);
-      CostModel<WallSpend> model(regime, WallSpend{});
-      const Summary wall = summarize(run_wallclock(model, m.options, trace,
+      CostModel<WallSpend> model(regime, WallSpend{}, WallSpend{});
+      const Summary wall = summarize(run_wallclock(model, wall_options, trace,
                                                    [](const Arrival& a) {
                                                      return SimJob{a.steps, 0, a.key};
                                                    }),
@@ -423,7 +427,8 @@ int run_pipeline_check(const Cli& cli) {
     step_points.emplace_back(b, median(step_times));
     decode_points.emplace_back(b, median(decode_times));
   }
-  const Regime regime{"pipeline", CostCurve::table(step_points), CostCurve::table(decode_points)};
+  Regime regime{"pipeline", CostCurve::table(step_points), CostCurve::table(decode_points)};
+  regime.decode_off_loop = cli.decode_off_loop;
   std::printf("carousel-bench-serving --wallclock-pipeline %s: measured t(b), d(b) in ms:", cli.pipeline.c_str());
   for (std::size_t k = 0; k < step_points.size(); ++k) {
     std::printf(" b=%zu %.2f/%.2f", step_points[k].first, step_points[k].second * 1e3, decode_points[k].second * 1e3);
@@ -442,8 +447,10 @@ int run_pipeline_check(const Cli& cli) {
       w.requests = cli.wall_requests;
       const std::vector<Arrival> trace = generate_trace(w);
       const Summary sim = summarize(simulate(regime, m.options, w), regime);
+      carousel::Options wall_options = m.options;
+      wall_options.concurrent_retire = cli.decode_off_loop;
       const Summary wall = summarize(
-          run_wallclock(pipeline, m.options, trace, [&](const Arrival& a) { return job(a.steps, 7); }), regime);
+          run_wallclock(pipeline, wall_options, trace, [&](const Arrival& a) { return job(a.steps, 7); }), regime);
       for (const auto& [run, sm] : {std::pair<const char*, const Summary&>{"sim", sim}, {"wall", wall}}) {
         std::printf("%-5s %-11s %-5s %8.4f %8.4f %8.4f %8.4f %8.2f %7.2f\n", load_label(load).c_str(), m.name.c_str(),
                     run, sm.mean, sm.p50, sm.p90, sm.p99, sm.throughput, sm.occupancy);

@@ -124,10 +124,10 @@ struct Regime {
   CostCurve step;           ///< UNet step (with classifier-free guidance), key 0
   CostCurve decode;         ///< VAE decode of the requests leaving together, key 0
   double key_factor = 2.0;  ///< cost multiplier per resolution step
-  /// Simulation only: the decode runs on its own worker instead of the step loop (a separate stage, as on a second
-  /// stream or device): retire() costs the loop nothing and a request is done when the worker has decoded it. The
-  /// worker decodes everything that finished while it was busy in one call per batch key. Optimistic: it assumes the
-  /// decode does not slow the steps down.
+  /// The decode runs in the batcher's retire stage (`Options::concurrent_retire`) instead of on the step loop, as on a
+  /// second stream: the stage decodes everything that finished while it was busy in one call per batch key. The
+  /// simulation replays that stage after the run (`decode_on_worker`); the wall-clock run has it on a second thread.
+  /// Optimistic: it assumes the decode does not slow the steps down.
   bool decode_off_loop = false;
 
   /// t_key(b), seconds.
@@ -260,8 +260,9 @@ struct Traced {
 /// model spent in step() and retire(). This is the hook a real model (the CPU diffusion Pipeline, a CUDA one) plugs
 /// into: the harness drives `StepBatcher<TracedModel<M, S, Clock>, Traced<S>, Clock>`.
 ///
-/// Not thread-safe: called from the batcher's driving thread only (`batch_key`/`total_steps` are forwarded pure
-/// functions). `records` must not be resized while the batcher runs.
+/// Called from the batcher's driving thread, except `retire`, which may run on the retire stage's thread
+/// (`Options::concurrent_retire`) concurrently with the others; `batch_key`/`total_steps` are forwarded pure functions.
+/// `records` must not be resized while the batcher runs.
 template <class Model, class State, class Clock>
 class TracedModel {
  public:
@@ -272,7 +273,7 @@ class TracedModel {
 
   /// Forwards to `Model::admit` when it has one; records the first admission.
   void admit(std::span<Traced<State>* const> joining) {
-    if constexpr (AdmittingModel<Model, State>) model_.admit(inners(joining));
+    if constexpr (AdmittingModel<Model, State>) model_.admit(inners(joining, scratch_));
     const double t = now();
     for (Traced<State>* s : joining)
       records_[s->id].admitted = t;
@@ -281,7 +282,7 @@ class TracedModel {
   /// Forwards to `Model::step`; counts the call for every request in it and times it.
   void step(std::span<Traced<State>* const> batch) {
     const double t0 = now();
-    model_.step(inners(batch));
+    model_.step(inners(batch, scratch_));
     step_seconds_ += now() - t0;
     for (Traced<State>* s : batch)
       ++records_[s->id].step_calls;
@@ -290,7 +291,7 @@ class TracedModel {
   /// Forwards to `Model::retire` when it has one and times it; records completion, then calls `on_done`.
   void retire(std::span<Traced<State>* const> leaving) {
     const double t0 = now();
-    if constexpr (RetiringModel<Model, State>) model_.retire(inners(leaving));
+    if constexpr (RetiringModel<Model, State>) model_.retire(inners(leaving, retire_scratch_));
     const double t = now();
     decode_seconds_ += t - t0;
     ++retire_calls_;
@@ -320,11 +321,11 @@ class TracedModel {
  private:
   double now() const { return std::chrono::duration<double>(clock_.now() - origin_).count(); }
 
-  std::span<State* const> inners(std::span<Traced<State>* const> outer) {
-    scratch_.clear();
+  static std::span<State* const> inners(std::span<Traced<State>* const> outer, std::vector<State*>& scratch) {
+    scratch.clear();
     for (Traced<State>* s : outer)
-      scratch_.push_back(&s->inner);
-    return scratch_;
+      scratch.push_back(&s->inner);
+    return scratch;
   }
 
   Model& model_;
@@ -332,7 +333,8 @@ class TracedModel {
   typename Clock::time_point origin_;
   std::vector<Record>& records_;
   std::function<void(std::size_t)> on_done_;
-  std::vector<State*> scratch_;
+  std::vector<State*> scratch_;         // admit, step
+  std::vector<State*> retire_scratch_;  // retire (maybe on the retire stage's thread)
   double step_seconds_ = 0;
   double decode_seconds_ = 0;
   std::size_t retire_calls_ = 0;
@@ -353,8 +355,11 @@ struct SimJob {
 template <class Spend>
 class CostModel {
  public:
-  /// A model with `regime`'s costs, spent through `spend`.
-  CostModel(const Regime& regime, Spend spend) : regime_(regime), spend_(std::move(spend)) {}
+  /// A model with `regime`'s costs, spent through `spend`. With `Regime::decode_off_loop` the decode is spent through
+  /// `decode_spend` (the retire stage's own, as it runs on another thread), or not at all without one (the simulation
+  /// replays it afterwards).
+  CostModel(const Regime& regime, Spend spend, std::optional<Spend> decode_spend = std::nullopt)
+      : regime_(regime), spend_(std::move(spend)), decode_spend_(std::move(decode_spend)) {}
 
   /// One UNet evaluation of the batch (one batch key): spends t_key(b).
   void step(std::span<SimJob* const> batch) {
@@ -362,9 +367,14 @@ class CostModel {
     for (SimJob* j : batch)
       ++j->done;
   }
-  /// The VAE decode of the leavers (one batch key): spends d_key(b), unless the regime decodes off the loop.
+  /// The VAE decode of the leavers (one batch key): spends d_key(b) (see the constructor for where).
   void retire(std::span<SimJob* const> leaving) {
-    if (!regime_.decode_off_loop) spend_(regime_.decode_time(leaving.front()->key, leaving.size()));
+    const double d = regime_.decode_time(leaving.front()->key, leaving.size());
+    if (!regime_.decode_off_loop) {
+      spend_(d);
+    } else if (decode_spend_) {
+      (*decode_spend_)(d);
+    }
   }
   /// Done once every step ran.
   bool finished(const SimJob& j) const { return j.done >= j.steps; }
@@ -376,6 +386,7 @@ class CostModel {
  private:
   const Regime& regime_;
   Spend spend_;
+  std::optional<Spend> decode_spend_;
 };
 
 /// Spends real time by sleeping, and keeps the model's total time on its cost model: a sleep wakes late (on a busy
@@ -532,13 +543,16 @@ inline RunResult simulate(const Regime& regime, const Options& options, const st
 
   CostModel<std::function<void(double)>> model(regime, spend);
   TracedModel<CostModel<std::function<void(double)>>, SimJob, ManualClock> traced(model, clock, {}, records, on_done);
-  Batcher batcher(traced, options, clock);
+  Options run_options = options;
+  run_options.concurrent_retire = regime.decode_off_loop;
+  Batcher batcher(traced, run_options, clock);
   batcher_ptr = &batcher;
 
   std::size_t oldest_unadmitted = 0;  // records are in submission order
   for (;;) {
     submit_due(clock.now());
-    if (batcher.step_once()) continue;
+    const bool stepped = batcher.step_once();
+    if (batcher.retire_once() || stepped) continue;  // the retire stage costs the loop nothing here
     std::optional<Ns> next;
     if (!pending.empty()) next = pending.top().time;
     if (options.admission == Admission::static_batch) {
@@ -551,7 +565,7 @@ inline RunResult simulate(const Regime& regime, const Options& options, const st
     }
     if (!next) {
       const Stats s = batcher.stats();
-      if (s.queue_depth + s.active == 0) break;
+      if (s.queue_depth + s.active + s.retiring == 0) break;
       throw std::logic_error("serving: the simulation is stuck with requests in the batcher and no event due");
     }
     if (ManualClock::time_point(*next) <= clock.now())
@@ -604,6 +618,7 @@ RunResult run_wallclock(Model& model, const Options& options, const std::vector<
   result.step_seconds = traced.step_seconds();
   result.decode_seconds = traced.decode_seconds();
   result.decode_calls = traced.retire_calls();
+  result.decode_on_loop = !options.concurrent_retire;
   check_invariants(result);
   return result;
 }

@@ -60,6 +60,15 @@ struct Options {
   /// the lowest-priority running one suspends it at a step boundary when the batch is full; the suspended request keeps
   /// its state and resumes later without a second `admit`.
   bool preempt = false;
+  /// Runs `Model::retire` in a retire stage of its own instead of at the end of each iteration, so that the next
+  /// iteration's steps do not wait for it (a VAE decode on its own CUDA stream while the UNet steps the others). A
+  /// finished request leaves the batch at once, so its room is free at the next admission, and waits for the retire
+  /// stage, which takes every finished request waiting when it begins (one `retire` call per batch-key group, oldest
+  /// first). With `start()` the stage is a second thread; a caller driving `step_once()` calls `retire_once()` too.
+  /// The model must allow `retire` to run concurrently with `admit`, `step` and `finished` on other states.
+  /// Ignored for a model without `retire`. Cost-aware admission then counts no retire time in a batch's service time
+  /// and does not hold finished requests back.
+  bool concurrent_retire = false;
 };
 
 }  // namespace carousel

@@ -80,7 +80,8 @@ class Histogram {
 /// A snapshot of a batcher's counters, gauges and histograms (`StepBatcher::stats()`).
 ///
 /// Every submitted request is counted once in exactly one of completed, failed, cancelled, expired, rejected, or is
-/// still in flight: `submitted == completed + failed + cancelled + expired + rejected + queue_depth + active`.
+/// still in flight: `submitted == completed + failed + cancelled + expired + rejected + queue_depth + active +
+/// retiring`.
 struct Stats {
   std::uint64_t submitted = 0;      ///< calls to submit
   std::uint64_t admitted = 0;       ///< first admissions (a resumed request is not counted again)
@@ -91,7 +92,8 @@ struct Stats {
   std::uint64_t rejected = 0;       ///< refused: `queue_full`, `shut_down` or `deadline_unreachable`
   std::uint64_t preempted = 0;      ///< suspensions by preemption
   std::size_t queue_depth = 0;      ///< waiting now (suspended included)
-  std::size_t active = 0;           ///< running now
+  std::size_t active = 0;           ///< running now (finished ones held for a merged retire included)
+  std::size_t retiring = 0;         ///< finished, waiting for or in the retire stage (`Options::concurrent_retire`)
   std::uint64_t iterations = 0;     ///< iterations that stepped at least one request
   std::uint64_t request_steps = 0;  ///< request-steps done (sum of batch sizes)
   double mean_batch_size = 0;       ///< request_steps / iterations

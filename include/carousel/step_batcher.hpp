@@ -63,11 +63,13 @@ struct BatchKeyOf<Model, State> {
 /// first-timers), step every running request once (one `Model::step` call per batch-key group, each in admission
 /// order), then retire the finished ones (`Model::retire`) and complete their tickets. Drive it with `step_once()` on
 /// your own thread, or let `start()` run a scheduler thread that sleeps on a condition variable whenever there is
-/// nothing to do.
+/// nothing to do. With `Options::concurrent_retire` the finished requests go to a retire stage instead (a second
+/// thread after `start()`, or `retire_once()`), and the next iteration does not wait for their `retire`.
 ///
 /// Thread-safety: `submit`, `stats`, `set_observer` and `Ticket` methods may be called from any thread at any time.
 /// The model is only called from the driving thread (the scheduler thread, or whoever calls `step_once`), except
-/// `batch_key`, `total_steps` and `cost`, which are called from `submit`.
+/// `batch_key`, `total_steps` and `cost`, which are called from `submit`, and `retire` under
+/// `Options::concurrent_retire`, which is called from the retire stage.
 /// A throwing model fails only the requests of the throwing call, with `Errc::model_error`; the loop goes on.
 ///
 /// \code
@@ -116,18 +118,31 @@ class StepBatcher {
   }
 
   /// Runs one iteration on the calling thread. Returns whether it did anything (stepped, admitted or completed a
-  /// request). Tickets of requests that finished in it are ready when it returns. Must not be called while the
-  /// scheduler thread runs (throws `std::logic_error`).
+  /// request). Tickets of requests that finished in it are ready when it returns — under `Options::concurrent_retire`
+  /// when the `retire_once()` that takes them returns. Must not be called while the scheduler thread runs (throws
+  /// `std::logic_error`).
   bool step_once() {
     if (thread_.joinable()) throw std::logic_error("carousel::StepBatcher::step_once: the scheduler thread is running");
     return core_->iterate();
   }
 
-  /// Starts the scheduler thread. Throws `std::logic_error` if already started or stopped.
+  /// `Options::concurrent_retire` without `start()`: runs the retire stage once on the calling thread — one `retire`
+  /// call per batch-key group for every finished request waiting — and completes their tickets. May run concurrently
+  /// with `step_once()` on another thread. Returns whether any request was waiting (always false without
+  /// `concurrent_retire`, whose iterations retire their own). Throws `std::logic_error` while the retire thread runs.
+  bool retire_once() {
+    if (retire_thread_.joinable())
+      throw std::logic_error("carousel::StepBatcher::retire_once: the retire thread is running");
+    return core_->retire_stage();
+  }
+
+  /// Starts the scheduler thread, and under `Options::concurrent_retire` the retire thread. Throws `std::logic_error`
+  /// if already started or stopped.
   void start() {
     if (thread_.joinable() || core_->stopping())
       throw std::logic_error("carousel::StepBatcher::start: already started");
     thread_ = std::thread([core = core_.get()] { core->run(); });
+    if (core_->concurrent_retire) retire_thread_ = std::thread([core = core_.get()] { core->run_retire(); });
   }
 
   /// Refuses new submits, then either finishes everything queued and running (`drain`, on the scheduler thread if it
@@ -136,6 +151,7 @@ class StepBatcher {
   void stop(StopMode mode = StopMode::drain) {
     core_->request_stop(mode);
     if (thread_.joinable()) thread_.join();
+    if (retire_thread_.joinable()) retire_thread_.join();
     core_->finish_stop();
   }
 
@@ -212,17 +228,27 @@ class StepBatcher {
 
   // Everything tickets may reach (for cancellation) lives here, shared with them weakly.
   struct Core final : detail::CancelTarget, std::enable_shared_from_this<Core> {
-    Core(Model& m, Options o, Clock c) : model(m), options(o), clock(std::move(c)), queue(QueueLess{o.order}) {}
+    Core(Model& m, Options o, Clock c)
+        : model(m),
+          options(o),
+          concurrent_retire(o.concurrent_retire && RetiringModel<Model, State>),
+          clock(std::move(c)),
+          queue(QueueLess{o.order}) {}
 
     ~Core() {
       for (Slot* s : queue)
         delete s;
       for (Slot* s : active)
         delete s;
+      for (Slot* s : held)
+        delete s;
+      for (Slot* s : to_retire)
+        delete s;
     }
 
     Model& model;
     const Options options;
+    const bool concurrent_retire;  // options.concurrent_retire and the model has retire()
     Clock clock;
 
     mutable std::mutex mutex;  // guards everything below except what the comments say
@@ -249,9 +275,16 @@ class StepBatcher {
     std::uint64_t gaps_seen = 0;
     std::mutex drive_mutex;  // one iteration at a time
 
-    // Scratch of the driver (guarded by drive_mutex).
+    // The retire stage (concurrent_retire).
+    std::vector<Slot*> to_retire;  // finished, waiting for the retire stage, in admission order
+    std::size_t retiring_now = 0;  // in the stage's current retire() calls
+    std::condition_variable retire_wake;
+    std::mutex retire_mutex;  // one retire stage at a time
+
+    // Scratch of the driver (guarded by drive_mutex) and of the retire stage (guarded by retire_mutex).
     std::vector<State*> states;
     std::vector<const Slot*> view;
+    std::vector<State*> retire_states;
 
     bool stopping() const {
       std::lock_guard lock(mutex);
@@ -348,6 +381,7 @@ class StepBatcher {
       Stats s = counters;
       s.queue_depth = queue.size();
       s.active = active.size() + held.size();
+      s.retiring = to_retire.size() + retiring_now;
       s.mean_batch_size = s.iterations ? static_cast<double>(s.request_steps) / static_cast<double>(s.iterations) : 0.0;
       s.mean_occupancy = s.iterations ? occupancy_sum / static_cast<double>(s.iterations) : 0.0;
       return s;
@@ -520,7 +554,7 @@ class StepBatcher {
       for (std::size_t b = 1; b <= options.max_batch_size; ++b) {
         const auto t = step_times.predict(b);
         if (!t) return 0;
-        const double service = mean_steps * *t + retire_times.predict(b).value_or(0.0);
+        const double service = mean_steps * *t + (concurrent_retire ? 0.0 : retire_times.predict(b).value_or(0.0));
         const double mu = static_cast<double>(b) / service;
         if (lambda >= mu) continue;
         const double latency = mean_steps * *t + (lambda / mu) / (mu - lambda);
@@ -537,7 +571,7 @@ class StepBatcher {
     // d(k) + d(m) - d(k+m) of loop time for every request still running or waiting, and costs each held request r
     // iterations of t(b). The decision is taken again every iteration.
     bool hold_retirement(std::size_t k, const std::vector<Slot*>& running) const {
-      if (options.admission != Admission::cost_aware || k == 0 || running.empty()) return false;
+      if (options.admission != Admission::cost_aware || concurrent_retire || k == 0 || running.empty()) return false;
       std::size_t r = std::numeric_limits<std::size_t>::max(), m = 0;
       for (const Slot* s : running) {
         if (s->total_steps_ <= s->steps_done_) continue;
@@ -602,11 +636,99 @@ class StepBatcher {
       }
     }
 
-    std::span<State* const> states_of(const std::vector<Slot*>& slots) {
-      states.clear();
+    static std::span<State* const> states_of(const std::vector<Slot*>& slots, std::vector<State*>& scratch) {
+      scratch.clear();
       for (Slot* s : slots)
-        states.push_back(&s->state_);
-      return states;
+        scratch.push_back(&s->state_);
+      return scratch;
+    }
+
+    // Calls retire() for `retiring` (sorted here into admission order so retire() sees them oldest first), one call
+    // per batch-key group: a group that throws fails with model_error, the others complete. Records each call's
+    // (size, seconds) in `measured`.
+    void retire_groups(std::vector<Slot*>& retiring, std::vector<State*>& scratch, std::vector<Outcome>& out,
+                       std::vector<std::pair<std::size_t, double>>& measured) {
+      std::sort(retiring.begin(), retiring.end(),
+                [](const Slot* x, const Slot* y) { return x->admit_seq_ < y->admit_seq_; });
+      for_each_group(retiring, [&](const std::vector<Slot*>& group) {
+        if constexpr (RetiringModel<Model, State>) {
+          const time_point t0 = clock.now();
+          try {
+            model.retire(states_of(group, scratch));
+          } catch (...) {
+            for (Slot* s : group) {
+              out.push_back(
+                  Outcome{std::unique_ptr<Slot>(s), Errc::model_error,
+                          detail::make_error(Errc::model_error, "Model::retire threw", std::current_exception())});
+            }
+            return;
+          }
+          measured.emplace_back(group.size(), seconds(clock.now() - t0));
+        }
+        for (Slot* s : group)
+          out.push_back(Outcome{std::unique_ptr<Slot>(s), std::nullopt, nullptr});
+      });
+    }
+
+    // Counts `out` (the caller holds the mutex).
+    void count_outcomes(const std::vector<Outcome>& out) {
+      const time_point done = clock.now();
+      for (const Outcome& o : out) {
+        if (!o.code) {
+          ++counters.completed;
+          counters.latency.record(seconds(done - o.slot->submitted_at_));
+        } else if (*o.code == Errc::model_error) {
+          ++counters.failed;
+        }
+      }
+    }
+
+    static void complete(std::vector<Outcome>& out) {
+      for (Outcome& o : out) {
+        if (o.code) {
+          o.slot->control_->complete_error(*o.code, std::move(o.error));
+        } else {
+          o.slot->control_->complete_value(std::move(o.slot->state_));
+        }
+      }
+    }
+
+    // The retire stage (concurrent_retire): retires every finished request waiting. Returns whether there was any.
+    bool retire_stage() {
+      std::lock_guard stage(retire_mutex);
+      std::vector<Slot*> retiring;
+      {
+        std::lock_guard lock(mutex);
+        retiring.swap(to_retire);
+        retiring_now = retiring.size();
+      }
+      if (retiring.empty()) return false;
+      std::vector<Outcome> out;
+      std::vector<std::pair<std::size_t, double>> measured;
+      retire_groups(retiring, retire_states, out, measured);
+      {
+        std::lock_guard lock(mutex);
+        for (const auto& [k, sec] : measured)
+          retire_times.record(k, sec);
+        count_outcomes(out);
+        retiring_now = 0;
+        ++generation;
+      }
+      wake.notify_all();  // a stopping scheduler thread waits for the stage to empty
+      complete(out);
+      return true;
+    }
+
+    // The retire thread: runs the stage whenever finished requests wait, until the batcher stops and is idle.
+    void run_retire() {
+      for (;;) {
+        {
+          std::unique_lock lock(mutex);
+          retire_wake.wait(lock, [&] { return !to_retire.empty() || (stop_requested && loop_idle()); });
+          if (to_retire.empty()) return;
+        }
+        retire_stage();
+      }
     }
 
     bool iterate() {
@@ -649,7 +771,7 @@ class StepBatcher {
         if constexpr (AdmittingModel<Model, State>) {
           for_each_group(joining, [&](const std::vector<Slot*>& group) {
             try {
-              model.admit(states_of(group));
+              model.admit(states_of(group, states));
               for (Slot* s : group)
                 s->admitted_ = true;
             } catch (...) {
@@ -685,7 +807,7 @@ class StepBatcher {
         for_each_group(batch, [&](const std::vector<Slot*>& group) {
           const time_point t0 = clock.now();
           try {
-            model.step(states_of(group));
+            model.step(states_of(group, states));
           } catch (...) {
             model_seconds += seconds(clock.now() - t0);
             drop(group, "step", std::current_exception());
@@ -719,27 +841,11 @@ class StepBatcher {
           hold = hold_retirement(retiring.size(), running);
         }
       }
-      if (!hold && !retiring.empty()) {
-        // Keep admission order among the leavers so retire() sees them oldest first.
-        std::sort(retiring.begin(), retiring.end(),
-                  [](const Slot* x, const Slot* y) { return x->admit_seq_ < y->admit_seq_; });
-        for_each_group(retiring, [&](const std::vector<Slot*>& group) {
-          if constexpr (RetiringModel<Model, State>) {
-            const time_point t0 = clock.now();
-            try {
-              model.retire(states_of(group));
-            } catch (...) {
-              drop(group, "retire", std::current_exception());
-              return;
-            }
-            retire_measured.emplace_back(group.size(), seconds(clock.now() - t0));
-          }
-          for (Slot* s : group)
-            out.push_back(Outcome{std::unique_ptr<Slot>(s), std::nullopt, nullptr});
-        });
-      }
+      const bool handoff = concurrent_retire && !retiring.empty();  // to the retire stage
+      if (!hold && !handoff && !retiring.empty()) retire_groups(retiring, states, out, retire_measured);
 
-      const bool did_work = !out.empty() || !joining.empty() || stepped != 0 || hold;
+      const bool did_work = !out.empty() || !joining.empty() || stepped != 0 || hold || handoff;
+      bool wake_stage = false;
       {
         std::lock_guard lock(mutex);
         if (any_dropped || !leaving.empty()) std::erase_if(active, [](const Slot* s) { return s->leaving_; });
@@ -748,6 +854,12 @@ class StepBatcher {
         } else {
           held.clear();
         }
+        if (handoff) {
+          std::sort(retiring.begin(), retiring.end(),
+                    [](const Slot* x, const Slot* y) { return x->admit_seq_ < y->admit_seq_; });
+          to_retire.insert(to_retire.end(), retiring.begin(), retiring.end());
+        }
+        wake_stage = concurrent_retire && (handoff || stop_requested);
         for (const auto& [k, sec] : retire_measured)
           retire_times.record(k, sec);
         if (stepped != 0) {
@@ -757,23 +869,10 @@ class StepBatcher {
           counters.step_time.record(model_seconds);
           step_times.record(stepped, model_seconds);
         }
-        const time_point done = clock.now();
-        for (Outcome& o : out) {
-          if (!o.code) {
-            ++counters.completed;
-            counters.latency.record(seconds(done - o.slot->submitted_at_));
-          } else if (*o.code == Errc::model_error) {
-            ++counters.failed;
-          }
-        }
+        count_outcomes(out);
       }
-      for (Outcome& o : out) {
-        if (o.code) {
-          o.slot->control_->complete_error(*o.code, std::move(o.error));
-        } else {
-          o.slot->control_->complete_value(std::move(o.slot->state_));
-        }
-      }
+      if (wake_stage) retire_wake.notify_one();
+      complete(out);
       return did_work;
     }
 
@@ -789,7 +888,11 @@ class StepBatcher {
       return t;
     }
 
-    bool idle() const { return queue.empty() && active.empty() && held.empty(); }
+    // Nothing queued or running (the caller holds the mutex).
+    bool loop_idle() const { return queue.empty() && active.empty() && held.empty(); }
+
+    // Nothing queued, running or retiring (the caller holds the mutex).
+    bool idle() const { return loop_idle() && to_retire.empty() && retiring_now == 0; }
 
     void run() {
       for (;;) {
@@ -823,6 +926,7 @@ class StepBatcher {
         ++generation;
       }
       wake.notify_all();
+      retire_wake.notify_all();
     }
 
     // After the scheduler thread (if any) has ended: drive whatever is left on the calling thread.
@@ -833,12 +937,14 @@ class StepBatcher {
           if (idle()) return;
         }
         iterate();
+        retire_stage();
       }
     }
   };
 
   std::shared_ptr<Core> core_;
   std::thread thread_;
+  std::thread retire_thread_;  // Options::concurrent_retire after start()
 };
 
 }  // namespace carousel

@@ -91,6 +91,7 @@ void stress(int threads, carousel::Options options) {
   CHECK(s.submitted == total);
   CHECK(s.queue_depth == 0);
   CHECK(s.active == 0);
+  CHECK(s.retiring == 0);
   CHECK(s.completed + s.failed + s.cancelled + s.expired + s.rejected == total);
   CHECK(static_cast<std::uint64_t>(tally["completed"]) == s.completed);
   CHECK(static_cast<std::uint64_t>(tally["model_error"]) == s.failed);
@@ -115,6 +116,8 @@ TEST_CASE("StepBatcher.Concurrency.Stress") {
       {.max_batch_size = 8},
       {.max_batch_size = 4, .max_queue_size = 64, .order = carousel::Order::priority, .preempt = true},
       {.max_batch_size = 8, .admission = carousel::Admission::static_batch, .batch_timeout = 1ms},
+      {.max_batch_size = 8, .concurrent_retire = true},
+      {.max_batch_size = 4, .admission = carousel::Admission::cost_aware, .concurrent_retire = true},
   };
   for (int threads : {1, 2, 4, 8}) {
     for (std::size_t c = 0; c < std::size(configs); ++c) {

@@ -5,8 +5,11 @@
 #include <carousel/manual_clock.hpp>
 
 #include <chrono>
+#include <condition_variable>
 #include <ctime>
 #include <map>
+#include <mutex>
+#include <span>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -791,4 +794,145 @@ TEST_CASE("StepBatcher.CostAware.Retirement") {
     }
     CHECK(model.retire_sizes == std::vector<std::size_t>{2, 1, 1, 1});
   }
+}
+
+TEST_CASE("StepBatcher.ConcurrentRetire.Manual") {
+  ManualClock clock;
+  KeyedToyModel model;
+  KeyedBatcher batcher{model, {.max_batch_size = 2, .concurrent_retire = true}, clock};
+  Log log(batcher);
+  SUBCASE("a finished request frees its room at once; the stage retires everything waiting in one call") {
+    auto a = batcher.submit(Job{.total = 2});
+    auto b = batcher.submit(Job{.total = 3});
+    auto c = batcher.submit(Job{.total = 2});
+    CHECK_FALSE(batcher.retire_once());
+    batcher.step_once();
+    batcher.step_once();  // a finishes: it leaves the batch and waits for the retire stage
+    CHECK_FALSE(a.ready());
+    CHECK(batcher.stats().retiring == 1);
+    CHECK(batcher.stats().active == 1);
+    batcher.step_once();  // c joins in a's place; b finishes
+    CHECK(log.lines == std::vector<std::string>{"[0, 0]", "[1, 1]", "[2, 0]"});
+    CHECK(batcher.stats().retiring == 2);
+    CHECK(model.retire_sizes.empty());
+    CHECK(batcher.retire_once());
+    CHECK(model.retire_sizes == std::vector<std::size_t>{2});
+    CHECK(a.get().retires == 1);
+    CHECK(b.get().done == 3);
+    CHECK_FALSE(c.ready());
+    while (batcher.step_once()) {
+    }
+    CHECK(batcher.retire_once());
+    CHECK(c.get().retires == 1);
+    CHECK(model.retire_sizes == std::vector<std::size_t>{2, 1});
+    const carousel::Stats s = batcher.stats();
+    CHECK(s.completed == 3);
+    CHECK(s.retiring == 0);
+    CHECK(s.submitted ==
+          s.completed + s.failed + s.cancelled + s.expired + s.rejected + s.queue_depth + s.active + s.retiring);
+  }
+  SUBCASE("one retire call per batch key, oldest first; a throwing group fails alone and the loop goes on") {
+    auto bad = batcher.submit(Job{.total = 1, .key = 1, .poison_retire = true});
+    auto good = batcher.submit(Job{.total = 1, .key = 2});
+    batcher.step_once();
+    CHECK(batcher.retire_once());
+    CHECK(model.retire_sizes == std::vector<std::size_t>{1, 1});
+    CHECK(error_of(bad) == Errc::model_error);
+    CHECK(good.get().retires == 1);
+    auto later = batcher.submit(Job{.total = 1, .key = 1});
+    batcher.step_once();
+    batcher.retire_once();
+    CHECK(later.get().retires == 1);
+    CHECK(batcher.stats().failed == 1);
+  }
+  SUBCASE("stop(cancel): a request already finished still completes; running ones are cancelled") {
+    auto a = batcher.submit(Job{.total = 1});
+    auto b = batcher.submit(Job{.total = 5});
+    batcher.step_once();
+    batcher.stop(carousel::StopMode::cancel);
+    CHECK(a.get().retires == 1);
+    CHECK(error_of(b) == Errc::cancelled);
+  }
+  SUBCASE("stop(drain) without threads drives both stages") {
+    auto a = batcher.submit(Job{.total = 3});
+    auto b = batcher.submit(Job{.total = 4, .key = 1});
+    batcher.stop();
+    CHECK(a.get().retires == 1);
+    CHECK(b.get().retires == 1);
+    CHECK(batcher.stats().retiring == 0);
+  }
+}
+
+TEST_CASE("StepBatcher.ConcurrentRetire.WithoutRetireHook") {
+  carousel::test::MinimalModel model;
+  carousel::StepBatcher<carousel::test::MinimalModel, Job> batcher{model, {.concurrent_retire = true}};
+  auto t = batcher.submit(Job{.total = 1});
+  batcher.step_once();
+  CHECK(t.ready());  // nothing to overlap: completed by the iteration itself
+  CHECK_FALSE(batcher.retire_once());
+}
+
+namespace {
+
+// A ToyModel whose retire() waits until the test opens the gate.
+struct GatedModel : ToyModel {
+  std::mutex mutex;
+  std::condition_variable changed;
+  bool open = false;
+  int entered = 0;
+
+  void retire(std::span<Job* const> leaving) {
+    {
+      std::unique_lock lock(mutex);
+      ++entered;
+      changed.notify_all();
+      changed.wait(lock, [&] { return open; });
+    }
+    ToyModel::retire(leaving);
+  }
+  template <class Pred>
+  bool wait(Pred pred) {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, 10s, pred);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("StepBatcher.ConcurrentRetire.Thread") {
+  GatedModel model;
+  carousel::StepBatcher<GatedModel, Job> batcher{model, {.max_batch_size = 4, .concurrent_retire = true}};
+  batcher.start();
+  CHECK_THROWS_AS(batcher.retire_once(), std::logic_error);
+  auto a = batcher.submit(Job{.total = 1});
+  REQUIRE(model.wait([&] { return model.entered == 1; }));  // a's retire() runs, and blocks
+  // b runs all its steps while a's retire() is still blocked: the loop does not wait for the retire stage.
+  auto b = batcher.submit(Job{.total = 20}, {.on_progress = [&](const carousel::Progress& p) {
+                            if (p.steps_done == p.total_steps) {
+                              std::lock_guard lock(model.mutex);
+                              model.changed.notify_all();
+                            }
+                          }});
+  REQUIRE(model.wait([&] { return batcher.stats().retiring == 2; }));
+  CHECK(batcher.stats().request_steps == 21);
+  CHECK_FALSE(a.ready());
+  {
+    std::lock_guard lock(model.mutex);
+    model.open = true;
+  }
+  model.changed.notify_all();
+  CHECK(a.get().retires == 1);
+  CHECK(b.get().done == 20);
+  SUBCASE("stop(drain) waits for the retire stage") {
+    std::vector<carousel::Ticket<Job>> t;
+    for (int i = 0; i < 6; ++i)
+      t.push_back(batcher.submit(Job{.total = 1 + i}));
+    batcher.stop();
+    for (auto& ticket : t)
+      CHECK(ticket.ready());
+    CHECK(batcher.stats().retiring == 0);
+    CHECK(batcher.stats().completed == 8);
+  }
+  batcher.stop();
+  CHECK(model.retire_sizes.front() == 1);
 }

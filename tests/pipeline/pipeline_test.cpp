@@ -162,6 +162,21 @@ TEST_CASE("Pipeline.BatchInvariance") {
     }
     CHECK(t.get().image.rgb == alone.image.rgb);
   }
+  SUBCASE("and with the VAE decode in the retire stage, concurrent with the UNet steps of the others") {
+    Batcher batcher{m.pipeline, {.max_batch_size = 4, .concurrent_retire = true}};
+    batcher.start();
+    std::vector<carousel::Ticket<Job>> tickets;
+    for (const Job& c : crowd) {
+      Job j = c;
+      m.pipeline.validate(j);
+      tickets.push_back(batcher.submit(std::move(j)));
+    }
+    for (std::size_t i = 0; i < crowd.size(); ++i) {
+      CAPTURE(i);
+      CHECK(tickets[i].get().image.rgb == together[i].image.rgb);
+    }
+    batcher.stop();
+  }
 }
 
 TEST_CASE("Pipeline.Validate") {

@@ -79,7 +79,10 @@ inline SchedulerConfig pipeline_scheduler_config(const model::DiffusersFolder& f
 ///
 /// A request's image depends only on its own fields: noise comes from its own generator, and the backend treats batch
 /// items independently, so an image is bitwise the same alone or in any batch.
-/// Not thread-safe: the batcher calls it from its driving thread. The backend must outlive the pipeline.
+/// The batcher calls it from its driving thread; `retire` may also run on the retire stage's thread
+/// (`Options::concurrent_retire`), concurrently with `admit` and `step`: it touches only the leaving jobs and the
+/// backend's `decode`, which both reference backends allow to run beside `encode_text` and `unet` (the CUDA backend
+/// decodes on a stream of its own). The backend must outlive the pipeline.
 template <class Backend>
 class Pipeline {
   static_assert(DiffusionBackend<Backend>, "carousel::diffusion::Pipeline: Backend lacks part of DiffusionBackend");
