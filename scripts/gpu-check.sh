@@ -8,7 +8,8 @@
 #   3. runs the CUDA backend's tests (ctest -L "gpu|cuda", TF32 off), then compute-sanitizer memcheck on the
 #      test binaries;
 #   4. runs benchmarks/cuda (carousel-bench-cuda) and benchmarks/cuda/torch_unet.py on the same GPU and prints a
-#      table last: per-step ms, TFLOP/s and % of the measured fp16 GEMM peak, PyTorch eager ms, speed-up.
+#      table last: per-step ms, TFLOP/s and % of the measured fp16 GEMM peak, PyTorch eager ms, speed-up; and how
+#      much of a VAE decode on its own stream a concurrent UNet step hides (Options::concurrent_retire).
 # Usage (device tool): scripts/prepare-carry.sh here, then run `bash scripts/gpu-check.sh` with carry [".carry"].
 # Results land in $OUT (or /tmp/carousel-gpu-check): ctest.log, sanitizer.log, bench.json, torch.json, summary.txt.
 set -uo pipefail
@@ -95,7 +96,7 @@ PYTHONUNBUFFERED=1 timeout 200 "$py" benchmarks/cuda/torch_unet.py >"$out/torch.
   { tail -20 "$out/torch.err"; status=8; }
 "$py" - "$out/bench.json" "$out/torch.json" >"$out/summary.txt" <<'PY'
 import json, sys
-bench, graph, torch, attention = {}, {}, {}, {}
+bench, graph, torch, attention, overlap = {}, {}, {}, {}, {}
 peak = None
 try:
     for b in json.load(open(sys.argv[1]))["benchmarks"]:
@@ -103,6 +104,8 @@ try:
             peak = b.get("TFLOPS")
         elif b["name"].startswith("BM_AttentionSd15Fp16/fused:"):
             attention["fused" if "fused:1" in b["name"] else "plain"] = b
+        elif b["name"].startswith("BM_DecodeOverlapSd15/overlap:"):
+            overlap["concurrent" if "overlap:1" in b["name"] else "sequential"] = b
         elif b["name"].startswith("BM_UNetStepSd15Fp16Graph/") and "batch" in b:
             graph[int(b["batch"])] = b
         elif b["name"].startswith("BM_UNetStepSd15Fp16/") and "batch" in b:
@@ -130,6 +133,11 @@ for batch in sorted(set(bench) | set(torch)):
     print(f"{batch:>5} {ms:>12.2f} {tf:>8.1f} {pct:>6.1f}% {gms:>9.2f} {tms:>15.2f} {tms / ms:>8.2f}x")
 for kind, b in sorted(attention.items()):
     print(f"attention 2x8x4096x4096 (head_dim 40), {kind}: {b['ms']:.2f} ms, {b['TFLOPS']:.1f} TFLOP/s")
+if len(overlap) == 2:
+    seq, con = overlap["sequential"], overlap["concurrent"]
+    print(f"UNet step b=8 ({con['step_ms']:.1f} ms) + VAE decode 512x512 fp32 ({con['decode_ms']:.1f} ms): "
+          f"one after the other {seq['ms']:.1f} ms, concurrent (retire stage) {con['ms']:.1f} ms, "
+          f"{100 * con['hidden']:.0f}% of the decode hidden")
 PY
 log "done (status $status)"
 cat "$out/summary.txt"

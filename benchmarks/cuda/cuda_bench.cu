@@ -1,13 +1,17 @@
 // CUDA backend benchmarks: the measured matrix-unit peak (a cuBLAS fp16 GEMM, fp32 accumulation) and one UNet step of
 // an SD-1.5-shaped UNet (random weights, fp16, 512x512 images = 64x64 latents, 77-token context) at batch sizes
 // 1..16. Times come from CUDA events around each step (manual time); counters report ms per step, TFLOP/s (from the
-// FLOPs the engine counts for every GEMM and convolution) and images/s.
+// FLOPs the engine counts for every GEMM and convolution) and images/s. BM_DecodeOverlapSd15: how much of a VAE decode
+// on its own engine (stream) the GPU hides behind a UNet step run at the same time (Options::concurrent_retire).
 //   carousel-bench-cuda --benchmark_format=json    (scripts/gpu-check.sh runs it and prints the table)
 
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <cstdint>
+#include <exception>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -16,7 +20,9 @@
 #include <carousel/cuda/graph.cuh>
 #include <carousel/cuda/ops.cuh>
 #include <carousel/cuda/unet.cuh>
+#include <carousel/cuda/vae.cuh>
 #include <carousel/model/unet_config.hpp>
+#include <carousel/model/vae_config.hpp>
 #include <carousel/model/weight_source.hpp>
 
 namespace cu = carousel::cuda;
@@ -188,6 +194,101 @@ BENCHMARK(BM_UNetStepSd15Fp16Graph)
     ->ArgName("batch")
     ->Arg(1)
     ->Arg(8)
+    ->UseManualTime()
+    ->Iterations(5)
+    ->Unit(benchmark::kMillisecond);
+
+// The decoder of SD-1.5's VAE (AutoencoderKL: 128/256/512/512 channels, two resnets per block), float32 as diffusers'
+// force_upcast runs it, built once.
+const cu::VaeDecoder& sd15_vae() {
+  static const auto vae = [] {
+    carousel::model::VaeConfig config;
+    config.block_out_channels = {128, 256, 512, 512};
+    config.down_block_types.assign(4, "DownEncoderBlock2D");
+    config.up_block_types.assign(4, "UpDecoderBlock2D");
+    config.layers_per_block = 2;
+    config.sample_size = 512;
+    carousel::model::RandomWeights weights(4321);
+    return std::make_unique<cu::VaeDecoder>(config, weights, cu::DType::f32);
+  }();
+  return *vae;
+}
+
+// A batch-8 UNet step (fp16) and the VAE decode of one 512x512 image (fp32), each on an Engine of its own: one after
+// the other on one thread (overlap = 0: the decode in the iteration, as without a retire stage) or at the same time
+// from two threads (overlap = 1: Options::concurrent_retire, the decode on the backend's decode stream). Wall time of
+// the pair; counters step_ms and decode_ms are each alone, hidden = the share of the decode the overlap hid.
+void BM_DecodeOverlapSd15(benchmark::State& state) {
+  if (!have_gpu()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const bool overlap = state.range(0) != 0;
+  const std::int64_t batch = 8;
+  const auto& unet = sd15_unet();
+  const auto& vae = sd15_vae();
+  cu::Engine main, second;
+  const auto sample = cu::to_nhwc(main, std::vector<float>(static_cast<std::size_t>(batch * 4 * 64 * 64), 0.5f),
+                                  {batch, 4, 64, 64}, cu::DType::f16);
+  const auto timesteps =
+      cu::upload(main, std::vector<float>(static_cast<std::size_t>(batch), 500.0f), {batch}, cu::DType::f32);
+  const auto context = cu::upload(main, std::vector<float>(static_cast<std::size_t>(batch * 77 * 768), 0.1f),
+                                  {batch, 77, 768}, cu::DType::f16);
+  const auto z = cu::to_nhwc(second, std::vector<float>(4 * 64 * 64, 0.3f), {1, 4, 64, 64}, cu::DType::f32);
+  auto step = [&] {
+    static_cast<void>(unet.forward(main, sample, timesteps, context));
+    main.synchronize();
+  };
+  auto decode = [&] {
+    static_cast<void>(vae.forward(second, z));
+    second.synchronize();
+  };
+  using Clock = std::chrono::steady_clock;
+  auto wall_ms = [](auto&& fn) {
+    const auto t0 = Clock::now();
+    fn();
+    return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  };
+  step();  // warm-up: allocator pools, algorithm choices
+  decode();
+  double step_ms = 0, decode_ms = 0;
+  for (int i = 0; i < 3; ++i) {
+    step_ms += wall_ms(step) / 3;
+    decode_ms += wall_ms(decode) / 3;
+  }
+  double total_ms = 0;
+  for (auto _ : state) {
+    const double ms = wall_ms([&] {
+      if (!overlap) {
+        step();
+        decode();
+        return;
+      }
+      std::exception_ptr error;
+      std::thread retire([&] {
+        try {
+          decode();
+        } catch (...) {
+          error = std::current_exception();
+        }
+      });
+      step();
+      retire.join();
+      if (error) std::rethrow_exception(error);
+    });
+    total_ms += ms;
+    state.SetIterationTime(ms / 1e3);
+  }
+  const double mean_ms = total_ms / static_cast<double>(state.iterations());
+  state.counters["ms"] = mean_ms;
+  state.counters["step_ms"] = step_ms;
+  state.counters["decode_ms"] = decode_ms;
+  state.counters["hidden"] = (step_ms + decode_ms - mean_ms) / decode_ms;
+}
+BENCHMARK(BM_DecodeOverlapSd15)
+    ->ArgName("overlap")
+    ->Arg(0)
+    ->Arg(1)
     ->UseManualTime()
     ->Iterations(5)
     ->Unit(benchmark::kMillisecond);
