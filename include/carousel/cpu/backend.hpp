@@ -91,11 +91,8 @@ inline ClipTextSpec clip_text_spec(const model::ClipTextConfig& c) {
 inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, const model::UNetConfig& config,
                                       std::string_view variant = "") {
   const auto spec = unet_spec(config);
-  auto store = model::WeightStore::open(dir, variant);
-  model::StoreWeights weights(store);
-  UNet2DConditionModel unet(spec, weights);
-  store.require_all_used();
-  return unet;
+  return model::load_component(dir, {.variant = variant},
+                               [&](model::WeightSource& w) { return UNet2DConditionModel(spec, w); });
 }
 
 /// As load_unet(dir, config, variant) with the folder's own config.json.
@@ -108,12 +105,8 @@ inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, std::str
 inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, const model::ClipTextConfig& config,
                                        std::string_view variant = "") {
   const auto spec = clip_text_spec(config);
-  auto store = model::WeightStore::open(dir, variant);
-  store.add_missing_prefix("text_model.");
-  model::StoreWeights weights(store);
-  ClipTextModel clip(spec, weights, "text_model.");
-  store.require_all_used();
-  return clip;
+  return model::load_component(dir, {.variant = variant, .missing_prefix = "text_model."},
+                               [&](model::WeightSource& w) { return ClipTextModel(spec, w, "text_model."); });
 }
 
 /// As load_text_encoder(dir, config, variant) with the folder's own config.json.
@@ -127,20 +120,8 @@ inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, std::st
 inline VaeDecoder load_vae_decoder(const std::filesystem::path& dir, const model::VaeConfig& config,
                                    std::string_view variant = "") {
   const auto spec = vae_spec(config);
-  auto store = model::WeightStore::open(dir, variant);
-  model::StoreWeights weights(store);
-  VaeDecoder vae(spec, weights);
-  std::vector<std::string> left;
-  for (auto& name : store.unused())
-    if (!name.starts_with("encoder.") && !name.starts_with("quant_conv.")) left.push_back(std::move(name));
-  if (!left.empty()) {
-    std::string list;
-    for (std::size_t i = 0; i < left.size() && i < 20; ++i)
-      list += (i ? ", " : "") + left[i];
-    throw model::FormatError("weights in '" + dir.string() + "': " + std::to_string(left.size()) +
-                             " tensor(s) were not used by the VAE decoder (unexpected for its config): " + list);
-  }
-  return vae;
+  return model::load_component(dir, {.variant = variant, .skipped = {"encoder.", "quant_conv."}},
+                               [&](model::WeightSource& w) { return VaeDecoder(spec, w); });
 }
 
 /// As load_vae_decoder(dir, config, variant) with the folder's own config.json.

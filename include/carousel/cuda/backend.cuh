@@ -37,43 +37,24 @@ namespace carousel::cuda {
 /// \throws model::FormatError naming the file, field or tensor at fault (also for tensors left unused).
 inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, const model::UNetConfig& config, DType dtype,
                                       std::string_view variant = "") {
-  auto store = model::WeightStore::open(dir, variant);
-  model::StoreWeights weights(store);
-  UNet2DConditionModel unet(config, weights, dtype);
-  store.require_all_used();
-  return unet;
+  return model::load_component(dir, {.variant = variant},
+                               [&](model::WeightSource& w) { return UNet2DConditionModel(config, w, dtype); });
 }
 
 /// Loads a transformers text_encoder/ folder (CLIPTextModel; keys with or without "text_model.") onto the GPU.
 /// \throws model::FormatError as load_unet.
 inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, const model::ClipTextConfig& config,
                                        DType dtype, std::string_view variant = "") {
-  auto store = model::WeightStore::open(dir, variant);
-  store.add_missing_prefix("text_model.");
-  model::StoreWeights weights(store);
-  ClipTextModel clip(config, weights, dtype, "text_model.");
-  store.require_all_used();
-  return clip;
+  return model::load_component(dir, {.variant = variant, .missing_prefix = "text_model."},
+                               [&](model::WeightSource& w) { return ClipTextModel(config, w, dtype, "text_model."); });
 }
 
 /// Loads the decode path of a diffusers vae/ folder onto the GPU; the encoder (encoder.*, quant_conv.*) is not read,
 /// any other unused tensor is an error. \throws model::FormatError as load_unet.
 inline VaeDecoder load_vae_decoder(const std::filesystem::path& dir, const model::VaeConfig& config, DType dtype,
                                    std::string_view variant = "") {
-  auto store = model::WeightStore::open(dir, variant);
-  model::StoreWeights weights(store);
-  VaeDecoder vae(config, weights, dtype);
-  std::vector<std::string> left;
-  for (auto& name : store.unused())
-    if (!name.starts_with("encoder.") && !name.starts_with("quant_conv.")) left.push_back(std::move(name));
-  if (!left.empty()) {
-    std::string list;
-    for (std::size_t i = 0; i < left.size() && i < 20; ++i)
-      list += (i ? ", " : "") + left[i];
-    throw model::FormatError("weights in '" + dir.string() + "': " + std::to_string(left.size()) +
-                             " tensor(s) were not used by the VAE decoder (unexpected for its config): " + list);
-  }
-  return vae;
+  return model::load_component(dir, {.variant = variant, .skipped = {"encoder.", "quant_conv."}},
+                               [&](model::WeightSource& w) { return VaeDecoder(config, w, dtype); });
 }
 
 /// Options of Backend's loading constructor.

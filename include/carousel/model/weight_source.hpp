@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <initializer_list>
 #include <string>
 #include <string_view>
@@ -82,5 +83,27 @@ class RandomWeights final : public WeightSource {
  private:
   std::uint64_t seed_;
 };
+
+/// How `load_component` reads a component folder.
+struct ComponentLoad {
+  std::string_view variant{};                         ///< weight variant, as diffusers' `variant=` ("fp16" or empty)
+  std::string_view missing_prefix{};                  ///< added to names that lack it (transformers' "text_model.")
+  std::initializer_list<std::string_view> skipped{};  ///< prefixes of tensors left unread on purpose ("encoder.")
+};
+
+/// Opens the weights of the component folder `dir`, builds the module tree with `build(WeightSource&)` and checks
+/// that it read every tensor but the skipped ones; returns what `build` returned. Both backends' loaders use it.
+/// 	hrows FormatError naming the file, field or tensor at fault, or listing the tensors left unread.
+template <class Build>
+auto load_component(const std::filesystem::path& dir, const ComponentLoad& how, Build&& build) {
+  auto store = WeightStore::open(dir, how.variant);
+  if (!how.missing_prefix.empty()) store.add_missing_prefix(how.missing_prefix);
+  for (std::string_view prefix : how.skipped)
+    store.ignore_prefix(prefix);
+  StoreWeights weights(store);
+  auto built = build(static_cast<WeightSource&>(weights));
+  store.require_all_used();
+  return built;
+}
 
 }  // namespace carousel::model
