@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -18,64 +17,16 @@
 
 #include <carousel/cuda/allocator.cuh>
 #include <carousel/cuda/check.cuh>
+#include <carousel/model/host_tensor.hpp>
 
 namespace carousel::cuda {
 
-/// A shape: extents from the outermost to the innermost dimension.
-using Shape = std::vector<std::int64_t>;
-
-/// Number of elements of a shape. \throws std::invalid_argument for a negative extent.
-inline std::int64_t shape_numel(const Shape& shape) {
-  std::int64_t n = 1;
-  for (auto e : shape) {
-    if (e < 0) throw std::invalid_argument("carousel::cuda: negative tensor extent");
-    n *= e;
-  }
-  return n;
-}
-
-/// "[2, 4, 8, 8]", for error messages.
-inline std::string shape_string(const Shape& shape) {
-  std::ostringstream out;
-  out << '[';
-  for (std::size_t i = 0; i < shape.size(); ++i)
-    out << (i ? ", " : "") << shape[i];
-  out << ']';
-  return out.str();
-}
-
-/// A dense row-major float32 tensor in host memory: what carousel::cuda::Backend takes and returns (images NCHW,
-/// token sequences [B, L, C]), so it satisfies the diffusion Pipeline's tensor requirements. Value semantics; not
-/// synchronised.
-class HostTensor {
- public:
-  /// An empty tensor of shape {0}.
-  HostTensor() : shape_{0} {}
-  /// A tensor holding `data`. \throws std::invalid_argument when data.size() differs from the shape's numel.
-  HostTensor(Shape shape, std::vector<float> data) : shape_(std::move(shape)), data_(std::move(data)) {
-    if (static_cast<std::int64_t>(data_.size()) != shape_numel(shape_))
-      throw std::invalid_argument("carousel::cuda::HostTensor: " + std::to_string(data_.size()) +
-                                  " values do not fill shape " + shape_string(shape_));
-  }
-  /// The shape.
-  const Shape& shape() const noexcept { return shape_; }
-  /// Number of dimensions.
-  std::size_t rank() const noexcept { return shape_.size(); }
-  /// Extent of dimension i (negative i counts from the end). Precondition: -rank <= i < rank.
-  std::int64_t dim(std::ptrdiff_t i) const {
-    return shape_.at(static_cast<std::size_t>(i < 0 ? i + static_cast<std::ptrdiff_t>(rank()) : i));
-  }
-  /// Number of elements.
-  std::int64_t numel() const noexcept { return static_cast<std::int64_t>(data_.size()); }
-  /// The elements.
-  std::span<float> values() noexcept { return data_; }
-  /// The elements.
-  std::span<const float> values() const noexcept { return data_; }
-
- private:
-  Shape shape_;
-  std::vector<float> data_;
-};
+using model::Shape;
+using model::shape_numel;
+using model::shape_string;
+/// The float32 host tensor at the backend's boundary (images NCHW, token sequences [B, L, C]): the same type as
+/// cpu::Tensor, so it satisfies the diffusion Pipeline's tensor requirements.
+using HostTensor = model::HostTensor;
 
 /// Element type of a DeviceTensor.
 enum class DType : std::uint8_t {
