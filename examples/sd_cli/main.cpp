@@ -1,14 +1,16 @@
-// carousel-sd: text-to-image on the CPU backend through one StepBatcher.
+// carousel-sd: text-to-image through one StepBatcher, on the CPU or the CUDA backend.
 //
-//   carousel-sd [--model DIR] --prompt TEXT [--negative-prompt TEXT] [--steps N] [--guidance S]
-//               [--sampler ddim|ddpm|euler|dpm++2m] [--eta E] [--seed N] [--width W --height H] [--out FILE.png]
-//               [--batch-file prompts.txt] [--max-batch N]
+//   carousel-sd [--model DIR] [--device auto|cpu|cuda] --prompt TEXT [--negative-prompt TEXT] [--steps N]
+//               [--guidance S] [--sampler ddim|ddpm|euler|dpm++2m] [--eta E] [--seed N] [--width W --height H]
+//               [--out FILE.png] [--batch-file prompts.txt] [--max-batch N]
 //
-// Without --model it uses the bundled model (and guidance 2, unless --guidance says otherwise). With --batch-file every
-// non-empty line is a prompt; all of them run through one batcher (step-level batching) and each writes
-// <out-stem>-<index>.png with seeds seed, seed+1, ...
+// Without --model it uses the bundled model (and guidance 2, unless --guidance says otherwise). --device auto (the
+// default) runs on the GPU when the build has the CUDA backend and the machine a CUDA device, else on the CPU;
+// --device cuda where that is not so exits 2 with the reason. With --batch-file every non-empty line is a prompt; all
+// of them run through one batcher (step-level batching) and each writes <out-stem>-<index>.png with seeds seed,
+// seed+1, ...
 #include <carousel/carousel.hpp>
-#include <carousel/cpu/backend.hpp>
+#include <carousel/diffusion/any_backend.hpp>
 #include <carousel/diffusion/pipeline.hpp>
 
 #include <unistd.h>
@@ -24,17 +26,19 @@
 #include <string>
 #include <vector>
 
+#include "common/device.hpp"
 #include "common/png.hpp"
 
 namespace fs = std::filesystem;
 using carousel::diffusion::Job;
-using Pipeline = carousel::diffusion::Pipeline<carousel::cpu::Backend>;
+using Pipeline = carousel::diffusion::Pipeline<carousel::diffusion::AnyBackend>;
 
 namespace {
 
 struct Args {
   fs::path model = CAROUSEL_DEFAULT_MODEL_DIR;
   bool model_given = false;
+  std::string device = "auto";  // resolved by parse to "cpu" or "cuda"
   bool guidance_given = false;
   Job job;
   bool have_prompt = false;
@@ -46,9 +50,10 @@ struct Args {
 [[noreturn]] void usage(const std::string& error) {
   std::fprintf(stderr,
                "error: %s\n"
-               "usage: carousel-sd [--model DIR] --prompt TEXT [--negative-prompt TEXT] [--steps N] [--guidance S]\n"
-               "                   [--sampler ddim|ddpm|euler|dpm++2m] [--eta E] [--seed N] [--width W --height H]\n"
-               "                   [--out FILE.png] [--batch-file prompts.txt] [--max-batch N]\n",
+               "usage: carousel-sd [--model DIR] [--device auto|cpu|cuda] --prompt TEXT [--negative-prompt TEXT]\n"
+               "                   [--steps N] [--guidance S] [--sampler ddim|ddpm|euler|dpm++2m] [--eta E]\n"
+               "                   [--seed N] [--width W --height H] [--out FILE.png] [--batch-file prompts.txt]\n"
+               "                   [--max-batch N]\n",
                error.c_str());
   std::exit(2);
 }
@@ -78,6 +83,8 @@ Args parse(int argc, char** argv) {
     auto to_u64 = [](const std::string& s, std::size_t* u) { return std::stoull(s, u); };
     if (flag == "--model")
       a.model = value(), a.model_given = true;
+    else if (flag == "--device")
+      a.device = value();
     else if (flag == "--prompt")
       a.job.prompt = value(), a.have_prompt = true;
     else if (flag == "--negative-prompt")
@@ -119,6 +126,14 @@ Args parse(int argc, char** argv) {
   }
   if (!a.have_prompt && a.batch_file.empty()) usage("--prompt or --batch-file is required");
   if (a.max_batch == 0) usage("--max-batch must be at least 1");
+  try {
+    a.device = carousel::examples::resolve_device(a.device);
+  } catch (const carousel::examples::DeviceUnavailable& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    std::exit(2);
+  } catch (const std::invalid_argument& e) {
+    usage(e.what());
+  }
   // The bundled model was tuned for guidance 2 (docs/bundled-model.md); other models get diffusers' 7.5.
   if (!a.model_given && !a.guidance_given) a.job.guidance_scale = 2.0f;
   return a;
@@ -165,7 +180,7 @@ int main(int argc, char** argv) {
   const Args args = parse(argc, argv);
   try {
     const auto folder = carousel::model::DiffusersFolder::open(args.model);
-    const carousel::cpu::Backend backend(folder);
+    const carousel::diffusion::AnyBackend backend = carousel::examples::load_backend(folder, args.device);
     Pipeline pipeline(backend, carousel::diffusion::pipeline_scheduler_config(folder),
                       carousel::diffusion::pipeline_options(folder, backend.vae_scale_factor()));
 
@@ -219,8 +234,8 @@ int main(int argc, char** argv) {
     bars.finish();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const carousel::Stats s = batcher.stats();
-    std::fprintf(stdout, "%zu image(s) in %.2f s: %llu iterations, mean batch %.2f, mean step %.1f ms\n",
-                 tickets.size() - static_cast<std::size_t>(failures), seconds,
+    std::fprintf(stdout, "%zu image(s) in %.2f s on %s: %llu iterations, mean batch %.2f, mean step %.1f ms\n",
+                 tickets.size() - static_cast<std::size_t>(failures), seconds, backend.device().c_str(),
                  static_cast<unsigned long long>(s.iterations), s.mean_batch_size, s.step_time.mean() * 1e3);
     return failures ? 1 : 0;
   } catch (const std::exception& e) {

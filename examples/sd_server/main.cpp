@@ -1,11 +1,17 @@
 // carousel-sd-server: an HTTP Stable Diffusion server on carousel's step-level batcher (docs/server.md).
 //
-//   carousel-sd-server [--model DIR] [--device cpu|cuda] [--host 127.0.0.1] [--port 8080] [--max-batch N]
+//   carousel-sd-server [--model DIR] [--device auto|cpu|cuda] [--host 127.0.0.1] [--port 8080] [--max-batch N]
 //                      [--max-queue N] [--admission continuous|static|cost-aware] [--batch-timeout-ms N]
 //                      [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]
+//                      [--concurrent-decode auto|on|off]
 //
-// Without --model it serves the bundled model (models/shapes-32). --port 0 picks a free port. It prints
-// "listening on http://HOST:PORT" once ready. SIGINT/SIGTERM: new requests get 503, admitted ones finish, exit 0.
+// Without --model it serves the bundled model (models/shapes-32). --device auto (the default) runs on the GPU when
+// the build has the CUDA backend and the machine a CUDA device, else on the CPU; --device cuda where that is not so
+// exits 2 with the reason. --concurrent-decode on runs the VAE decode in the batcher's retire stage, beside the next
+// UNet step (Options::concurrent_retire); auto (the default) turns it on for cuda (the decode has its own stream) and
+// off for cpu (where both would share the same cores). --port 0 picks a free port. It prints "listening on
+// http://HOST:PORT" once ready. SIGINT/SIGTERM: new requests get 503, admitted ones finish, exit 0.
+#include <common/device.hpp>
 #include <sd_server/server.hpp>
 
 #include <unistd.h>
@@ -17,6 +23,7 @@
 #include <filesystem>
 #include <iostream>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 
@@ -26,10 +33,11 @@ using carousel::examples::sd_server::Server;
 using carousel::examples::sd_server::ServerOptions;
 
 constexpr const char* usage =
-    "usage: carousel-sd-server [--model DIR] [--device cpu|cuda] [--host ADDR] [--port N (0 = any free)]\n"
+    "usage: carousel-sd-server [--model DIR] [--device auto|cpu|cuda] [--host ADDR] [--port N (0 = any free)]\n"
     "                          [--max-batch N] [--max-queue N (0 = unbounded)]\n"
     "                          [--admission continuous|static|cost-aware] [--batch-timeout-ms N]\n"
-    "                          [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]\n";
+    "                          [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]\n"
+    "                          [--concurrent-decode auto|on|off (auto: on for cuda, off for cpu)]\n";
 
 int signal_pipe[2] = {-1, -1};
 
@@ -65,11 +73,18 @@ double real(const std::string& flag, const std::string& value, double lo, double
        "'");
 }
 
-ServerOptions parse(int argc, char** argv) {
+// The command line: the server's options and the device to run on ("cpu" or "cuda", resolved from --device).
+struct CommandLine {
+  ServerOptions options;
+  std::string device;
+};
+
+CommandLine parse(int argc, char** argv) {
   ServerOptions o;
-  std::string device = "cpu";
+  std::string device = "auto";
   std::optional<std::filesystem::path> model;
   std::optional<double> guidance;
+  std::string concurrent_decode = "auto";
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
     if (flag == "-h" || flag == "--help") {
@@ -94,6 +109,10 @@ ServerOptions parse(int argc, char** argv) {
       o.batch_timeout = std::chrono::milliseconds(number(flag, value, 0, 3'600'000));
     } else if (flag == "--default-steps") {
       o.default_steps = static_cast<int>(number(flag, value, 1, 1000));
+    } else if (flag == "--concurrent-decode") {
+      if (value != "auto" && value != "on" && value != "off")
+        fail("--concurrent-decode: expected auto, on or off, got '" + value + "'");
+      concurrent_decode = value;
     } else if (flag == "--default-guidance") {
       guidance = real(flag, value, 0, 100);
     } else if (flag == "--admission") {
@@ -110,25 +129,28 @@ ServerOptions parse(int argc, char** argv) {
       fail("unknown flag " + flag);
     }
   }
-  if (device == "cuda") {
-    std::cerr << "carousel-sd-server: --device cuda: the server does not run the CUDA backend yet (carousel::cuda "
-                 "has not run on a GPU); use --device cpu\n";
+  try {
+    device = carousel::examples::resolve_device(device);
+  } catch (const carousel::examples::DeviceUnavailable& e) {
+    std::cerr << "carousel-sd-server: " << e.what() << '\n';
     std::exit(2);
+  } catch (const std::invalid_argument& e) {
+    fail(e.what());
   }
-  if (device != "cpu") fail("--device: expected cpu or cuda, got '" + device + "'");
+  o.concurrent_decode = concurrent_decode == "on" || (concurrent_decode == "auto" && device == "cuda");
   const std::filesystem::path bundled = CAROUSEL_DEFAULT_MODEL_DIR;
   o.model_dir = model.value_or(bundled);
   std::error_code ec;
   o.bundled_model = std::filesystem::equivalent(o.model_dir, bundled, ec);
   // The bundled model was tuned for guidance 2 (docs/bundled-model.md); other models get diffusers' 7.5.
   o.default_guidance = guidance.value_or(o.bundled_model ? 2.0 : 7.5);
-  return o;
+  return {o, device};
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const ServerOptions options = parse(argc, argv);
+  const auto [options, device] = parse(argc, argv);
 
   // SIGINT/SIGTERM may land on any thread (OpenBLAS starts its own before main), so the handler only writes the
   // signal number to a pipe; a dedicated thread reads it and drains the server.
@@ -144,15 +166,17 @@ int main(int argc, char** argv) {
 
   std::optional<Server> server;
   try {
-    server.emplace(options);
+    const auto folder = carousel::model::DiffusersFolder::open(options.model_dir);
+    server.emplace(options, carousel::examples::load_backend(folder, device));
     server->bind();
   } catch (const std::exception& e) {
     std::cerr << "carousel-sd-server: " << e.what() << '\n';
     return 1;
   }
   std::cout << "carousel-sd-server " << carousel::version << ": model " << options.model_dir.string()
-            << (options.bundled_model ? " (bundled)" : "") << ", device cpu, admission "
-            << carousel::examples::sd_server::admission_name(options.admission) << ", max batch " << options.max_batch
+            << (options.bundled_model ? " (bundled)" : "") << ", device " << server->device() << ", admission "
+            << carousel::examples::sd_server::admission_name(options.admission)
+            << (options.concurrent_decode ? " with concurrent decode" : "") << ", max batch " << options.max_batch
             << "\nlistening on http://" << options.host << ':' << server->port() << std::endl;
 
   std::thread signal_thread([&] {

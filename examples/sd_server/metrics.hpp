@@ -64,6 +64,8 @@ inline void write_stats(std::ostream& out, const Stats& s) {
   out.precision(9);
   metric(out, "carousel_queue_depth", "gauge", "Requests waiting for admission.", static_cast<double>(s.queue_depth));
   metric(out, "carousel_active_requests", "gauge", "Requests running now.", static_cast<double>(s.active));
+  metric(out, "carousel_retiring_requests", "gauge", "Finished requests waiting for or in the decode stage.",
+         static_cast<double>(s.retiring));
   metric(out, "carousel_batch_occupancy", "gauge", "Mean batch size / max batch size over all iterations.",
          s.mean_occupancy);
   metric(out, "carousel_mean_batch_size", "gauge", "Mean requests per iteration.", s.mean_batch_size);

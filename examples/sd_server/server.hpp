@@ -1,7 +1,8 @@
 #pragma once
 /// \file sd_server/server.hpp
-/// carousel-sd-server as a class: a Stable Diffusion model on the CPU backend behind a carousel StepBatcher, served
-/// over HTTP with cpp-httplib. `main.cpp` is a thin command-line wrapper; the integration tests run it in-process.
+/// carousel-sd-server as a class: a Stable Diffusion model on any backend (a `diffusion::AnyBackend`: the CPU or the
+/// CUDA backend, chosen at run time) behind a carousel StepBatcher, served over HTTP with cpp-httplib. `main.cpp` is a
+/// thin command-line wrapper; the integration tests run it in-process.
 ///
 /// Every generation request (whatever its API shape) becomes a `Generation`: n jobs submitted to the batcher, a
 /// per-generation event log (Server-Sent Events frames: queued, progress, done | error) appended to from the
@@ -10,8 +11,9 @@
 /// `GET .../{id}/events` replay and follow the event log, `GET .../{id}` answers a snapshot. See docs/server.md.
 
 #include <httplib.h>
-#include <carousel/cpu/backend.hpp>
+#include <carousel/diffusion/any_backend.hpp>
 #include <carousel/diffusion/pipeline.hpp>
+#include <carousel/model/diffusers_folder.hpp>
 #include <carousel/step_batcher.hpp>
 #include <carousel/version.hpp>
 #include <common/png.hpp>
@@ -43,7 +45,8 @@
 
 namespace carousel::examples::sd_server {
 
-using Backend = cpu::Backend;
+/// The model the server runs: any DiffusionBackend, erased (its `device()` is reported by /health).
+using Backend = diffusion::AnyBackend;
 using Pipeline = diffusion::Pipeline<Backend>;
 using Batcher = StepBatcher<Pipeline, diffusion::Job>;
 
@@ -55,8 +58,10 @@ struct ServerOptions {
   int port = 8080;                  ///< port; 0 picks a free one (see `Server::bind`)
   std::size_t max_batch = 8;        ///< `Options::max_batch_size`
   std::size_t max_queue = 64;       ///< `Options::max_queue_size` (images waiting); 0 = unbounded
-  Admission admission = Admission::continuous;        ///< batcher admission policy
-  std::chrono::milliseconds batch_timeout{100};       ///< static batching: longest wait for a full batch
+  Admission admission = Admission::continuous;   ///< batcher admission policy
+  std::chrono::milliseconds batch_timeout{100};  ///< static batching: longest wait for a full batch
+  bool concurrent_decode =
+      false;  ///< `Options::concurrent_retire`: VAE decode in the retire stage, beside the next step
   std::size_t max_body_bytes = std::size_t{1} << 20;  ///< larger request bodies are answered 413
   int default_steps = 20;                             ///< steps when a request gives none
   double default_guidance = 7.5;                      ///< guidance scale when a request gives none
@@ -111,7 +116,8 @@ struct Generation {
 ///   ServerOptions options;
 ///   options.model_dir = "models/shapes-32";
 ///   options.port = 0;
-///   Server server(options);
+///   const auto folder = model::DiffusersFolder::open(options.model_dir);
+///   Server server(options, diffusion::AnyBackend("cpu", cpu::Backend(folder)));
 ///   int port = server.bind();
 ///   std::thread t([&] { server.run(); });
 ///   ...
@@ -121,19 +127,23 @@ struct Generation {
 /// Thread-safety: `shutdown` may be called from any thread (e.g. a signal-handling thread) while `run` runs.
 class Server {
  public:
-  /// Loads the model and starts the batcher. Throws `model::FormatError` for a broken model folder and
-  /// `std::invalid_argument` for inconsistent options.
-  explicit Server(ServerOptions options)
+  /// Serves `backend`, the model of `options.model_dir` loaded on the device of the caller's choice (its scheduler
+  /// configuration and default image size are read from that folder), and starts the batcher. Throws
+  /// `model::FormatError` for a broken model folder and `std::invalid_argument` for an empty backend or inconsistent
+  /// options. The backend's calls must be safe to make from two threads (the batcher's and an HTTP handler's
+  /// tokenizer use in validation), as cpu::Backend's and cuda::Backend's are.
+  Server(ServerOptions options, Backend backend)
       : options_(std::move(options)),
         folder_(model::DiffusersFolder::open(options_.model_dir)),
-        backend_(folder_),
+        backend_(checked(std::move(backend))),
         pipeline_(backend_, diffusion::pipeline_scheduler_config(folder_),
                   diffusion::pipeline_options(folder_, backend_.vae_scale_factor())),
         batcher_(pipeline_, Options{.max_batch_size = options_.max_batch,
                                     .max_queue_size = options_.max_queue,
                                     .admission = options_.admission,
                                     .batch_timeout = options_.batch_timeout,
-                                    .order = Order::priority}) {
+                                    .order = Order::priority,
+                                    .concurrent_retire = options_.concurrent_decode}) {
     limits_.default_steps = options_.default_steps;
     limits_.default_guidance = options_.default_guidance;
     limits_.max_images = options_.max_images;
@@ -208,10 +218,17 @@ class Server {
   Stats stats() const { return batcher_.stats(); }
   /// The options in force.
   const ServerOptions& options() const noexcept { return options_; }
+  /// The device the model runs on (the backend's name: "cpu", "cuda").
+  const std::string& device() const noexcept { return backend_.device(); }
 
  private:
   using Clock = std::chrono::steady_clock;
   using Generation = detail::Generation;
+
+  static Backend checked(Backend backend) {
+    if (!backend) throw std::invalid_argument("backend: the server needs a loaded model (the AnyBackend is empty)");
+    return backend;
+  }
 
   // ---- routes ------------------------------------------------------------------------------------------------------
 
@@ -321,8 +338,9 @@ class Server {
         {"status", draining ? "draining" : "ok"},
         {"model", options_.model_dir.string()},
         {"bundled_model", options_.bundled_model},
-        {"device", "cpu"},
+        {"device", backend_.device()},
         {"admission", admission_name(options_.admission)},
+        {"concurrent_decode", options_.concurrent_decode},
         {"max_batch_size", options_.max_batch},
         {"max_queue_size", options_.max_queue},
         {"default_size", std::to_string(limits_.default_width) + "x" + std::to_string(limits_.default_height)},

@@ -3,6 +3,7 @@
 // (fp32) / 1e-2 (fp16) relative; whole Pipeline runs against diffusers' images (tests/data/pipeline/cases.json, the
 // CPU pipeline test's reference and tolerance) in fp32 and against the CPU pipeline's images in fp16.
 
+#include "../pipeline/pipeline_cases.hpp"
 #include "compare.cuh"
 #include "gpu_guard.cuh"
 
@@ -50,22 +51,6 @@ std::vector<dm::Job> run_pipeline(const Backend& backend, const fs::path& dir, s
   for (auto& t : tickets)
     out.push_back(t.get());
   return out;
-}
-
-std::vector<std::uint8_t> from_hex(const std::string& hex) {
-  std::vector<std::uint8_t> out(hex.size() / 2);
-  for (std::size_t i = 0; i < out.size(); ++i)
-    out[i] = static_cast<std::uint8_t>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
-  return out;
-}
-
-// Fraction of RGB values that differ by more than `levels`.
-double fraction_off(const std::vector<std::uint8_t>& a, const std::vector<std::uint8_t>& b, int levels) {
-  REQUIRE(a.size() == b.size());
-  std::size_t off = 0;
-  for (std::size_t k = 0; k < a.size(); ++k)
-    off += std::abs(int(a[k]) - int(b[k])) > levels ? 1 : 0;
-  return static_cast<double>(off) / static_cast<double>(a.size());
 }
 
 }  // namespace
@@ -120,35 +105,19 @@ TEST_CASE("Cuda.Models.BadInputs") {
 }
 
 TEST_CASE("Cuda.Pipeline.Fp32MatchesDiffusers") {
-  std::ifstream in(data_dir / "pipeline" / "cases.json");
-  REQUIRE(in.good());
-  const auto cases = nlohmann::json::parse(in);
-  std::map<std::string, std::vector<nlohmann::json>> by_model;
-  for (const auto& c : cases)
-    by_model[c["model"]].push_back(c);
-  for (const auto& [name, model_cases] : by_model) {
+  for (const auto& [name, model_cases] : carousel::test::pipeline_cases(data_dir)) {
     CAPTURE(name);
     const fs::path dir = data_dir / "models" / name;
     const cu::Backend gpu(dir, cu::BackendOptions{.dtype = cu::DType::f32});
     std::vector<dm::Job> jobs;
-    for (const auto& c : model_cases) {
-      dm::Job j;
-      j.prompt = c["prompt"];
-      j.negative_prompt = c["negative_prompt"];
-      j.width = c["width"];
-      j.height = c["height"];
-      j.steps = c["steps"];
-      j.guidance_scale = c["guidance"];
-      j.sampler = c["sampler"] == "ddim" ? dm::SamplerKind::ddim : dm::SamplerKind::ddpm;
-      j.eta = c["eta"];
-      j.seed = c["seed"];
-      jobs.push_back(std::move(j));
-    }
+    for (const auto& c : model_cases)
+      jobs.push_back(carousel::test::job_of_case(c));
     const auto done = run_pipeline(gpu, dir, std::move(jobs));
     for (std::size_t i = 0; i < done.size(); ++i) {
       CAPTURE(model_cases[i]["prompt"].get<std::string>());
       // The CPU pipeline test's tolerance: within 1/255 for at least 99% of the values.
-      CHECK(fraction_off(done[i].image.rgb, from_hex(model_cases[i]["rgb_hex"]), 1) <= 0.01);
+      CHECK(carousel::test::fraction_off(done[i].image.rgb, carousel::test::rgb_of_case(model_cases[i])) <=
+            carousel::test::parity_fraction);
     }
   }
 }
@@ -173,7 +142,7 @@ TEST_CASE("Cuda.Pipeline.Fp16MatchesCpu") {
   for (std::size_t i = 0; i < jobs.size(); ++i) {
     CAPTURE(i);
     // 1e-2 relative of the [0, 255] range: within 3 levels for at least 99% of the values.
-    CHECK(fraction_off(actual[i].image.rgb, expected[i].image.rgb, 3) <= 0.01);
+    CHECK(carousel::test::fraction_off(actual[i].image.rgb, expected[i].image.rgb, 3) <= 0.01);
   }
 }
 

@@ -1,13 +1,15 @@
 // Integration tests of carousel-sd-server: the Server class runs in-process on a free loopback port with the tiny
 // fixture model (tests/data/models/sd-tiny, 32x32); a real HTTP client (httplib::Client) checks every endpoint, the
 // SSE stream, asynchronous requests, and every error path (400 naming the field, 413, 404, 429 + Retry-After, 504,
-// 503 while draining, cancellation on client disconnect). Images are checked against the library driven directly
-// (same jobs through Pipeline + StepBatcher, PNG-encoded), bit for bit.
+// 503 while draining, cancellation on client disconnect). The server runs the CPU backend behind a
+// diffusion::AnyBackend; images are checked against the library driven directly (same jobs through
+// Pipeline<cpu::Backend> + StepBatcher, PNG-encoded), bit for bit.
 #include <sd_server/server.hpp>
 
 #include <doctest/doctest.h>
 
 #include <httplib.h>
+#include <carousel/cpu/backend.hpp>
 #include <nlohmann/json.hpp>
 
 #include <atomic>
@@ -35,12 +37,17 @@ struct Running {
   int port;
   std::thread thread;
 
-  explicit Running(srv::ServerOptions o = {}) : server(with_model(std::move(o))), port(server.bind()) {
+  explicit Running(srv::ServerOptions o = {}) : server(with_model(std::move(o)), cpu_backend()), port(server.bind()) {
     thread = std::thread([this] { server.run(); });
   }
   ~Running() {
     server.shutdown();
     thread.join();
+  }
+
+  // The tiny model on the CPU backend, as the server runs it.
+  static srv::Backend cpu_backend(const std::string& device = "cpu") {
+    return srv::Backend(device, carousel::cpu::Backend(model_dir));
   }
 
   static srv::ServerOptions with_model(srv::ServerOptions o) {
@@ -63,11 +70,12 @@ httplib::Result post(const Running& r, const std::string& path, const json& body
 
 // The images the library itself makes for these jobs (validated, run to completion), as base64 PNGs.
 std::vector<std::string> reference_images(std::vector<carousel::diffusion::Job> jobs) {
+  using Pipeline = carousel::diffusion::Pipeline<carousel::cpu::Backend>;
   carousel::cpu::Backend backend(model_dir);
   const auto folder = carousel::model::DiffusersFolder::open(model_dir);
-  srv::Pipeline pipeline(backend, carousel::diffusion::pipeline_scheduler_config(folder),
-                         carousel::diffusion::pipeline_options(folder, backend.vae_scale_factor()));
-  srv::Batcher batcher(pipeline);
+  Pipeline pipeline(backend, carousel::diffusion::pipeline_scheduler_config(folder),
+                    carousel::diffusion::pipeline_options(folder, backend.vae_scale_factor()));
+  carousel::StepBatcher<Pipeline, carousel::diffusion::Job> batcher(pipeline);
   std::vector<carousel::Ticket<carousel::diffusion::Job>> tickets;
   for (auto& j : jobs) {
     pipeline.validate(j);
@@ -272,6 +280,30 @@ TEST_CASE("Server.OpenAI.Generate") {
     CHECK(body["data"][0]["b64_json"] ==
           reference_images({job("x", 2, 7.5f, seed, carousel::diffusion::SamplerKind::ddpm)})[0]);
   }
+}
+
+TEST_CASE("Server.ConcurrentDecode") {
+  srv::ServerOptions o;
+  o.concurrent_decode = true;
+  Running r(o);
+  auto health = r.client().Get("/health");
+  REQUIRE(health);
+  CHECK(json::parse(health->body)["concurrent_decode"] == true);
+  // Images decoded in the retire stage, beside the UNet steps of the others, are the library's images.
+  auto res = post(r, "/v1/images/generations",
+                  {{"prompt", "a red square"}, {"n", 3}, {"size", "32x32"}, {"steps", 3}, {"seed", 7}});
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  const json body = json::parse(res->body);
+  REQUIRE(body["data"].size() == 3);
+  const auto ref = reference_images({job("a red square", 3, 7.5f, 7, carousel::diffusion::SamplerKind::ddim),
+                                     job("a red square", 3, 7.5f, 8, carousel::diffusion::SamplerKind::ddim),
+                                     job("a red square", 3, 7.5f, 9, carousel::diffusion::SamplerKind::ddim)});
+  for (std::size_t i = 0; i < 3; ++i)
+    CHECK(body["data"][i]["b64_json"] == ref[i]);
+  auto metrics = r.client().Get("/metrics");
+  REQUIRE(metrics);
+  CHECK(metric(metrics->body, "carousel_retiring_requests") == 0);
 }
 
 TEST_CASE("Server.A1111.Txt2img") {
@@ -580,8 +612,24 @@ TEST_CASE("Server.Shutdown.DrainsAndRefuses") {
   r.reset();
 }
 
+TEST_CASE("Server.Device.FromBackend") {
+  // /health reports the device name the backend was given; the server refuses to start without a backend.
+  srv::Server server(Running::with_model({}), Running::cpu_backend("cpu-under-another-name"));
+  CHECK(server.device() == "cpu-under-another-name");
+  const int port = server.bind();
+  std::thread t([&] { server.run(); });
+  httplib::Client client("127.0.0.1", port);
+  auto health = client.Get("/health");
+  server.shutdown();
+  t.join();
+  REQUIRE(health);
+  CHECK(json::parse(health->body)["device"] == "cpu-under-another-name");
+  CHECK_THROWS_WITH_AS(srv::Server(Running::with_model({}), srv::Backend()),
+                       "backend: the server needs a loaded model (the AnyBackend is empty)", std::invalid_argument);
+}
+
 TEST_CASE("Server.Shutdown.BeforeRun") {
-  srv::Server server(Running::with_model({}));
+  srv::Server server(Running::with_model({}), Running::cpu_backend());
   server.bind();
   server.shutdown();
   CHECK(server.run());  // returns at once instead of listening forever
