@@ -289,6 +289,7 @@ class Server {
     http_.Post("/sdapi/v1/txt2img", [this](const httplib::Request& req, httplib::Response& res) {
       guarded(res, [&] { post_a1111(req, res); });
     });
+    http_.Get("/sdapi/v1/progress", [this](const httplib::Request&, httplib::Response& res) { a1111_progress(res); });
     http_.Get("/sdapi/v1/samplers", [](const httplib::Request&, httplib::Response& res) {
       nlohmann::json samplers = nlohmann::json::array();
       for (const auto& s : detail::sampler_names) {
@@ -311,8 +312,8 @@ class Server {
     static const std::string gen = "/v1/images/generations";
     if (p == gen) return gen;
     if (p.starts_with(gen + "/")) return p.ends_with("/events") ? gen + "/{id}/events" : gen + "/{id}";
-    for (const char* known :
-         {"/", "/health", "/metrics", "/sdapi/v1/txt2img", "/sdapi/v1/samplers", "/sdapi/v1/sd-models"}) {
+    for (const char* known : {"/", "/health", "/metrics", "/sdapi/v1/txt2img", "/sdapi/v1/progress",
+                              "/sdapi/v1/samplers", "/sdapi/v1/sd-models"}) {
       if (p == known) return p;
     }
     return "other";
@@ -331,6 +332,54 @@ class Server {
   }
 
   // ---- endpoints ---------------------------------------------------------------------------------------------------
+
+  // GET /sdapi/v1/progress, as AUTOMATIC1111 answers it for its one job at a time: here the oldest unfinished
+  // generation is "the job" (its share of steps done over all its images, the ETA of its slowest image), and
+  // job_count counts every unfinished generation. Idle: progress 0, job "".
+  void a1111_progress(httplib::Response& res) const {
+    std::shared_ptr<Generation> current;
+    std::size_t unfinished = 0;
+    {
+      std::lock_guard lock(registry_mutex_);
+      for (const std::string& id : order_) {
+        const auto& g = generations_.at(id);
+        std::lock_guard glock(g->mutex);
+        if (g->finished) continue;
+        ++unfinished;
+        if (!current) current = g;
+      }
+    }
+    double progress = 0, eta = 0;
+    nlohmann::json state = {{"skipped", false},        {"interrupted", false}, {"job", ""},
+                            {"job_count", unfinished}, {"job_timestamp", ""},  {"job_no", 0},
+                            {"sampling_step", 0},      {"sampling_steps", 0}};
+    if (current) {
+      const auto step = batcher_.predicted_step_time(std::max<std::size_t>(1, last_batch_size_.load()));
+      std::lock_guard lock(current->mutex);
+      std::size_t done = 0, total = 0, slowest = 0;
+      for (std::size_t i = 0; i < current->total_steps.size(); ++i) {
+        done += current->steps_done[i];
+        total += current->total_steps[i];
+        slowest =
+            std::max(slowest, current->total_steps[i] - std::min(current->steps_done[i], current->total_steps[i]));
+      }
+      progress = total ? static_cast<double>(done) / static_cast<double>(total) : 0.0;
+      eta = step ? std::chrono::duration<double>(*step).count() * static_cast<double>(slowest) : 0.0;
+      state["job"] = current->id;
+      state["interrupted"] = current->cancel_requested.load();
+      state["job_timestamp"] = std::to_string(current->created);
+      if (!current->total_steps.empty()) {
+        state["sampling_step"] = current->steps_done.front();
+        state["sampling_steps"] = current->total_steps.front();
+      }
+    }
+    const nlohmann::json body = {{"progress", progress},
+                                 {"eta_relative", eta},
+                                 {"state", state},
+                                 {"current_image", nullptr},
+                                 {"textinfo", nullptr}};
+    res.set_content(body.dump(), "application/json");
+  }
 
   void health(httplib::Response& res) const {
     const bool draining = is_draining();

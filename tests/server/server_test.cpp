@@ -306,6 +306,42 @@ TEST_CASE("Server.ConcurrentDecode") {
   CHECK(metric(metrics->body, "carousel_retiring_requests") == 0);
 }
 
+TEST_CASE("Server.A1111.Progress") {
+  Running r;
+  auto progress = [&] {
+    auto res = r.client().Get("/sdapi/v1/progress");
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    return json::parse(res->body);
+  };
+  const json idle = progress();
+  CHECK(idle["progress"] == 0.0);
+  CHECK(idle["state"]["job"] == "");
+  CHECK(idle["state"]["job_count"] == 0);
+  auto started = post(r, "/v1/images/generations", {{"prompt", "p"}, {"steps", 900}, {"async", true}});
+  REQUIRE(started);
+  const std::string id = json::parse(started->body)["id"];
+  // The job advances: a later answer has more steps done, with the total, a share in (0, 1) and an ETA.
+  json first;
+  REQUIRE(eventually([&] {
+    first = progress();
+    return first["state"]["sampling_step"].get<int>() > 0;
+  }));
+  CHECK(first["state"]["job"] == id);
+  CHECK(first["state"]["job_count"] == 1);
+  CHECK(first["state"]["sampling_steps"] == 900);
+  json later;
+  REQUIRE(eventually([&] {
+    later = progress();
+    return later["state"]["sampling_step"].get<int>() > first["state"]["sampling_step"].get<int>();
+  }));
+  CHECK(later["progress"].get<double>() > first["progress"].get<double>());
+  CHECK(later["progress"].get<double>() < 1.0);
+  CHECK(later["eta_relative"].get<double>() > 0.0);
+  r.client().Delete(("/v1/images/generations/" + id).c_str());
+  CHECK(eventually([&] { return progress()["state"]["job_count"] == 0; }));
+}
+
 TEST_CASE("Server.A1111.Txt2img") {
   Running r;
   SUBCASE("answers in AUTOMATIC1111's shape") {
