@@ -64,6 +64,7 @@ struct GenerationRequest {
   std::optional<std::int64_t> timeout_ms;  ///< per-request deadline, from submission
   bool stream = false;                     ///< answer with Server-Sent Events (OpenAI shape only)
   bool async = false;                      ///< answer 202 {id} at once (OpenAI shape only)
+  bool url_response = false;               ///< `response_format: "url"`: image URLs instead of base64 (OpenAI shape)
   nlohmann::json parameters;               ///< the request as understood, defaults filled (echoed back)
 };
 
@@ -199,7 +200,7 @@ inline std::vector<diffusion::Job> replicate(const diffusion::Job& base, std::ui
 }  // namespace detail
 
 /// Parses `POST /v1/images/generations` (OpenAI images API plus carousel's extensions). Throws `ApiError` (400)
-/// naming the field for malformed JSON, wrong types, out-of-range values, `response_format: "url"` and unknown
+/// naming the field for malformed JSON, wrong types, out-of-range values, an unknown `response_format` and unknown
 /// samplers.
 inline GenerationRequest parse_openai(std::string_view text, const ApiLimits& limits) {
   using namespace detail;
@@ -213,9 +214,10 @@ inline GenerationRequest parse_openai(std::string_view text, const ApiLimits& li
   base.negative_prompt = get_string(body, "negative_prompt", "");
   const auto n = static_cast<int>(get_int(body, "n", 1, 1, limits.max_images));
   const std::string format = get_string(body, "response_format", "b64_json");
-  if (format != "b64_json") {
-    throw ApiError(400, "response_format: only \"b64_json\" is supported, got \"" + format + "\"", "response_format");
+  if (format != "b64_json" && format != "url") {
+    throw ApiError(400, "response_format: expected \"b64_json\" or \"url\", got \"" + format + "\"", "response_format");
   }
+  r.url_response = format == "url";
   base.width = limits.default_width;
   base.height = limits.default_height;
   if (find(body, "size")) {

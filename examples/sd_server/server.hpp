@@ -88,6 +88,7 @@ namespace detail {
 struct Generation {
   std::string id;
   ApiShape shape = ApiShape::openai;
+  std::string image_url_base;  // "http://HOST/v1/images/generations/ID/images/" when the client asked for URLs
   nlohmann::json parameters;
   std::vector<std::uint64_t> seeds;
   std::int64_t created = 0;  // unix seconds
@@ -105,7 +106,8 @@ struct Generation {
   std::string status = "queued";  // queued, running, completed, failed, cancelled
   bool finished = false;
   int http_status = 0;
-  nlohmann::json result;  // the response body once finished (success or error)
+  nlohmann::json result;                        // the response body once finished (success or error)
+  std::vector<std::vector<std::uint8_t>> pngs;  // the images once finished with success (served at image URLs)
 };
 
 }  // namespace detail
@@ -282,6 +284,9 @@ class Server {
                  [this](const httplib::Request& req, httplib::Response& res) {
                    guarded(res, [&] { delete_generation(req, res); });
                  });
+    http_.Get(
+        R"(/v1/images/generations/([A-Za-z0-9_-]+)/images/([0-9]+)\.png)",
+        [this](const httplib::Request& req, httplib::Response& res) { guarded(res, [&] { get_image(req, res); }); });
     http_.Get(R"(/v1/images/generations/([A-Za-z0-9_-]+)/events)",
               [this](const httplib::Request& req, httplib::Response& res) {
                 guarded(res, [&] { serve_events(find_generation(req.matches[1]), req, res, false); });
@@ -311,7 +316,10 @@ class Server {
     const std::string& p = req.path;
     static const std::string gen = "/v1/images/generations";
     if (p == gen) return gen;
-    if (p.starts_with(gen + "/")) return p.ends_with("/events") ? gen + "/{id}/events" : gen + "/{id}";
+    if (p.starts_with(gen + "/")) {
+      if (p.ends_with("/events")) return gen + "/{id}/events";
+      return p.find("/images/") != std::string::npos ? gen + "/{id}/images/{index}.png" : gen + "/{id}";
+    }
     for (const char* known : {"/", "/health", "/metrics", "/sdapi/v1/txt2img", "/sdapi/v1/progress",
                               "/sdapi/v1/samplers", "/sdapi/v1/sd-models"}) {
       if (p == known) return p;
@@ -430,7 +438,12 @@ class Server {
   void post_openai(const httplib::Request& req, httplib::Response& res) {
     GenerationRequest r = parse_openai(req.body, limits_);
     const bool stream = r.stream, async = r.async;
-    auto g = launch(std::move(r));
+    std::string url_host;
+    if (r.url_response) {
+      url_host = req.get_header_value("Host");
+      if (url_host.empty()) url_host = options_.host + ":" + std::to_string(port_);
+    }
+    auto g = launch(std::move(r), url_host);
     if (async) {
       res.status = 202;
       res.set_content(nlohmann::json{{"id", g->id},
@@ -462,6 +475,27 @@ class Server {
     res.set_content(body.dump(), "application/json");
   }
 
+  // Where image `index` of generation `id` is served (response_format "url").
+  static std::string image_path(const std::string& id, std::size_t index) {
+    return "/v1/images/generations/" + id + "/images/" + std::to_string(index) + ".png";
+  }
+
+  // GET /v1/images/generations/{id}/images/{index}.png: one image of a finished generation, while it is kept.
+  void get_image(const httplib::Request& req, httplib::Response& res) {
+    auto g = find_generation(req.matches[1]);
+    const std::string index_text = req.matches[2];
+    std::lock_guard lock(g->mutex);
+    const std::size_t index = index_text.size() > 6 ? g->pngs.size() : std::stoul(index_text);
+    if (!g->finished || g->http_status != 200 || index >= g->pngs.size()) {
+      throw ApiError(404,
+                     "index: generation '" + g->id + "' has no image " + index_text +
+                         (g->finished ? "" : " yet (status " + g->status + ")"),
+                     "index", "not_found");
+    }
+    const auto& png = g->pngs[index];
+    res.set_content(reinterpret_cast<const char*>(png.data()), png.size(), "image/png");
+  }
+
   void delete_generation(const httplib::Request& req, httplib::Response& res) {
     auto g = find_generation(req.matches[1]);
     g->cancel_requested = true;
@@ -491,7 +525,8 @@ class Server {
 
   // Validates the jobs, submits them and registers the generation; throws ApiError 400 (invalid field), 429 (queue
   // full) or 503 (shutting down).
-  std::shared_ptr<Generation> launch(GenerationRequest r) {
+  // `url_host`: the Host the client reached us by, when it asked for image URLs.
+  std::shared_ptr<Generation> launch(GenerationRequest r, const std::string& url_host = "") {
     for (auto& job : r.jobs) {
       try {
         pipeline_.validate(job);
@@ -502,6 +537,7 @@ class Server {
     auto g = std::make_shared<Generation>();
     g->shape = r.shape;
     g->parameters = std::move(r.parameters);
+    if (r.url_response) g->image_url_base = "http://" + url_host;
     g->created = static_cast<std::int64_t>(std::time(nullptr));
     g->submitted = Clock::now();
     for (const auto& job : r.jobs)
@@ -620,8 +656,10 @@ class Server {
     } else {
       std::vector<std::string> images;
       try {
-        for (const auto& job : jobs)
-          images.push_back(base64(encode_png(job.image)));
+        for (const auto& job : jobs) {
+          g.pngs.push_back(encode_png(job.image));
+          images.push_back(base64(g.pngs.back()));
+        }
         result = success_body(g, jobs, images);
       } catch (const std::exception& e) {
         result = ApiError(500, e.what(), "", "server_error").body();
@@ -666,8 +704,13 @@ class Server {
     }
     if (g.shape == ApiShape::openai) {
       nlohmann::json data = nlohmann::json::array();
-      for (std::size_t i = 0; i < jobs.size(); ++i)
-        data.push_back({{"b64_json", images[i]}, {"seed", jobs[i].seed}});
+      for (std::size_t i = 0; i < jobs.size(); ++i) {
+        if (g.image_url_base.empty()) {
+          data.push_back({{"b64_json", images[i]}, {"seed", jobs[i].seed}});
+        } else {
+          data.push_back({{"url", g.image_url_base + image_path(g.id, i)}, {"seed", jobs[i].seed}});
+        }
+      }
       return {{"created", g.created}, {"id", g.id}, {"data", data}, {"timings", timings}, {"parameters", g.parameters}};
     }
     const diffusion::Job& first = jobs.front();

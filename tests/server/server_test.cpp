@@ -270,6 +270,34 @@ TEST_CASE("Server.OpenAI.Generate") {
     CHECK(body["data"][0]["b64_json"] == ref[0]);
     CHECK(body["data"][1]["b64_json"] == ref[1]);
   }
+  SUBCASE("response_format url: links to the images, served as PNG while the generation is kept") {
+    auto res = post(r, "/v1/images/generations",
+                    {{"prompt", "a red square"},
+                     {"n", 2},
+                     {"size", "32x32"},
+                     {"steps", 3},
+                     {"seed", 42},
+                     {"response_format", "url"}});
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const json body = json::parse(res->body);
+    REQUIRE(body["data"].size() == 2);
+    const auto ref = reference_images({job("a red square", 3, 7.5f, 42), job("a red square", 3, 7.5f, 43)});
+    const std::string prefix = "http://127.0.0.1:" + std::to_string(r.port);
+    for (std::size_t i = 0; i < 2; ++i) {
+      CHECK_FALSE(body["data"][i].contains("b64_json"));
+      const std::string url = body["data"][i]["url"];
+      REQUIRE(url.starts_with(prefix));
+      auto image = r.client().Get(url.substr(prefix.size()).c_str());
+      REQUIRE(image);
+      CHECK(image->status == 200);
+      CHECK(image->get_header_value("Content-Type") == "image/png");
+      CHECK(carousel::examples::base64(std::vector<std::uint8_t>(image->body.begin(), image->body.end())) == ref[i]);
+    }
+    const std::string id = body["id"];
+    check_error(r.client().Get(("/v1/images/generations/" + id + "/images/2.png").c_str()), 404, "index");
+    check_error(r.client().Get("/v1/images/generations/gen-nope/images/0.png"), 404, "id");
+  }
   SUBCASE("a random seed is drawn when absent and reported back") {
     auto res = post(r, "/v1/images/generations", {{"prompt", "x"}, {"steps", 2}, {"sampler", "DDPM"}});
     REQUIRE(res);
@@ -408,7 +436,7 @@ TEST_CASE("Server.Errors.Fields") {
     check_error(post(r, gen, {{"prompt", "p"}, {"sampler", "euler_a"}}), 400, "sampler");
     check_error(post(r, gen, {{"prompt", "p"}, {"n", 9}}), 400, "n");
     check_error(post(r, gen, {{"prompt", "p"}, {"n", 0}}), 400, "n");
-    check_error(post(r, gen, {{"prompt", "p"}, {"response_format", "url"}}), 400, "response_format");
+    check_error(post(r, gen, {{"prompt", "p"}, {"response_format", "png"}}), 400, "response_format");
     check_error(post(r, gen, {{"prompt", "p"}, {"guidance_scale", -1}}), 400, "guidance_scale");
     check_error(post(r, gen, {{"prompt", "p"}, {"eta", 2}}), 400, "eta");
     check_error(post(r, gen, {{"prompt", "p"}, {"timeout_ms", 0}}), 400, "timeout_ms");
