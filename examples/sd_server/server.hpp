@@ -97,8 +97,16 @@ struct Generation {
   std::atomic<bool> cancel_requested{false};
   std::thread finalizer;
 
-  std::mutex mutex;  // guards everything below
-  std::condition_variable changed;
+  // Asks the finalizer to cancel the generation's tickets. The caller must not hold `mutex`.
+  void request_cancel() {
+    cancel_requested = true;
+    std::lock_guard lock(mutex);
+    changed.notify_all();
+  }
+
+  std::mutex mutex;                 // guards everything below
+  std::condition_variable changed;  // events, progress, completions, cancellation, finish
+  std::size_t completed = 0;        // tickets completed (counted by their on_complete)
   std::vector<std::size_t> steps_done;
   std::vector<std::size_t> total_steps;
   std::vector<std::string> events;  // SSE frames, in order
@@ -498,7 +506,7 @@ class Server {
 
   void delete_generation(const httplib::Request& req, httplib::Response& res) {
     auto g = find_generation(req.matches[1]);
-    g->cancel_requested = true;
+    g->request_cancel();
     std::lock_guard lock(g->mutex);
     res.status = g->finished ? 200 : 202;
     res.set_content(nlohmann::json{{"id", g->id}, {"status", g->finished ? g->status : "cancelling"}}.dump(),
@@ -559,7 +567,15 @@ class Server {
       auto ticket = batcher_.submit(std::move(r.jobs[i]),
                                     {.priority = r.priority,
                                      .deadline = deadline,
-                                     .on_progress = [this, weak, i](const Progress& p) { on_progress(weak, i, p); }});
+                                     .on_progress = [this, weak, i](const Progress& p) { on_progress(weak, i, p); },
+                                     .on_complete =
+                                         [weak](RequestId, std::optional<Errc>) {
+                                           if (auto gen = weak.lock()) {
+                                             std::lock_guard glock(gen->mutex);
+                                             ++gen->completed;
+                                             gen->changed.notify_all();
+                                           }
+                                         }});
       if (ticket.ready() && ticket.error_code() &&
           (*ticket.error_code() == Errc::queue_full || *ticket.error_code() == Errc::shut_down)) {
         refused = ticket.error_code();
@@ -622,16 +638,22 @@ class Server {
     g->changed.notify_all();
   }
 
-  // Finalizer thread of one generation: waits for its tickets (cancelling them when asked), builds the result.
+  // Finalizer thread of one generation: sleeps until every ticket completed (their on_complete counts them) or a
+  // cancellation is asked for (then cancels them all, once), then builds the result. No polling.
   void finalize(Generation& g) {
-    bool cancel_sent = false;
-    for (auto& t : g.tickets) {
-      while (t.wait_for(std::chrono::milliseconds(20)) != std::future_status::ready) {
+    {
+      std::unique_lock lock(g.mutex);
+      bool cancel_sent = false;
+      while (g.completed < g.tickets.size()) {
         if (g.cancel_requested && !cancel_sent) {
-          for (auto& u : g.tickets)
-            u.cancel();
           cancel_sent = true;
+          lock.unlock();
+          for (auto& t : g.tickets)
+            t.cancel();
+          lock.lock();
+          continue;
         }
+        g.changed.wait(lock, [&] { return g.completed >= g.tickets.size() || (g.cancel_requested && !cancel_sent); });
       }
     }
     std::vector<diffusion::Job> jobs;
@@ -752,6 +774,7 @@ class Server {
       lock.lock();
       if (gone && !g->finished) {
         g->cancel_requested = true;
+        g->changed.notify_all();
         res.status = 499;  // nobody reads it
         return;
       }
@@ -783,7 +806,7 @@ class Server {
           }
           for (const auto& f : frames) {
             if (!sink.write(f.data(), f.size())) {
-              if (owner) g->cancel_requested = true;
+              if (owner) g->request_cancel();
               return false;
             }
           }
@@ -792,7 +815,7 @@ class Server {
             return true;
           }
           if (probe->client_gone()) {
-            if (owner) g->cancel_requested = true;
+            if (owner) g->request_cancel();
             return false;
           }
           return true;

@@ -302,6 +302,7 @@ class StepBatcher {
       std::unique_lock lock(mutex);
       const RequestId id = next_id++;
       auto control = std::make_shared<detail::RequestControl<State>>(id);
+      control->on_complete = std::move(so.on_complete);
       ++counters.submitted;
       if (stop_requested || (options.max_queue_size != 0 && queue.size() >= options.max_queue_size)) {
         const Errc code = stop_requested ? Errc::shut_down : Errc::queue_full;

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <span>
 #include <stdexcept>
@@ -52,6 +53,7 @@ void stress(int threads, carousel::Options options) {
   std::mutex tally_mutex;
   std::map<std::string, int> tally;
   std::atomic<int> progress_calls{0};
+  std::atomic<int> complete_calls{0};
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
@@ -61,8 +63,10 @@ void stress(int threads, carousel::Options options) {
         Work w{static_cast<int>(rng() % 12) + 1};
         w.poison = rng() % 17 == 0;
         w.retired = &retired[static_cast<std::size_t>(t)][static_cast<std::size_t>(i)];
-        carousel::SubmitOptions<> so{.priority = static_cast<int>(rng() % 3),
-                                     .on_progress = [&](const carousel::Progress&) { progress_calls.fetch_add(1); }};
+        carousel::SubmitOptions<> so{
+            .priority = static_cast<int>(rng() % 3),
+            .on_progress = [&](const carousel::Progress&) { progress_calls.fetch_add(1); },
+            .on_complete = [&](carousel::RequestId, std::optional<carousel::Errc>) { complete_calls.fetch_add(1); }};
         if (rng() % 5 == 0) so.deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(rng() % 2000);
         mine.push_back(batcher.submit(std::move(w), std::move(so)));
         if (rng() % 6 == 0) mine[rng() % mine.size()].cancel();
@@ -89,6 +93,7 @@ void stress(int threads, carousel::Options options) {
   const carousel::Stats s = batcher.stats();
   const auto total = static_cast<std::uint64_t>(threads * per_thread);
   CHECK(s.submitted == total);
+  CHECK(complete_calls.load() == threads * per_thread);  // exactly once per request, whatever its outcome
   CHECK(s.queue_depth == 0);
   CHECK(s.active == 0);
   CHECK(s.retiring == 0);

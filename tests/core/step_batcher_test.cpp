@@ -9,6 +9,7 @@
 #include <ctime>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <sstream>
 #include <string>
@@ -935,4 +936,74 @@ TEST_CASE("StepBatcher.ConcurrentRetire.Thread") {
   }
   batcher.stop();
   CHECK(model.retire_sizes.front() == 1);
+}
+
+TEST_CASE("StepBatcher.OnComplete") {
+  ManualClock clock;
+  KeyedToyModel model;
+  // What each on_complete call saw: the id, the error, and whether the ticket was ready at that moment.
+  struct Call {
+    carousel::RequestId id;
+    std::optional<Errc> error;
+    bool ready;
+  };
+  std::vector<Call> calls;
+  std::map<carousel::RequestId, carousel::Ticket<Job>*> tickets;
+  auto recorder = [&](carousel::RequestId id, std::optional<Errc> error) {
+    const auto it = tickets.find(id);
+    calls.push_back({id, error, it != tickets.end() && it->second->ready()});
+  };
+  SUBCASE("once per request, after its ticket is ready, with its outcome") {
+    KeyedBatcher batcher{model, {.max_batch_size = 4, .max_queue_size = 4}, clock};
+    auto ok = batcher.submit(Job{.total = 2}, {.on_complete = recorder});
+    auto bad = batcher.submit(Job{.total = 2, .key = 1, .poison_step = true}, {.on_complete = recorder});
+    auto queued = batcher.submit(Job{.total = 2, .key = 2}, {.on_complete = recorder});
+    tickets = {{ok.id(), &ok}, {bad.id(), &bad}, {queued.id(), &queued}};
+    queued.cancel();  // while queued: completed at once, on this thread
+    REQUIRE(calls.size() == 1);
+    CHECK(calls[0].id == queued.id());
+    CHECK(calls[0].error == Errc::cancelled);
+    CHECK(calls[0].ready);
+    while (batcher.step_once()) {
+    }
+    REQUIRE(calls.size() == 3);
+    CHECK(calls[1].id == bad.id());
+    CHECK(calls[1].error == Errc::model_error);
+    CHECK(calls[2].id == ok.id());
+    CHECK_FALSE(calls[2].error);
+    for (const Call& c : calls)
+      CHECK(c.ready);
+    CHECK(ok.get().done == 2);
+    batcher.stop();
+    auto late = batcher.submit(Job{.total = 1}, {.on_complete = recorder});  // refused inside submit
+    REQUIRE(calls.size() == 4);
+    CHECK(calls[3].id == late.id());
+    CHECK(calls[3].error == Errc::shut_down);
+  }
+  SUBCASE("refused when the queue is full; cancelled by stop; a throwing continuation changes nothing") {
+    KeyedBatcher batcher{model, {.max_batch_size = 1, .max_queue_size = 1}, clock};
+    auto running = batcher.submit(Job{.total = 5}, {.on_complete = [](auto, auto) { throw std::runtime_error("x"); }});
+    batcher.step_once();
+    auto waiting = batcher.submit(Job{.total = 5}, {.on_complete = recorder});
+    auto refused = batcher.submit(Job{.total = 5}, {.on_complete = recorder});
+    REQUIRE(calls.size() == 1);
+    CHECK(calls[0].id == refused.id());
+    CHECK(calls[0].error == Errc::queue_full);
+    batcher.stop(carousel::StopMode::cancel);
+    REQUIRE(calls.size() == 2);
+    CHECK(calls[1].id == waiting.id());
+    CHECK(calls[1].error == Errc::cancelled);
+    CHECK(error_of(running) == Errc::cancelled);
+  }
+  SUBCASE("under concurrent_retire, after the retire stage") {
+    KeyedBatcher batcher{model, {.max_batch_size = 4, .concurrent_retire = true}, clock};
+    auto t = batcher.submit(Job{.total = 1}, {.on_complete = recorder});
+    tickets = {{t.id(), &t}};
+    batcher.step_once();
+    CHECK(calls.empty());
+    batcher.retire_once();
+    REQUIRE(calls.size() == 1);
+    CHECK(calls[0].ready);
+    CHECK(t.get().retires == 1);
+  }
 }

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -44,9 +45,21 @@ class RequestControlBase {
 
   std::weak_ptr<CancelTarget> target;  // set once before the ticket is handed out
   void* queued_entry = nullptr;        // the batcher's queue entry while queued; guarded by the batcher's mutex
+  /// SubmitOptions::on_complete: set once before the request can complete, called once after it did.
+  std::function<void(RequestId, std::optional<Errc>)> on_complete;
 
  protected:
   ~RequestControlBase() = default;
+
+  // Calls on_complete (once: only the call that completed the request gets here); swallows its exceptions.
+  void notify_complete(std::optional<Errc> code) noexcept {
+    if (!on_complete) return;
+    auto fn = std::move(on_complete);
+    try {
+      fn(id_, code);
+    } catch (...) {  // a continuation must not break the thread that completed the request
+    }
+  }
 
  private:
   RequestId id_;
@@ -70,6 +83,7 @@ class RequestControl final : public RequestControlBase {
     }
     set_status(RequestStatus::completed);
     cv_.notify_all();
+    notify_complete(std::nullopt);
     return true;
   }
 
@@ -84,6 +98,7 @@ class RequestControl final : public RequestControlBase {
     }
     set_status(RequestStatus::failed);
     cv_.notify_all();
+    notify_complete(code);
     return true;
   }
 
