@@ -42,7 +42,9 @@ if(CAROUSEL_ENABLE_CUDA)
     find_path(CAROUSEL_CUBLAS_INCLUDE_DIR cublas_v2.h HINTS ${CAROUSEL_CUBLAS_ROOT} PATH_SUFFIXES include)
     find_library(CAROUSEL_CUBLAS_LIBRARY NAMES cublas libcublas.so.13 libcublas.so.12
                  HINTS ${CAROUSEL_CUBLAS_ROOT} PATH_SUFFIXES lib lib64)
-    set(carousel_cublas ${CAROUSEL_CUBLAS_LIBRARY})
+    if(CAROUSEL_CUBLAS_INCLUDE_DIR AND CAROUSEL_CUBLAS_LIBRARY)
+      set(carousel_cublas carousel::cublas)
+    endif()
   endif()
 
   if(NOT CAROUSEL_CUDNN_INCLUDE_DIR OR NOT CAROUSEL_CUDNN_LIBRARY OR NOT carousel_cublas)
@@ -62,11 +64,10 @@ if(CAROUSEL_ENABLE_CUDA)
   # C++20 for CUDA sources by flag: CMake 3.25 does not know nvcc 13's cuda_std_20 feature.
   target_compile_options(carousel_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20>)
   target_compile_features(carousel_cuda INTERFACE cxx_std_20)
-  target_include_directories(carousel_cuda SYSTEM INTERFACE ${CAROUSEL_CUDNN_INCLUDE_DIR})
-  if(CAROUSEL_CUBLAS_INCLUDE_DIR)
-    target_include_directories(carousel_cuda SYSTEM INTERFACE ${CAROUSEL_CUBLAS_INCLUDE_DIR})
-  endif()
-  target_link_libraries(carousel_cuda INTERFACE carousel_diffusion CUDA::cudart ${carousel_cublas}
-                                                ${CAROUSEL_CUDNN_LIBRARY})
-  # Not exported yet: an installed carousel::cuda would need the consumer to find CUDAToolkit and cuDNN itself.
+  # cuDNN (and cuBLAS when it is not the toolkit's) as imported targets of our own: the installed carousel::cuda
+  # names them, and carouselConfig.cmake finds them again on the consumer's machine (cmake/carousel-cuda-deps.cmake).
+  include("${PROJECT_SOURCE_DIR}/cmake/carousel-cuda-deps.cmake")
+  carousel_cuda_imported_targets()
+  target_link_libraries(carousel_cuda INTERFACE carousel_diffusion CUDA::cudart ${carousel_cublas} carousel::cudnn)
+  list(APPEND CAROUSEL_EXPORTED_TARGETS carousel_cuda)
 endif()

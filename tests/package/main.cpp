@@ -1,5 +1,8 @@
-// Builds against the installed carousel package and runs one request through a scheduler thread.
+// Builds against the installed carousel package: one request through a scheduler thread (carousel::carousel), and
+// one image of the tiny fixture model through the diffusion Pipeline on the CPU backend (carousel::cpu).
 #include <carousel/carousel.hpp>
+#include <carousel/cpu/backend.hpp>
+#include <carousel/diffusion/pipeline.hpp>
 
 #include <cstdio>
 #include <span>
@@ -24,5 +27,22 @@ int main() {
   const Job j = batcher.submit(Job{12}).get();
   batcher.stop();
   std::printf("carousel %s: %d steps\n", carousel::version, j.done);
-  return j.done == 12 ? 0 : 1;
+
+  namespace cd = carousel::diffusion;
+  const auto folder = carousel::model::DiffusersFolder::open(CAROUSEL_CONSUMER_MODEL_DIR);
+  const carousel::cpu::Backend backend(folder);
+  cd::Pipeline<carousel::cpu::Backend> pipeline(backend, cd::pipeline_scheduler_config(folder),
+                                                cd::pipeline_options(folder, backend.vae_scale_factor()));
+  carousel::StepBatcher<cd::Pipeline<carousel::cpu::Backend>, cd::Job> images{pipeline};
+  cd::Job request;
+  request.prompt = "a red circle";
+  request.steps = 3;
+  pipeline.validate(request);
+  images.start();
+  const cd::Job image = images.submit(std::move(request)).get();
+  images.stop();
+  std::printf("pipeline: %dx%d image, %zu bytes\n", image.image.width, image.image.height, image.image.rgb.size());
+  const bool ok = j.done == 12 && image.image.rgb.size() == static_cast<std::size_t>(3 * image.image.width *
+                                                                                      image.image.height);
+  return ok ? 0 : 1;
 }
