@@ -172,18 +172,23 @@ inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTe
                                                        CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
   const cudnnMathType_t math = x.dtype() == DType::f16 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
   CAROUSEL_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, math));
-  // The heuristic's choice per problem shape, asked once (a host-side query that would otherwise run per call).
+  // The heuristic's choice per problem shape, asked once (a host-side query that would otherwise run per call), with
+  // the math type it was rated under: the descriptor is set to that math type before running, as the algorithm may
+  // not run under another one (PyTorch does the same). fp32 stays true fp32: FMA math only, never TF32 tensor cores.
+  struct Choice {
+    cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+    cudnnMathType_t math = CUDNN_FMA_MATH;
+    std::size_t workspace = 0;
+  };
   using Key = std::array<std::int64_t, 9>;
   static std::mutex cache_mutex;
-  static std::map<Key, std::pair<cudnnConvolutionFwdAlgo_t, std::size_t>> cache;
+  static std::map<Key, Choice> cache;
   const Key key{b, h, w, cin, cout, k, stride, pad, static_cast<std::int64_t>(x.dtype())};
-  cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
-  std::size_t workspace = 0;
+  Choice choice;
   {
     std::lock_guard lock(cache_mutex);
     if (const auto it = cache.find(key); it != cache.end()) {
-      algo = it->second.first;
-      workspace = it->second.second;
+      choice = it->second;
     } else {
       cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
       int found = 0;
@@ -191,16 +196,21 @@ inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTe
                                                                   CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf));
       for (int i = 0; i < found; ++i) {
         if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
-        // fp32 must stay true fp32: skip anything that would use TF32 tensor cores.
         if (x.dtype() == DType::f32 && perf[i].mathType != CUDNN_FMA_MATH && perf[i].mathType != CUDNN_DEFAULT_MATH)
           continue;
-        algo = perf[i].algo;
+        choice.algo = perf[i].algo;
+        choice.math = x.dtype() == DType::f32 ? CUDNN_FMA_MATH : perf[i].mathType;
         break;
       }
-      CAROUSEL_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(e.cudnn(), xd, wd, cd, yd, algo, &workspace));
-      cache.emplace(key, std::make_pair(algo, workspace));
+      CAROUSEL_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, choice.math));
+      CAROUSEL_CUDNN_CHECK(
+          cudnnGetConvolutionForwardWorkspaceSize(e.cudnn(), xd, wd, cd, yd, choice.algo, &choice.workspace));
+      cache.emplace(key, choice);
     }
   }
+  CAROUSEL_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, choice.math));
+  const cudnnConvolutionFwdAlgo_t algo = choice.algo;
+  const std::size_t workspace = choice.workspace;
   const float alpha = 1.0f, beta = 0.0f;
   CAROUSEL_CUDNN_CHECK(cudnnConvolutionForward(e.cudnn(), &alpha, xd, x.data(), wd, weight.data(), cd, algo,
                                                e.workspace(workspace), workspace, &beta, yd, y.data()));

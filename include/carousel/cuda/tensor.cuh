@@ -100,7 +100,8 @@ inline std::vector<unsigned char> to_dtype_bytes(std::span<const float> values, 
   return bytes;
 }
 
-/// A weight-style tensor (cudaMalloc'd, not from a cache) holding `values` converted to `dtype`. Synchronous.
+/// A weight-style tensor (cudaMalloc'd, not from a cache) holding `values` converted to `dtype`. Synchronous: the
+/// values are on the device when it returns, so any stream (the Engines' are non-blocking) may read them.
 inline DeviceTensor upload_weight(std::span<const float> values, Shape shape, DType dtype) {
   if (static_cast<std::int64_t>(values.size()) != shape_numel(shape))
     throw std::invalid_argument("carousel::cuda::upload_weight: " + std::to_string(values.size()) +
@@ -108,6 +109,9 @@ inline DeviceTensor upload_weight(std::span<const float> values, Shape shape, DT
   DeviceTensor t(std::move(shape), dtype, nullptr);
   const auto bytes = to_dtype_bytes(values, dtype);
   CAROUSEL_CUDA_CHECK(cudaMemcpy(t.data(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
+  // A pageable host-to-device cudaMemcpy may return before its DMA has finished, and non-blocking streams do not
+  // wait for the default stream it ran on: wait for it here.
+  CAROUSEL_CUDA_CHECK(cudaStreamSynchronize(nullptr));
   return t;
 }
 
