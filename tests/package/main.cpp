@@ -42,7 +42,7 @@ int main() {
   const cd::Job image = images.submit(std::move(request)).get();
   images.stop();
   std::printf("pipeline: %dx%d image, %zu bytes\n", image.image.width, image.image.height, image.image.rgb.size());
-  const bool ok = j.done == 12 && image.image.rgb.size() == static_cast<std::size_t>(3 * image.image.width *
-                                                                                      image.image.height);
+  const bool ok =
+      j.done == 12 && image.image.rgb.size() == static_cast<std::size_t>(3 * image.image.width * image.image.height);
   return ok ? 0 : 1;
 }
