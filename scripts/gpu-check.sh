@@ -100,6 +100,9 @@ bench, graph, torch, attention, overlap, boundary = {}, {}, {}, {}, {}, None
 peak = None
 try:
     for b in json.load(open(sys.argv[1]))["benchmarks"]:
+        if b.get("error_occurred") or "ms" not in b and "TFLOPS" not in b:
+            print(f"{b['name']}: {b.get('error_message', 'no result')}")
+            continue
         if b["name"].startswith("BM_GemmPeakFp16"):
             peak = b.get("TFLOPS")
         elif b["name"].startswith("BM_AttentionSd15Fp16/fused:"):
