@@ -276,7 +276,7 @@ class StepBatcher {
     std::mutex drive_mutex;  // one iteration at a time
 
     // The retire stage (concurrent_retire).
-    std::vector<Slot*> to_retire;  // finished, waiting for the retire stage, in admission order
+    std::vector<Slot*> to_retire;  // finished, waiting for the retire stage (which sorts them into admission order)
     std::size_t retiring_now = 0;  // in the stage's current retire() calls
     std::condition_variable retire_wake;
     std::mutex retire_mutex;  // one retire stage at a time
@@ -657,11 +657,8 @@ class StepBatcher {
           try {
             model.retire(states_of(group, scratch));
           } catch (...) {
-            for (Slot* s : group) {
-              out.push_back(
-                  Outcome{std::unique_ptr<Slot>(s), Errc::model_error,
-                          detail::make_error(Errc::model_error, "Model::retire threw", std::current_exception())});
-            }
+            for (Slot* s : group)
+              fail(out, std::unique_ptr<Slot>(s), Errc::model_error, "Model::retire threw", std::current_exception());
             return;
           }
           measured.emplace_back(group.size(), seconds(clock.now() - t0));
@@ -758,9 +755,7 @@ class StepBatcher {
         any_dropped = true;
         for (Slot* s : group) {
           s->leaving_ = true;
-          out.push_back(
-              Outcome{std::unique_ptr<Slot>(s), Errc::model_error,
-                      detail::make_error(Errc::model_error, std::string("Model::") + hook + " threw", cause)});
+          fail(out, std::unique_ptr<Slot>(s), Errc::model_error, std::string("Model::") + hook + " threw", cause);
         }
       };
       auto finish = [&](Slot* s) {
@@ -855,11 +850,7 @@ class StepBatcher {
         } else {
           held.clear();
         }
-        if (handoff) {
-          std::sort(retiring.begin(), retiring.end(),
-                    [](const Slot* x, const Slot* y) { return x->admit_seq_ < y->admit_seq_; });
-          to_retire.insert(to_retire.end(), retiring.begin(), retiring.end());
-        }
+        if (handoff) to_retire.insert(to_retire.end(), retiring.begin(), retiring.end());  // the stage sorts them
         wake_stage = concurrent_retire && (handoff || stop_requested);
         for (const auto& [k, sec] : retire_measured)
           retire_times.record(k, sec);
