@@ -33,11 +33,6 @@ concept ShapedHostTensor = std::constructible_from<T, std::vector<std::int64_t>,
   { t.values() } -> std::convertible_to<std::span<const float>>;
 };
 
-/// The tensor type of a DiffusionBackend (what its `encode_text` returns).
-template <class B>
-using backend_tensor_t =
-    std::remove_cvref_t<decltype(std::declval<const B&>().encode_text(std::span<const std::vector<std::int32_t>>{}))>;
-
 namespace detail {
 
 // The erased interface: the DiffusionBackend calls on AnyBackend's tensor type.

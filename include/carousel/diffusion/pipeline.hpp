@@ -12,6 +12,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -44,6 +45,11 @@ concept DiffusionBackend = requires(const B& b, std::span<const std::vector<std:
   { b.vae_scale_factor() } -> std::convertible_to<std::int64_t>;
   { b.encode_text(ids).values() } -> std::convertible_to<std::span<const float>>;
 };
+
+/// The tensor type of a DiffusionBackend (what its `encode_text` returns).
+template <class B>
+using backend_tensor_t =
+    std::remove_cvref_t<decltype(std::declval<const B&>().encode_text(std::span<const std::vector<std::int32_t>>{}))>;
 
 /// Request limits and defaults of a Pipeline; `validate` enforces them.
 struct PipelineOptions {
@@ -295,8 +301,7 @@ class Pipeline {
   }
 
  private:
-  using Tensor = std::remove_cvref_t<decltype(std::declval<const Backend&>().encode_text(
-      std::span<const std::vector<std::int32_t>>{}))>;
+  using Tensor = backend_tensor_t<Backend>;
 
   std::size_t latent_numel(const Job& j) const {
     return static_cast<std::size_t>(channels_) * static_cast<std::size_t>(j.height / factor_) *
