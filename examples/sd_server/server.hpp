@@ -88,7 +88,7 @@ namespace detail {
 struct Generation {
   std::string id;
   ApiShape shape = ApiShape::openai;
-  std::string image_url_base;  // "http://HOST/v1/images/generations/ID/images/" when the client asked for URLs
+  std::string image_url_base;  // "http://HOST" (image_path() follows) when the client asked for URLs, else empty
   nlohmann::json parameters;
   std::vector<std::uint64_t> seeds;
   std::int64_t created = 0;  // unix seconds
@@ -115,7 +115,7 @@ struct Generation {
   bool finished = false;
   int http_status = 0;
   nlohmann::json result;                        // the response body once finished (success or error)
-  std::vector<std::vector<std::uint8_t>> pngs;  // the images once finished with success (served at image URLs)
+  std::vector<std::vector<std::uint8_t>> pngs;  // the images once finished, when the client asked for URLs
 };
 
 }  // namespace detail
@@ -488,13 +488,14 @@ class Server {
     return "/v1/images/generations/" + id + "/images/" + std::to_string(index) + ".png";
   }
 
-  // GET /v1/images/generations/{id}/images/{index}.png: one image of a finished generation, while it is kept.
+  // GET /v1/images/generations/{id}/images/{index}.png: one image of a finished generation that answered with URLs,
+  // while it is kept. `pngs` is written under the mutex together with `finished`.
   void get_image(const httplib::Request& req, httplib::Response& res) {
     auto g = find_generation(req.matches[1]);
-    const std::string index_text = req.matches[2];
+    const std::string index_text = req.matches[2];  // digits (the route's pattern)
     std::lock_guard lock(g->mutex);
     const std::size_t index = index_text.size() > 6 ? g->pngs.size() : std::stoul(index_text);
-    if (!g->finished || g->http_status != 200 || index >= g->pngs.size()) {
+    if (!g->finished || index >= g->pngs.size()) {
       throw ApiError(404,
                      "index: generation '" + g->id + "' has no image " + index_text +
                          (g->finished ? "" : " yet (status " + g->status + ")"),
@@ -669,6 +670,7 @@ class Server {
     }
     g.tickets.clear();
     nlohmann::json result;
+    std::vector<std::vector<std::uint8_t>> pngs;  // kept for the image URLs, when the client asked for them
     std::string status = "completed";
     int http_status = 200;
     if (error) {
@@ -676,11 +678,15 @@ class Server {
       http_status = error->status();
       status = error->type() == "cancelled" ? "cancelled" : "failed";
     } else {
-      std::vector<std::string> images;
+      std::vector<std::string> images;  // base64 PNGs for the response body, unless it carries URLs
       try {
         for (const auto& job : jobs) {
-          g.pngs.push_back(encode_png(job.image));
-          images.push_back(base64(g.pngs.back()));
+          auto png = encode_png(job.image);
+          if (g.image_url_base.empty()) {
+            images.push_back(base64(png));
+          } else {
+            pngs.push_back(std::move(png));
+          }
         }
         result = success_body(g, jobs, images);
       } catch (const std::exception& e) {
@@ -691,6 +697,7 @@ class Server {
     }
     std::lock_guard lock(g.mutex);
     g.result = std::move(result);
+    g.pngs = std::move(pngs);
     g.http_status = http_status;
     g.status = status;
     g.events.push_back(http_status == 200 ? frame("done", g.result) : frame("error", g.result));
