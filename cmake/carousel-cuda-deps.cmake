@@ -15,7 +15,8 @@ function(carousel_cuda_imported_targets)
   endif()
 endfunction()
 
-# Finds the CUDA toolkit, cuDNN 9 and cuBLAS for an installed carousel::cuda; sets carousel_cuda_deps_FOUND.
+# Finds the CUDA toolkit, cuDNN 9 and cuBLAS for carousel::cuda (the build and the installed package) and makes the
+# imported targets; sets carousel_cuda_deps_FOUND.
 macro(carousel_find_cuda_deps)
   set(carousel_cuda_deps_FOUND FALSE)
   find_package(CUDAToolkit QUIET)

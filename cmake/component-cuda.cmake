@@ -31,26 +31,14 @@ if(CAROUSEL_ENABLE_CUDA)
   endif()
   enable_language(CUDA)
   find_package(CUDAToolkit REQUIRED)
-
-  find_path(CAROUSEL_CUDNN_INCLUDE_DIR cudnn.h
-            HINTS ${CAROUSEL_CUDNN_ROOT} ${CUDAToolkit_INCLUDE_DIRS} PATH_SUFFIXES include)
-  find_library(CAROUSEL_CUDNN_LIBRARY NAMES cudnn libcudnn.so.9
-               HINTS ${CAROUSEL_CUDNN_ROOT} ${CUDAToolkit_LIBRARY_DIR} PATH_SUFFIXES lib lib64)
-  if(TARGET CUDA::cublas)
-    set(carousel_cublas CUDA::cublas)
-  else()
-    find_path(CAROUSEL_CUBLAS_INCLUDE_DIR cublas_v2.h HINTS ${CAROUSEL_CUBLAS_ROOT} PATH_SUFFIXES include)
-    find_library(CAROUSEL_CUBLAS_LIBRARY NAMES cublas libcublas.so.13 libcublas.so.12
-                 HINTS ${CAROUSEL_CUBLAS_ROOT} PATH_SUFFIXES lib lib64)
-    if(CAROUSEL_CUBLAS_INCLUDE_DIR AND CAROUSEL_CUBLAS_LIBRARY)
-      set(carousel_cublas carousel::cublas)
-    endif()
-  endif()
-
-  if(NOT CAROUSEL_CUDNN_INCLUDE_DIR OR NOT CAROUSEL_CUDNN_LIBRARY OR NOT carousel_cublas)
+  # cuDNN and cuBLAS are found, and wrapped as imported targets (carousel::cudnn, carousel::cublas for a cuBLAS outside
+  # the toolkit), by the same code the installed package uses on a consumer's machine.
+  include("${PROJECT_SOURCE_DIR}/cmake/carousel-cuda-deps.cmake")
+  carousel_find_cuda_deps()
+  if(NOT carousel_cuda_deps_FOUND)
     message(WARNING "carousel: cuDNN (${CAROUSEL_CUDNN_INCLUDE_DIR}, ${CAROUSEL_CUDNN_LIBRARY}) or cuBLAS "
-                    "(${carousel_cublas}) not found; the CUDA backend is not built (set CAROUSEL_CUDNN_ROOT / "
-                    "CAROUSEL_CUBLAS_ROOT)")
+                    "(${CAROUSEL_CUBLAS_INCLUDE_DIR}, ${CAROUSEL_CUBLAS_LIBRARY}) not found; the CUDA backend is not "
+                    "built (set CAROUSEL_CUDNN_ROOT / CAROUSEL_CUBLAS_ROOT)")
     set(CAROUSEL_ENABLE_CUDA OFF CACHE BOOL "Build the CUDA backend (carousel::cuda)" FORCE)
   endif()
 endif()
@@ -64,10 +52,12 @@ if(CAROUSEL_ENABLE_CUDA)
   # C++20 for CUDA sources by flag: CMake 3.25 does not know nvcc 13's cuda_std_20 feature.
   target_compile_options(carousel_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20>)
   target_compile_features(carousel_cuda INTERFACE cxx_std_20)
-  # cuDNN (and cuBLAS when it is not the toolkit's) as imported targets of our own: the installed carousel::cuda
-  # names them, and carouselConfig.cmake finds them again on the consumer's machine (cmake/carousel-cuda-deps.cmake).
-  include("${PROJECT_SOURCE_DIR}/cmake/carousel-cuda-deps.cmake")
-  carousel_cuda_imported_targets()
+  # The installed carousel::cuda names carousel::cudnn (and carousel::cublas), which carouselConfig.cmake makes again.
+  if(TARGET CUDA::cublas)
+    set(carousel_cublas CUDA::cublas)
+  else()
+    set(carousel_cublas carousel::cublas)
+  endif()
   target_link_libraries(carousel_cuda INTERFACE carousel_diffusion CUDA::cudart ${carousel_cublas} carousel::cudnn)
   list(APPEND CAROUSEL_EXPORTED_TARGETS carousel_cuda)
 endif()
