@@ -93,7 +93,7 @@ struct ComponentLoad {
 
 /// Opens the weights of the component folder `dir`, builds the module tree with `build(WeightSource&)` and checks
 /// that it read every tensor but the skipped ones; returns what `build` returned. Both backends' loaders use it.
-/// 	hrows FormatError naming the file, field or tensor at fault, or listing the tensors left unread.
+/// \throws FormatError naming the file, field or tensor at fault, or listing the tensors left unread.
 template <class Build>
 auto load_component(const std::filesystem::path& dir, const ComponentLoad& how, Build&& build) {
   auto store = WeightStore::open(dir, how.variant);
