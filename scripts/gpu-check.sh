@@ -96,7 +96,7 @@ PYTHONUNBUFFERED=1 timeout 200 "$py" benchmarks/cuda/torch_unet.py >"$out/torch.
   { tail -20 "$out/torch.err"; status=8; }
 "$py" - "$out/bench.json" "$out/torch.json" >"$out/summary.txt" <<'PY'
 import json, sys
-bench, graph, torch, attention, overlap, boundary = {}, {}, {}, {}, {}, None
+bench, graph, torch, attention, overlap, boundary, group_norm = {}, {}, {}, {}, {}, None, {}
 peak = None
 try:
     for b in json.load(open(sys.argv[1]))["benchmarks"]:
@@ -107,6 +107,8 @@ try:
             peak = b.get("TFLOPS")
         elif b["name"].startswith("BM_AttentionSd15Fp16/fused:"):
             attention["fused" if "fused:1" in b["name"] else "plain"] = b
+        elif b["name"].startswith("BM_GroupNormSd15/vae:"):
+            group_norm["VAE 1x512x512x128 fp32" if "vae:1" in b["name"] else "UNet 16x64x64x320 fp16"] = b
         elif b["name"].startswith("BM_HostBoundarySd15"):
             boundary = b
         elif b["name"].startswith("BM_DecodeOverlapSd15/overlap:"):
@@ -138,6 +140,8 @@ for batch in sorted(set(bench) | set(torch)):
     print(f"{batch:>5} {ms:>12.2f} {tf:>8.1f} {pct:>6.1f}% {gms:>9.2f} {tms:>15.2f} {tms / ms:>8.2f}x")
 for kind, b in sorted(attention.items()):
     print(f"attention 2x8x4096x4096 (head_dim 40), {kind}: {b['ms']:.2f} ms, {b['TFLOPS']:.1f} TFLOP/s")
+for kind, b in sorted(group_norm.items()):
+    print(f"GroupNorm+SiLU {kind}: {b['ms']:.3f} ms, {b['GBps']:.0f} GB/s = {100 * b['of_copy']:.0f}% of a copy's")
 if boundary and 16 in bench:
     print(f"host boundary of a guided batch-8 step (16 rows in, output back): {boundary['ms']:.2f} ms = "
           f"{100 * boundary['ms'] / bench[16]['ms']:.1f}% of the batch-16 UNet step")

@@ -117,6 +117,54 @@ BENCHMARK(BM_AttentionSd15Fp16)
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);
 
+// GroupNorm(+SiLU), 32 groups, on SD-1.5's two commonest large shapes: the UNet's first level (case 0: batch 16 of
+// 64x64x320, fp16) and the VAE decoder's last (case 1: one 512x512x128 image, fp32). The op reads x twice and writes
+// y once; a device-to-device copy of x in the same run is the bandwidth reference (GB/s and % of the copy's).
+void BM_GroupNormSd15(benchmark::State& state) {
+  if (!have_gpu()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const bool vae = state.range(0) != 0;
+  const cu::Shape shape = vae ? cu::Shape{1, 512, 512, 128} : cu::Shape{16, 64, 64, 320};
+  const cu::DType dtype = vae ? cu::DType::f32 : cu::DType::f16;
+  const std::int64_t channels = shape.back();
+  cu::Engine e;
+  auto x = e.empty(shape, dtype), copy = e.empty(shape, dtype);
+  CAROUSEL_CUDA_CHECK(cudaMemsetAsync(x.data(), 0x2c, x.bytes(), e.stream()));
+  const auto gamma =
+      cu::upload_weight(std::vector<float>(static_cast<std::size_t>(channels), 1.0f), {channels}, cu::DType::f32);
+  const auto beta =
+      cu::upload_weight(std::vector<float>(static_cast<std::size_t>(channels), 0.0f), {channels}, cu::DType::f32);
+  auto run = [&] { static_cast<void>(cu::group_norm(e, x, 32, 1e-6f, gamma, beta, true)); };
+  auto copy_x = [&] {
+    CAROUSEL_CUDA_CHECK(cudaMemcpyAsync(copy.data(), x.data(), x.bytes(), cudaMemcpyDeviceToDevice, e.stream()));
+  };
+  run();
+  copy_x();
+  double total_ms = 0, copy_ms = 0;
+  for (auto _ : state) {
+    const double ms = time_ms(e, run);
+    total_ms += ms;
+    copy_ms += time_ms(e, copy_x);
+    state.SetIterationTime(ms / 1e3);
+  }
+  const double n = static_cast<double>(state.iterations());
+  const double gbps = 3.0 * static_cast<double>(x.bytes()) / (total_ms / n * 1e-3) / 1e9;
+  const double copy_gbps = 2.0 * static_cast<double>(x.bytes()) / (copy_ms / n * 1e-3) / 1e9;
+  state.counters["ms"] = total_ms / n;
+  state.counters["GBps"] = gbps;
+  state.counters["copy_GBps"] = copy_gbps;
+  state.counters["of_copy"] = gbps / copy_gbps;
+}
+BENCHMARK(BM_GroupNormSd15)
+    ->ArgName("vae")
+    ->Arg(0)
+    ->Arg(1)
+    ->UseManualTime()
+    ->Iterations(20)
+    ->Unit(benchmark::kMillisecond);
+
 // The SD-1.5 UNet (859.5M parameters) with cross_attention_dim 768, built once.
 const cu::UNet2DConditionModel& sd15_unet() {
   static const auto unet = [] {

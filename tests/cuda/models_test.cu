@@ -104,6 +104,26 @@ TEST_CASE("Cuda.Models.BadInputs") {
   CHECK_THROWS_AS(cu::Backend(data_dir / "models" / "no-such-model"), std::exception);
 }
 
+TEST_CASE("Cuda.Models.EmptyBatch") {
+  // An empty batch gives empty results of the CPU backend's shapes, without a launch (zero-size grids are launch
+  // errors), with and without graphs.
+  const fs::path dir = data_dir / "models" / "sd-tiny";
+  const carousel::cpu::Backend cpu(dir);
+  const std::vector<std::vector<std::int32_t>> none;
+  const cu::HostTensor sample({0, cpu.latent_channels(), 8, 8}, {});
+  const cu::HostTensor context({0, 77, cpu.context_dim()}, {});
+  const auto ref_text = cpu.encode_text(none);
+  const auto ref_unet = cpu.unet(sample, {}, context);
+  const auto ref_image = cpu.decode(sample);
+  for (bool graphs : {false, true}) {
+    CAPTURE(graphs);
+    const cu::Backend gpu(dir, cu::BackendOptions{.dtype = cu::DType::f16, .cuda_graphs = graphs});
+    CHECK(gpu.encode_text(none).shape() == ref_text.shape());
+    CHECK(gpu.unet(sample, {}, context).shape() == ref_unet.shape());
+    CHECK(gpu.decode(sample).shape() == ref_image.shape());
+  }
+}
+
 TEST_CASE("Cuda.Pipeline.Fp32MatchesDiffusers") {
   for (const auto& [name, model_cases] : carousel::test::pipeline_cases(data_dir)) {
     CAPTURE(name);

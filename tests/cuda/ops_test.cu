@@ -7,6 +7,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -65,20 +66,48 @@ TEST_CASE("Cuda.Allocator.ReusesBlocks") {
   CHECK(a.allocated_bytes() == 0);
 }
 
+TEST_CASE("Cuda.Allocator.OutOfMemory") {
+  constexpr std::size_t absurd = std::size_t{1} << 50;  // a petabyte: cudaMalloc fails on any GPU
+  for (auto policy :
+       {cu::CachingAllocator::OnOutOfMemory::release_cached_and_retry, cu::CachingAllocator::OnOutOfMemory::fail}) {
+    const bool keep = policy == cu::CachingAllocator::OnOutOfMemory::fail;
+    CAPTURE(keep);
+    cu::CachingAllocator a(policy);
+    a.deallocate(a.allocate(4096));
+    REQUIRE(a.cached_bytes() == 4096);
+    CHECK_THROWS_AS(static_cast<void>(a.allocate(absurd)), cu::CudaError);
+    // A graph's pool keeps its cached blocks (their addresses are captured); the default policy gave them back.
+    CHECK(a.cached_bytes() == (keep ? 4096u : 0u));
+    CHECK(cudaGetLastError() == cudaSuccess);  // the failure left no sticky error behind
+  }
+}
+
 TEST_CASE("Cuda.Ops.Elementwise") {
   cu::Engine e;
   for (auto dt : dtypes) {
     CAPTURE(name_of(dt));
     const double tol = tolerance(dt);
     SUBCASE("GroupNormSilu") {
-      const auto x = carousel::cuda::test::random_tensor({2, 64, 5, 7}, 1, 2.0f);
-      const auto gamma = carousel::cuda::test::random_values(64, 2), beta = carousel::cuda::test::random_values(64, 3);
-      for (bool silu : {false, true}) {
-        const auto ref = cpu::group_norm(x, 32, 1e-5f, gamma.data(), beta.data(), silu);
-        const auto g = cu::upload_weight(gamma, {64}, cu::DType::f32),
-                   b = cu::upload_weight(beta, {64}, cu::DType::f32);
-        const auto y = cu::group_norm(e, carousel::cuda::test::to_device(e, x, dt), 32, 1e-5f, g, b, silu);
-        check_close(carousel::cuda::test::from_device(e, y), ref.values(), tol);
+      // Channels under, over and at the partial kernel's 256 threads, spatial extents that split into several ragged
+      // chunks, a single chunk, and an empty batch.
+      struct Case {
+        std::int64_t batch, channels, h, w, groups;
+      };
+      for (const Case c : {Case{2, 64, 5, 7, 32}, Case{3, 320, 37, 41, 32}, Case{1, 8, 70, 90, 4},
+                           Case{2, 256, 9, 9, 8}, Case{1, 1280, 8, 8, 32}, Case{0, 64, 4, 4, 32}}) {
+        CAPTURE(c.channels);
+        CAPTURE(c.h);
+        const auto x = carousel::cuda::test::random_tensor({c.batch, c.channels, c.h, c.w}, 1, 2.0f);
+        const auto gamma = carousel::cuda::test::random_values(static_cast<std::size_t>(c.channels), 2);
+        const auto beta = carousel::cuda::test::random_values(static_cast<std::size_t>(c.channels), 3);
+        const auto g = cu::upload_weight(gamma, {c.channels}, cu::DType::f32),
+                   b = cu::upload_weight(beta, {c.channels}, cu::DType::f32);
+        for (bool silu : {false, true}) {
+          const auto ref = cpu::group_norm(x, c.groups, 1e-5f, gamma.data(), beta.data(), silu);
+          const auto y = cu::group_norm(e, carousel::cuda::test::to_device(e, x, dt), c.groups, 1e-5f, g, b, silu);
+          CHECK(y.shape() == cu::Shape{c.batch, c.h, c.w, c.channels});
+          check_close(carousel::cuda::test::from_device(e, y), ref.values(), tol);
+        }
       }
     }
     SUBCASE("LayerNorm") {
@@ -203,6 +232,42 @@ TEST_CASE("Cuda.Ops.GemmConvAttention") {
         }
       }
     }
+  }
+}
+
+TEST_CASE("Cuda.Ops.AttentionLargeScores") {
+  // fp16 inputs whose scaled scores reach about 1e5, beyond fp16's 65504: both attention paths must keep the scores in
+  // float32 (diffusers' upcast_attention). The reference runs on the same fp16-rounded inputs in float32.
+  cu::Engine e;
+  const std::int64_t lq = 50, lk = 60, heads = 2, head_dim = 64, d = heads * head_dim;
+  const auto rounded = [&](const cpu::Tensor& t) {
+    const auto h = cu::to_host(e, carousel::cuda::test::to_device_rows(e, t, cu::DType::f16));
+    return cpu::Tensor(t.shape(), {h.values().begin(), h.values().end()});
+  };
+  const auto q = rounded(carousel::cuda::test::random_tensor({1, lq, d}, 21, 150.0f));
+  const auto k = rounded(carousel::cuda::test::random_tensor({1, lk, d}, 22, 150.0f));
+  const auto v = rounded(carousel::cuda::test::random_tensor({1, lk, d}, 23));
+  cpu::Tensor ref({1, lq, d});
+  cpu::attention(q.data(), d, k.data(), d, v.data(), d, lq, lk, heads, head_dim, false, ref.data(), d);
+  float largest = 0;
+  for (std::int64_t i = 0; i < lq; ++i)
+    for (std::int64_t j = 0; j < lk; ++j) {
+      float s = 0;
+      for (std::int64_t c = 0; c < head_dim; ++c)
+        s += q.data()[i * d + c] * k.data()[j * d + c];
+      largest = std::max(largest, std::fabs(s) / 8.0f);
+    }
+  REQUIRE(largest > 65504.0f);  // the case does overflow fp16
+  const auto dq = carousel::cuda::test::to_device_rows(e, q, cu::DType::f16);
+  const auto dk = carousel::cuda::test::to_device_rows(e, k, cu::DType::f16);
+  const auto dv = carousel::cuda::test::to_device_rows(e, v, cu::DType::f16);
+  for (bool fused : {true, false}) {
+    CAPTURE(fused);
+    e.set_fused_attention(fused);
+    auto out = e.empty({1, lq, d}, cu::DType::f16);
+    cu::attention(e, cu::DType::f16, dq.data(), d, dk.data(), d, dv.data(), d, 1, lq, lk, heads, head_dim, false,
+                  out.data(), d);
+    check_close(carousel::cuda::test::from_device_rows(e, out), ref.values(), tolerance(cu::DType::f16));
   }
 }
 

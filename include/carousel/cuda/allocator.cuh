@@ -17,20 +17,28 @@ namespace carousel::cuda {
 
 /// Device memory cache: `allocate` reuses a freed block of at least the requested size (at most twice it) or calls
 /// cudaMalloc; `deallocate` keeps the block for reuse. When cudaMalloc runs out of memory the cache is emptied and
-/// the allocation retried once.
+/// the allocation retried once — unless the allocator was made with OnOutOfMemory::fail, as the pool of a captured
+/// CUDA graph is: its cached blocks' addresses are baked into the graph and must never be freed under it.
 ///
 /// Stream order: a block handed back is reused by the next `allocate`, so the allocator must serve one stream (or
 /// streams ordered with each other); each carousel::cuda::Engine owns one. Thread-safe (one mutex).
 class CachingAllocator {
  public:
-  CachingAllocator() = default;
+  /// What allocate() does when cudaMalloc runs out of memory.
+  enum class OnOutOfMemory {
+    release_cached_and_retry,  ///< cudaFree the cached blocks, try once more
+    fail,                      ///< throw CudaError at once, keeping the cache as it is
+  };
+
+  explicit CachingAllocator(OnOutOfMemory on_out_of_memory = OnOutOfMemory::release_cached_and_retry) noexcept
+      : on_out_of_memory_(on_out_of_memory) {}
   CachingAllocator(const CachingAllocator&) = delete;
   CachingAllocator& operator=(const CachingAllocator&) = delete;
   /// Frees every cached block (blocks still in use are the owners' responsibility and must be gone by then).
   ~CachingAllocator() { release_cached(); }
 
   /// A device block of at least `bytes` (rounded up to 512); nullptr for 0 bytes.
-  /// \throws CudaError when cudaMalloc fails even after emptying the cache.
+  /// \throws CudaError when cudaMalloc fails (with the default policy: even after emptying the cache).
   void* allocate(std::size_t bytes) {
     if (bytes == 0) return nullptr;
     bytes = (bytes + 511) / 512 * 512;
@@ -42,8 +50,9 @@ class CachingAllocator {
       return p;
     }
     void* p = nullptr;
-    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+    if (const cudaError_t error = cudaMalloc(&p, bytes); error != cudaSuccess) {
       static_cast<void>(cudaGetLastError());
+      if (on_out_of_memory_ == OnOutOfMemory::fail) CAROUSEL_CUDA_CHECK(error);
       release_cached_locked();
       CAROUSEL_CUDA_CHECK(cudaMalloc(&p, bytes));
     }
@@ -89,6 +98,7 @@ class CachingAllocator {
     cached_bytes_ = 0;
   }
 
+  OnOutOfMemory on_out_of_memory_;
   mutable std::mutex mutex_;
   std::multimap<std::size_t, void*> free_;
   std::unordered_map<void*, std::size_t> sizes_;

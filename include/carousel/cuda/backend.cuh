@@ -111,6 +111,7 @@ class Backend {
   /// Token id rows -> text embeddings [B, L, context_dim()] (float32 host).
   /// \throws std::invalid_argument for ragged rows or ids outside the vocabulary.
   HostTensor encode_text(std::span<const std::vector<std::int32_t>> token_ids) const {
+    if (token_ids.empty()) return HostTensor({0, 0, text_encoder_config_.hidden_size}, {});  // as the CPU backend
     std::lock_guard lock(main_->mutex());
     return to_host(*main_, text_encoder_->forward(*main_, token_ids, clip_skip_));
   }
@@ -124,6 +125,7 @@ class Backend {
     if (static_cast<std::int64_t>(timesteps.size()) != sample.dim(0))
       throw std::invalid_argument("carousel::cuda::Backend::unet: " + std::to_string(timesteps.size()) +
                                   " timesteps for a batch of " + std::to_string(sample.dim(0)));
+    if (sample.dim(0) == 0) return HostTensor({0, unet_config_.out_channels, sample.dim(2), sample.dim(3)}, {});
     std::lock_guard lock(main_->mutex());
     Engine& e = *main_;
     const DType dt = unet_->dtype();
@@ -141,6 +143,10 @@ class Backend {
     if (latents.rank() != 4)
       throw std::invalid_argument("carousel::cuda::Backend::decode: latents " + shape_string(latents.shape()) +
                                   " are not [B, C, h, w]");
+    if (latents.dim(0) == 0) {
+      const std::int64_t f = vae_scale_factor();
+      return HostTensor({0, vae_config_->out_channels, latents.dim(2) * f, latents.dim(3) * f}, {});
+    }
     std::lock_guard lock(decode_engine_->mutex());
     Engine& e = *decode_engine_;
     const DeviceTensor z =

@@ -70,6 +70,7 @@ class ClipTextModel {
     DeviceBuffer device_ids(flat.size() * sizeof(std::int32_t), &e.allocator());
     CAROUSEL_CUDA_CHECK(cudaMemcpyAsync(device_ids.get(), flat.data(), flat.size() * sizeof(std::int32_t),
                                         cudaMemcpyHostToDevice, e.stream()));
+    e.synchronize();  // `flat` (pageable host memory) must outlive the copy; the forward below runs asynchronously
     DeviceTensor h = e.empty({batch, len, d}, dtype_);
     if (h.numel() > 0) {
       detail::with_dtype(dtype_, [&](auto t) {
@@ -90,9 +91,7 @@ class ClipTextModel {
       activate(e, mid, act);
       h = layer.fc2.forward(e, mid, &h);
     }
-    DeviceTensor out = final_norm_.forward(e, h);
-    e.synchronize();  // the ids' staging vector must outlive the copy
-    return out;
+    return final_norm_.forward(e, h);
   }
 
   /// The configuration.

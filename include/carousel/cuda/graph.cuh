@@ -29,8 +29,9 @@ namespace carousel::cuda {
 /// Each bucket owns a private CachingAllocator: one eager warm-up forward fills it (and lets cuDNN, cuBLAS and the
 /// engine's workspaces reach their sizes), the second forward is captured, and the pool's blocks then stay reserved
 /// for that graph, whose addresses are fixed. Memory therefore grows with the number of buckets used (about one
-/// forward's working set each). Not thread-safe; all calls must use the same Engine (the graphs' stream work and the
-/// engine's workspaces are shared).
+/// forward's working set each); the engine's own cached blocks are handed back to the device before each capture, and
+/// a capture that still runs out of memory throws CudaError and leaves no bucket behind. Not thread-safe; all calls
+/// must use the same Engine (the graphs' stream work and the engine's workspaces are shared).
 class UNetGraphs {
  public:
   /// Graphs of `unet` (which must outlive this object) for batch buckets `batch_sizes` (ascending; a batch larger
@@ -77,7 +78,9 @@ class UNetGraphs {
   using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>;  // batch, h, w, context length
 
   struct Bucket {
-    CachingAllocator pool;  // declared first: the tensors below return their blocks to it
+    // Declared first: the tensors below return their blocks to it. Never frees a block on running out of memory (the
+    // graph holds their addresses); a capture that runs out throws and discards the bucket instead.
+    CachingAllocator pool{CachingAllocator::OnOutOfMemory::fail};
     DeviceTensor sample, timesteps, context, output;
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
@@ -96,6 +99,8 @@ class UNetGraphs {
   }
 
   std::unique_ptr<Bucket> capture(Engine& e, const Key& key, const DeviceTensor& sample, const DeviceTensor& context) {
+    // A bucket needs one forward's working set of its own: hand the engine's cached blocks back to the device first.
+    e.allocator().release_cached();
     auto bucket = std::make_unique<Bucket>();
     const auto [batch, h, w, len] = key;
     bucket->sample = DeviceTensor({batch, h, w, sample.dim(3)}, sample.dtype(), &bucket->pool);

@@ -6,11 +6,13 @@
 /// nearest upsampling, channel concatenation and layout conversions. Images are NHWC on the device.
 /// Every op checks its shapes and throws std::invalid_argument naming the op; CUDA failures throw CudaError.
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -141,6 +143,7 @@ inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTe
   const std::int64_t b = x.dim(0), h = x.dim(1), w = x.dim(2);
   const std::int64_t ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
   DeviceTensor y = e.empty({b, ho, wo, cout}, x.dtype());
+  if (y.numel() == 0) return y;  // cuDNN rejects empty tensors
   const cudnnDataType_t dt = detail::cudnn_type(x.dtype());
   cudnnTensorDescriptor_t xd = nullptr, yd = nullptr;
   cudnnFilterDescriptor_t wd = nullptr;
@@ -172,9 +175,12 @@ inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTe
                                                        CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
   const cudnnMathType_t math = x.dtype() == DType::f16 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
   CAROUSEL_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, math));
-  // The heuristic's choice per problem shape, asked once (a host-side query that would otherwise run per call), with
-  // the math type it was rated under: the descriptor is set to that math type before running, as the algorithm may
-  // not run under another one (PyTorch does the same). fp32 stays true fp32: FMA math only, never TF32 tensor cores.
+  // The algorithm per problem shape is chosen once, on the first call (never one inside a graph capture: graphs are
+  // captured after an eager warm-up), from cuDNN's heuristic ranking: the first candidate that runs is kept. Each
+  // runs under the math type it was rated under (it may not run under another one; PyTorch does the same); fp32
+  // stays true fp32, FMA math only, never TF32. A candidate that answers "not supported" (cuDNN 9's
+  // CUDNN_STATUS_NOT_SUPPORTED_*, e.g. a tensor-core kernel for channels that are not multiples of 8) gives way to
+  // the next one.
   struct Choice {
     cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
     cudnnMathType_t math = CUDNN_FMA_MATH;
@@ -184,54 +190,91 @@ inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTe
   static std::mutex cache_mutex;
   static std::map<Key, Choice> cache;
   const Key key{b, h, w, cin, cout, k, stride, pad, static_cast<std::int64_t>(x.dtype())};
-  Choice choice;
+  const float alpha = 1.0f, beta = 0.0f;
+  const auto run = [&](const Choice& c) {
+    CAROUSEL_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, c.math));
+    return cudnnConvolutionForward(e.cudnn(), &alpha, xd, x.data(), wd, weight.data(), cd, c.algo,
+                                   e.workspace(c.workspace), c.workspace, &beta, yd, y.data());
+  };
+  std::optional<Choice> known;
   {
     std::lock_guard lock(cache_mutex);
-    if (const auto it = cache.find(key); it != cache.end()) {
-      choice = it->second;
-    } else {
-      cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-      int found = 0;
-      CAROUSEL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(e.cudnn(), xd, wd, cd, yd,
-                                                                  CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf));
-      for (int i = 0; i < found; ++i) {
-        if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
-        if (x.dtype() == DType::f32 && perf[i].mathType != CUDNN_FMA_MATH && perf[i].mathType != CUDNN_DEFAULT_MATH)
-          continue;
-        choice.algo = perf[i].algo;
-        choice.math = x.dtype() == DType::f32 ? CUDNN_FMA_MATH : perf[i].mathType;
-        break;
-      }
-      CAROUSEL_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, choice.math));
-      CAROUSEL_CUDNN_CHECK(
-          cudnnGetConvolutionForwardWorkspaceSize(e.cudnn(), xd, wd, cd, yd, choice.algo, &choice.workspace));
-      cache.emplace(key, choice);
-    }
+    if (const auto it = cache.find(key); it != cache.end()) known = it->second;
   }
-  CAROUSEL_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, choice.math));
-  const cudnnConvolutionFwdAlgo_t algo = choice.algo;
-  const std::size_t workspace = choice.workspace;
-  const float alpha = 1.0f, beta = 0.0f;
-  CAROUSEL_CUDNN_CHECK(cudnnConvolutionForward(e.cudnn(), &alpha, xd, x.data(), wd, weight.data(), cd, algo,
-                                               e.workspace(workspace), workspace, &beta, yd, y.data()));
+  if (known) {
+    CAROUSEL_CUDNN_CHECK(run(*known));
+  } else {
+    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    int found = 0;
+    CAROUSEL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(e.cudnn(), xd, wd, cd, yd,
+                                                                CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf));
+    cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
+    for (int i = 0; i < found && !known; ++i) {
+      if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
+      if (x.dtype() == DType::f32 && perf[i].mathType != CUDNN_FMA_MATH && perf[i].mathType != CUDNN_DEFAULT_MATH)
+        continue;
+      Choice c{perf[i].algo, x.dtype() == DType::f32 ? CUDNN_FMA_MATH : perf[i].mathType, 0};
+      CAROUSEL_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, c.math));
+      last = cudnnGetConvolutionForwardWorkspaceSize(e.cudnn(), xd, wd, cd, yd, c.algo, &c.workspace);
+      if (last == CUDNN_STATUS_SUCCESS) last = run(c);
+      if (last == CUDNN_STATUS_SUCCESS) {
+        known = c;
+      } else if (CUDNN_STATUS_CATEGORY(last) != CUDNN_STATUS_NOT_SUPPORTED) {
+        CAROUSEL_CUDNN_CHECK(last);
+      }
+    }
+    if (!known)
+      throw CudaError(__FILE__, __LINE__, "conv2d_nhwc: choosing a cuDNN forward algorithm",
+                      std::string("no candidate runs for input ") + shape_string(x.shape()) + " (NHWC " +
+                          (x.dtype() == DType::f16 ? "fp16" : "fp32") + "), filter " + shape_string(weight.shape()) +
+                          ", stride " + std::to_string(stride) + ", padding " + std::to_string(pad) + "; last status " +
+                          cudnnGetErrorString(last));
+    std::lock_guard lock(cache_mutex);
+    cache.emplace(key, *known);
+  }
   e.count_flops(2.0 * static_cast<double>(b * ho * wo * cout) * static_cast<double>(cin * k * k));
   return y;
 }
 
 /// GroupNorm of x NHWC [B, ..., C] (affine, biased variance, float32 gamma/beta [C]); SiLU afterwards when `silu`.
+/// Three launches (detail::group_norm_partial / _finalize / _apply): per-channel partial sums over chunks of
+/// positions, per-group statistics folded into a per-channel scale and shift, then one elementwise pass.
 inline DeviceTensor group_norm(Engine& e, const DeviceTensor& x, std::int64_t groups, float eps,
                                const DeviceTensor& gamma, const DeviceTensor& beta, bool silu) {
   const std::int64_t channels = x.dim(-1);
   detail::require(
       groups > 0 && channels % groups == 0,
       "group_norm: " + std::to_string(channels) + " channels do not split into " + std::to_string(groups) + " groups");
-  const std::int64_t batch = x.dim(0), spatial = x.numel() / (batch * channels);
+  detail::require(gamma.numel() == channels && beta.numel() == channels,
+                  "group_norm: gamma and beta do not have " + std::to_string(channels) + " values");
   DeviceTensor y = e.empty(x.shape(), x.dtype());
+  if (x.numel() == 0) return y;
+  const std::int64_t batch = x.dim(0), spatial = x.numel() / (batch * channels), cpg = channels / groups;
+  // Positions per partial block: at least 64 (the partials, 16 bytes per channel and block, stay within 1/8 of an
+  // fp16 input), at least 8K elements, and no more than about 2048 blocks in all.
+  const std::int64_t rows =
+      std::max({std::int64_t{64}, (8192 + channels - 1) / channels, (batch * spatial + 2047) / 2048});
+  const std::int64_t chunks = (spatial + rows - 1) / rows;
+  detail::require(chunks <= 0x7fffffff && batch <= 65535, "group_norm: " + shape_string(x.shape()) + " is too large");
+  // {sum, sum of squares} per (item, chunk, channel) as two doubles: the room of four floats.
+  DeviceTensor partial = e.empty({batch, chunks, channels, 4}, DType::f32);
+  DeviceTensor scale_shift = e.empty({batch, channels, 2}, DType::f32);
   detail::with_dtype(x.dtype(), [&](auto t) {
     using T = decltype(t);
-    detail::group_norm_nhwc<T>
-        <<<dim3(static_cast<unsigned>(groups), static_cast<unsigned>(batch)), detail::block_threads, 0, e.stream()>>>(
-            x.as<T>(), y.as<T>(), spatial, channels, channels / groups, eps, gamma.as<float>(), beta.as<float>(), silu);
+    detail::group_norm_partial<T>
+        <<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(batch)), detail::block_threads, 0, e.stream()>>>(
+            x.as<T>(), static_cast<double*>(partial.data()), spatial, channels, rows);
+  });
+  detail::check_kernel();
+  detail::group_norm_finalize<>
+      <<<dim3(static_cast<unsigned>(groups), static_cast<unsigned>(batch)), detail::block_threads, 0, e.stream()>>>(
+          static_cast<const double*>(partial.data()), scale_shift.as<float>(), chunks, channels, cpg, spatial * cpg,
+          eps, gamma.as<float>(), beta.as<float>());
+  detail::check_kernel();
+  detail::with_dtype(x.dtype(), [&](auto t) {
+    using T = decltype(t);
+    detail::group_norm_apply<T><<<detail::grid_for(x.numel()), detail::block_threads, 0, e.stream()>>>(
+        x.as<T>(), y.as<T>(), x.numel(), spatial * channels, channels, scale_shift.as<float>(), silu);
   });
   detail::check_kernel();
   return y;
@@ -309,18 +352,24 @@ inline bool flash_attention_if_supported(Engine& e, DType dtype, const void* q, 
 /// Multi-head attention. fp16 without a causal mask and head_dim <= 160 runs the fused flash kernel
 /// (detail/flash_attention.cuh) unless Engine::fused_attention() is off; otherwise the plain way: per batch item,
 /// S = Q K^T / sqrt(head_dim) for all heads in one strided batched GEMM, a softmax kernel (causal: query i sees keys j
-/// <= i) that overwrites S with P, O = P V. Scores are kept in the model's dtype (fp16 halves the traffic of the
-/// [heads, lq, lk] score matrix; the softmax itself runs in float32). Heads split the width as c = head * head_dim + d.
-/// q: [B, lq, *] with row stride ldq (elements), k and v [B, lk, *] with ldk / ldv; out [B, lq, heads*head_dim] (row
-/// stride ldo). All of one dtype.
+/// <= i) that turns S into P, O = P V. Scores and the softmax are float32 whatever the dtype (diffusers'
+/// `upcast_attention`: fp16 scores can overflow, e.g. for SD 2.x); P is kept in the model's dtype for the second
+/// GEMM. Heads split the width as c = head * head_dim + d. q: [B, lq, *] with row stride ldq (elements), k and v
+/// [B, lk, *] with ldk / ldv; out [B, lq, heads*head_dim] (row stride ldo). All of one dtype. Nothing runs for an empty
+/// batch or no queries; keys must not be empty.
 inline void attention(Engine& e, DType dtype, const void* q, std::int64_t ldq, const void* k, std::int64_t ldk,
                       const void* v, std::int64_t ldv, std::int64_t batch, std::int64_t lq, std::int64_t lk,
                       std::int64_t heads, std::int64_t head_dim, bool causal, void* out, std::int64_t ldo) {
+  if (batch == 0 || lq == 0 || heads == 0) return;
+  detail::require(lk > 0 && head_dim > 0, "attention: " + std::to_string(lk) + " keys of head dimension " +
+                                              std::to_string(head_dim) + " (both must be positive)");
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   if (detail::flash_attention_if_supported(e, dtype, q, ldq, k, ldk, v, ldv, batch, lq, lk, heads, head_dim, causal,
                                            scale, out, ldo))
     return;
-  DeviceTensor scores = e.empty({heads, lq, lk}, dtype);
+  DeviceTensor scores = e.empty({heads, lq, lk}, DType::f32);
+  const DeviceTensor probs = dtype == DType::f32 ? DeviceTensor() : e.empty({heads, lq, lk}, dtype);
+  void* const p = dtype == DType::f32 ? scores.data() : probs.data();
   const std::size_t es = dtype_size(dtype);
   for (std::int64_t b = 0; b < batch; ++b) {
     const auto* qb = static_cast<const unsigned char*>(q) + static_cast<std::size_t>(b * lq * ldq) * es;
@@ -328,15 +377,15 @@ inline void attention(Engine& e, DType dtype, const void* q, std::int64_t ldq, c
     const auto* vb = static_cast<const unsigned char*>(v) + static_cast<std::size_t>(b * lk * ldv) * es;
     auto* ob = static_cast<unsigned char*>(out) + static_cast<std::size_t>(b * lq * ldo) * es;
     gemm_strided_batched(e, false, true, lq, lk, head_dim, scale, qb, ldq, head_dim, kb, ldk, head_dim, 0.0f,
-                         scores.data(), lk, lq * lk, heads, dtype, dtype);
+                         scores.data(), lk, lq * lk, heads, dtype, DType::f32);
     detail::with_dtype(dtype, [&](auto t) {
       using T = decltype(t);
-      detail::softmax_rows<T, T><<<static_cast<unsigned>(heads * lq), detail::block_threads, 0, e.stream()>>>(
-          scores.as<T>(), scores.as<T>(), lk, lq, causal);
+      detail::softmax_rows<float, T><<<static_cast<unsigned>(heads * lq), detail::block_threads, 0, e.stream()>>>(
+          scores.as<float>(), static_cast<T*>(p), lk, lq, causal);
     });
     detail::check_kernel();
-    gemm_strided_batched(e, false, false, lq, head_dim, lk, 1.0f, scores.data(), lk, lq * lk, vb, ldv, head_dim, 0.0f,
-                         ob, ldo, head_dim, heads, dtype, dtype);
+    gemm_strided_batched(e, false, false, lq, head_dim, lk, 1.0f, p, lk, lq * lk, vb, ldv, head_dim, 0.0f, ob, ldo,
+                         head_dim, heads, dtype, dtype);
   }
 }
 
@@ -450,8 +499,7 @@ inline DeviceTensor to_nhwc(Engine& e, std::span<const float> nchw, const Shape&
         transform.shift);
   });
   detail::check_kernel();
-  e.synchronize();
-  return y;
+  return y;  // `staged` goes back to the allocator; the next user of its block is ordered after the kernel
 }
 
 /// Device NHWC [B, H, W, C] -> host NCHW float32 [B, C, H, W] (waits for the stream).

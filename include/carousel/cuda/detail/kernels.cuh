@@ -74,30 +74,82 @@ __device__ inline float block_max(float v) {
   return total;
 }
 
-// GroupNorm over NHWC: block (g, b) normalises channels [g*cpg, (g+1)*cpg) of all `spatial` positions of item b.
-// One pass for the statistics (sum and sum of squares in double: no cancellation at these sizes), one to normalise.
+// GroupNorm over NHWC in three kernels, so that every read is coalesced and the work spreads over the whole GPU
+// whatever the batch (one block per (group, item) left a 512x512 VAE decode with 32 blocks):
+//  1. group_norm_partial: block (chunk, b) reads `rows` whole positions (all channels, contiguous) of item b and
+//     writes per-channel partial sums and sums of squares in double: partial[b, chunk, c] = {sum, sum of squares};
+//  2. group_norm_finalize: block (g, b) adds its group's partials and writes per-channel scale and shift (float32):
+//     y = x * scale + shift with scale = gamma * inv, shift = beta - mean * inv * gamma (biased variance);
+//  3. group_norm_apply: elementwise over the tensor, then SiLU when asked.
+// Statistics in double as before (sum and sum of squares: no cancellation at these sizes).
 template <class T>
-__global__ void group_norm_nhwc(const T* x, T* y, std::int64_t spatial, std::int64_t channels, std::int64_t cpg,
-                                float eps, const float* gamma, const float* beta, bool apply_silu) {
-  const std::int64_t g = blockIdx.x, b = blockIdx.y, count = spatial * cpg;
-  const std::int64_t base = b * spatial * channels + g * cpg;
+__global__ void group_norm_partial(const T* x, double* partial, std::int64_t spatial, std::int64_t channels,
+                                   std::int64_t rows) {
+  __shared__ double s_sum[block_threads], s_sq[block_threads];
+  const std::int64_t chunk = blockIdx.x, b = blockIdx.y, chunks = gridDim.x;
+  const std::int64_t p0 = chunk * rows, p1 = min(spatial, p0 + rows);
+  // Threads cover `width` consecutive channels of `lanes` positions at a time.
+  const int width = static_cast<int>(min(channels, static_cast<std::int64_t>(blockDim.x)));
+  const int lanes = static_cast<int>(blockDim.x) / width;
+  const int tc = static_cast<int>(threadIdx.x) % width, tr = static_cast<int>(threadIdx.x) / width;
+  const T* xb = x + b * spatial * channels;
+  for (std::int64_t c0 = 0; c0 < channels; c0 += width) {
+    const std::int64_t c = c0 + tc;
+    double sum = 0, sq = 0;
+    if (tr < lanes && c < channels) {
+      for (std::int64_t p = p0 + tr; p < p1; p += lanes) {
+        const double v = load(xb, p * channels + c);
+        sum += v;
+        sq += v * v;
+      }
+    }
+    s_sum[threadIdx.x] = sum;
+    s_sq[threadIdx.x] = sq;
+    __syncthreads();
+    if (tr == 0 && c < channels) {
+      for (int r = 1; r < lanes; ++r) {
+        sum += s_sum[r * width + tc];
+        sq += s_sq[r * width + tc];
+      }
+      const std::int64_t o = ((b * chunks + chunk) * channels + c) * 2;
+      partial[o] = sum;
+      partial[o + 1] = sq;
+    }
+    __syncthreads();
+  }
+}
+
+template <class Unused = void>
+__global__ void group_norm_finalize(const double* partial, float* scale_shift, std::int64_t chunks,
+                                    std::int64_t channels, std::int64_t cpg, std::int64_t count, float eps,
+                                    const float* gamma, const float* beta) {
+  const std::int64_t g = blockIdx.x, b = blockIdx.y;
   double sum = 0, sq = 0;
-  for (std::int64_t i = threadIdx.x; i < count; i += blockDim.x) {
-    const double v = load(x, base + (i / cpg) * channels + i % cpg);
-    sum += v;
-    sq += v * v;
+  for (std::int64_t i = threadIdx.x; i < chunks * cpg; i += blockDim.x) {
+    const std::int64_t o = ((b * chunks + i / cpg) * channels + g * cpg + i % cpg) * 2;
+    sum += partial[o];
+    sq += partial[o + 1];
   }
   sum = block_sum(sum);
   sq = block_sum(sq);
   const double mean = sum / static_cast<double>(count);
   const double var = fmax(sq / static_cast<double>(count) - mean * mean, 0.0);
   const double inv = 1.0 / sqrt(var + eps);
-  for (std::int64_t i = threadIdx.x; i < count; i += blockDim.x) {
-    const std::int64_t c = g * cpg + i % cpg, idx = base + (i / cpg) * channels + i % cpg;
-    const float scale = static_cast<float>(inv) * gamma[c];
-    const float shift = beta[c] - static_cast<float>(mean * inv) * gamma[c];
-    const float v = load(x, idx) * scale + shift;
-    store(y, idx, apply_silu ? silu(v) : v);
+  for (std::int64_t j = threadIdx.x; j < cpg; j += blockDim.x) {
+    const std::int64_t c = g * cpg + j;
+    scale_shift[(b * channels + c) * 2] = static_cast<float>(inv) * gamma[c];
+    scale_shift[(b * channels + c) * 2 + 1] = beta[c] - static_cast<float>(mean * inv) * gamma[c];
+  }
+}
+
+template <class T>
+__global__ void group_norm_apply(const T* x, T* y, std::int64_t n, std::int64_t per_item, std::int64_t channels,
+                                 const float* scale_shift, bool apply_silu) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t k = (i / per_item) * channels + i % channels;
+    const float v = load(x, i) * scale_shift[2 * k] + scale_shift[2 * k + 1];
+    store(y, i, apply_silu ? silu(v) : v);
   }
 }
 
