@@ -3,13 +3,18 @@
 # 8 minutes including the build:
 #   1. finds nvcc, cmake (the Python environment's), ninja, cuBLAS and cuDNN (the CUDA toolkit's, else the pip wheels
 #      under site-packages/nvidia/ that PyTorch uses) and unpacks .carry/deps.tar.xz (scripts/prepare-carry.sh:
-#      doctest, Google Benchmark, nlohmann json, OpenBLAS for the CPU oracle);
+#      doctest, Google Benchmark, nlohmann json, OpenBLAS for the CPU oracle; .carry/wheels holds diffusers for the
+#      PyTorch baseline, installed into /tmp when the image lacks it);
 #   2. builds the GPU tests, the per-header nvcc check and the benchmark (Release, sm_90);
-#   3. runs the CUDA backend's tests (ctest -L "gpu|cuda", TF32 off), then compute-sanitizer memcheck on the
-#      test binaries;
-#   4. runs benchmarks/cuda (carousel-bench-cuda) and benchmarks/cuda/torch_unet.py on the same GPU and prints a
-#      table last: per-step ms, TFLOP/s and % of the measured fp16 GEMM peak, PyTorch eager ms, speed-up; and how
-#      much of a VAE decode on its own stream a concurrent UNet step hides (Options::concurrent_retire).
+#   3. runs the CUDA backend's tests (ctest -L "gpu|cuda", TF32 off);
+#   4. runs benchmarks/cuda (carousel-bench-cuda) and benchmarks/cuda/torch_unet.py on the same GPU and writes a
+#      table: per-step ms, TFLOP/s and % of the measured fp16 GEMM peak, PyTorch eager ms, speed-up; attention,
+#      GroupNorm bandwidth, the host boundary's share, and how much of a VAE decode on its own stream a concurrent UNet
+#      step hides (Options::concurrent_retire);
+#   5. runs compute-sanitizer memcheck on the test binaries in the time left, and prints the table (with the memcheck
+#      and test results) last.
+# Every step's timeout is cut to fit GPU_CHECK_SECONDS (default 540) in all, so the table is printed even when a step
+# hangs: give the device call timeout_s of about 580.
 # Usage (device tool): scripts/prepare-carry.sh here, then run `bash scripts/gpu-check.sh` with carry [".carry"].
 # Results land in $OUT (or /tmp/carousel-gpu-check): ctest.log, sanitizer.log, bench.json, torch.json, summary.txt.
 set -uo pipefail
@@ -19,6 +24,7 @@ cd "$root"
 out="${OUT:-/tmp/carousel-gpu-check}"
 mkdir -p "$out"
 log() { echo "[gpu-check +$(($(date +%s) - start))s] $*"; }
+budget=${GPU_CHECK_SECONDS:-540}  # the whole check, build included; give the device call a timeout a little above
 status=0
 
 # ---- 1. tools and libraries ---------------------------------------------------------------------------------------
@@ -65,35 +71,34 @@ log "configure"
   { tail -40 "$out/configure.log"; exit 3; }
 grep -E "carousel|CUDA" "$out/configure.log" | tail -5
 log "build"
-"$cmake_bin" --build build-gpu -j "$(nproc)" --target carousel.cuda.ops carousel.cuda.sampler carousel.cuda.models \
+timeout $((budget - 150)) "$cmake_bin" --build build-gpu -j "$(nproc)" --target carousel.cuda.ops carousel.cuda.sampler carousel.cuda.models \
   carousel.cuda.host carousel_cuda_header_check carousel-bench-cuda >"$out/build.log" 2>&1 ||
   { tail -60 "$out/build.log"; exit 4; }
 
-# ---- 3. tests and compute-sanitizer -------------------------------------------------------------------------------
+# ---- 3. tests, 4. benchmarks; compute-sanitizer last, in the time that is left ------------------------------------
+# Every step's timeout is cut to what the deadline leaves after reserving time for the steps that matter more, so the
+# table is written even when a step hangs; memcheck (the most expendable) gets whatever remains.
+step_timeout() {  # step_timeout MAX RESERVE: at most MAX seconds, leaving RESERVE seconds before the deadline
+  local t=$((budget - ($(date +%s) - start) - $2))
+  [ "$t" -gt "$1" ] && t=$1
+  [ "$t" -lt 10 ] && t=10
+  echo "$t"
+}
 log "GPU tests"
-(cd build-gpu && timeout 300 ctest -L "gpu|cuda" --output-on-failure) 2>&1 | tee "$out/ctest.log" | tail -40
+(cd build-gpu && timeout "$(step_timeout 240 210)" ctest -L "gpu|cuda" --output-on-failure) 2>&1 |
+  tee "$out/ctest.log" | tail -40
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=5
-log "compute-sanitizer memcheck"
-sanitizer=$(command -v compute-sanitizer || echo "$cuda_home/bin/compute-sanitizer")
-: >"$out/sanitizer.log"
-for t in "carousel.cuda.sampler" "carousel.cuda.ops --test-case=Cuda.Ops.*" \
-  "carousel.cuda.models --test-case=Cuda.Models.MatchCpu"; do
-  set -- $t
-  timeout 150 "$sanitizer" --tool memcheck --error-exitcode 9 "build-gpu/tests/cuda/$1" "${@:2}" \
-    >>"$out/sanitizer.log" 2>&1
-  rc=$?
-  log "memcheck $t: rc=$rc"
-  [ $rc -eq 0 ] || status=6
-done
-grep -E "ERROR SUMMARY|========= " "$out/sanitizer.log" | sort | uniq -c | head -20
 
-# ---- 4. benchmarks ------------------------------------------------------------------------------------------------
 log "carousel-bench-cuda"
-timeout 200 build-gpu/benchmarks/cuda/carousel-bench-cuda --benchmark_out="$out/bench.json" \
+timeout "$(step_timeout 200 100)" build-gpu/benchmarks/cuda/carousel-bench-cuda --benchmark_out="$out/bench.json" \
   --benchmark_out_format=json >"$out/bench.txt" 2>&1 || { tail -20 "$out/bench.txt"; status=7; }
 log "PyTorch eager (diffusers UNet2DConditionModel)"
-PYTHONUNBUFFERED=1 timeout 200 "$py" benchmarks/cuda/torch_unet.py >"$out/torch.json" 2>"$out/torch.err" ||
-  { tail -20 "$out/torch.err"; status=8; }
+if ! "$py" -c 'import diffusers' 2>/dev/null; then  # the image has PyTorch, not diffusers: the carried wheel
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/carousel-site \
+    .carry/wheels/*.whl && export PYTHONPATH="/tmp/carousel-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+PYTHONUNBUFFERED=1 timeout "$(step_timeout 150 20)" "$py" benchmarks/cuda/torch_unet.py >"$out/torch.json" \
+  2>"$out/torch.err" || { tail -20 "$out/torch.err"; status=8; }
 "$py" - "$out/bench.json" "$out/torch.json" >"$out/summary.txt" <<'PY'
 import json, sys
 bench, graph, torch, attention, overlap, boundary, group_norm = {}, {}, {}, {}, {}, None, {}
@@ -151,6 +156,28 @@ if len(overlap) == 2:
           f"one after the other {seq['ms']:.1f} ms, concurrent (retire stage) {con['ms']:.1f} ms, "
           f"{100 * con['hidden']:.0f}% of the decode hidden")
 PY
+cat "$out/summary.txt"
+
+log "compute-sanitizer memcheck"
+sanitizer=$(command -v compute-sanitizer || echo "$cuda_home/bin/compute-sanitizer")
+: >"$out/sanitizer.log"
+for t in "carousel.cuda.sampler" "carousel.cuda.models --test-case=Cuda.Models.MatchCpu,Cuda.Models.EmptyBatch" \
+  "carousel.cuda.ops --test-case=Cuda.Ops.*,Cuda.Allocator.*"; do
+  set -- $t
+  if [ $((budget - ($(date +%s) - start))) -lt 30 ]; then
+    log "memcheck $t: skipped (out of time)"
+    echo "memcheck $1: skipped (out of time)" >>"$out/summary.txt"
+    continue
+  fi
+  timeout "$(step_timeout 150 5)" "$sanitizer" --tool memcheck --error-exitcode 9 "build-gpu/tests/cuda/$1" "${@:2}" \
+    >>"$out/sanitizer.log" 2>&1
+  rc=$?
+  log "memcheck $t: rc=$rc"
+  echo "memcheck $1: $([ $rc -eq 0 ] && echo clean || echo "rc=$rc (sanitizer.log)")" >>"$out/summary.txt"
+  [ $rc -eq 0 ] || status=6
+done
+grep -E "ERROR SUMMARY|========= " "$out/sanitizer.log" | sort | uniq -c | head -20
+echo "tests: $(grep -E "tests passed|tests failed" "$out/ctest.log" | tail -1)" >>"$out/summary.txt"
 log "done (status $status)"
 cat "$out/summary.txt"
 exit $status

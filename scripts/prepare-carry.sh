@@ -8,7 +8,11 @@
 #             libpng / zlib and cpp-httplib's header (only so that the whole project configures there: tests/server
 #             needs them at configure time; gpu-check.sh builds none of it)
 #   CMake     minimal config files for doctest, benchmark, nlohmann_json and httplib that point into the prefix
-# Everything is packed into .carry/deps.tar.xz (~10 MB) so that the working tree stays far below the 64 MiB limit.
+# Everything is packed into .carry/deps.tar.xz (~6 MB) so that the working tree stays far below the 64 MiB limit.
+# Also .carry/wheels/: the diffusers wheel (the version installed here, which made the test fixtures; ~6 MB, pure
+# Python) for the PyTorch baseline, since the GPU machine's image has PyTorch but not diffusers. Its requirements are
+# all in that image (huggingface_hub >= 1.32, safetensors >= 0.8, numpy, regex, requests, Pillow, filelock;
+# importlib_metadata only below Python 3.8).
 # Usage: scripts/prepare-carry.sh   (then name .carry in the device tool's `carry`)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -33,14 +37,19 @@ ln -s libpng16.so.16 "$prefix/lib/libpng16.so"
 ln -s libpng16.so.16 "$prefix/lib/libpng.so"
 ln -s libz.so.1 "$prefix/lib/libz.so"
 
-cat >"$prefix/lib/cmake/doctest/doctestConfig.cmake" <<'CMAKE'
-# Minimal doctest package (header-only) for the carried prefix.
-get_filename_component(_prefix "${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
-if(NOT TARGET doctest::doctest)
-  add_library(doctest::doctest INTERFACE IMPORTED)
-  set_target_properties(doctest::doctest PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${_prefix}/include")
+header_only_package() {  # header_only_package NAME TARGET WHAT: a minimal config for a header-only package
+  cat >"$prefix/lib/cmake/$1/$1Config.cmake" <<CMAKE
+# Minimal $3 package (header-only) for the carried prefix.
+get_filename_component(_prefix "\${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
+if(NOT TARGET $2)
+  add_library($2 INTERFACE IMPORTED)
+  set_target_properties($2 PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "\${_prefix}/include")
 endif()
 CMAKE
+}
+header_only_package doctest doctest::doctest doctest
+header_only_package nlohmann_json nlohmann_json::nlohmann_json "nlohmann_json 3.11.2"
+header_only_package httplib httplib::httplib cpp-httplib
 cat >"$prefix/lib/cmake/benchmark/benchmarkConfig.cmake" <<'CMAKE'
 # Minimal Google Benchmark 1.7.1 package (Debian's shared library + benchmark_main) for the carried prefix.
 get_filename_component(_prefix "${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
@@ -53,22 +62,6 @@ if(NOT TARGET benchmark::benchmark)
   add_library(benchmark::benchmark_main STATIC IMPORTED)
   set_target_properties(benchmark::benchmark_main PROPERTIES
     IMPORTED_LOCATION "${_prefix}/lib/libbenchmark_main.a" INTERFACE_LINK_LIBRARIES benchmark::benchmark)
-endif()
-CMAKE
-cat >"$prefix/lib/cmake/nlohmann_json/nlohmann_jsonConfig.cmake" <<'CMAKE'
-# Minimal nlohmann_json 3.11.2 package (header-only) for the carried prefix.
-get_filename_component(_prefix "${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
-if(NOT TARGET nlohmann_json::nlohmann_json)
-  add_library(nlohmann_json::nlohmann_json INTERFACE IMPORTED)
-  set_target_properties(nlohmann_json::nlohmann_json PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${_prefix}/include")
-endif()
-CMAKE
-cat >"$prefix/lib/cmake/httplib/httplibConfig.cmake" <<'CMAKE'
-# Minimal cpp-httplib package (header only) for the carried prefix.
-get_filename_component(_prefix "${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
-if(NOT TARGET httplib::httplib)
-  add_library(httplib::httplib INTERFACE IMPORTED)
-  set_target_properties(httplib::httplib PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${_prefix}/include")
 endif()
 CMAKE
 for pkg in doctest:2.4.9 benchmark:1.7.1 nlohmann_json:3.11.2 httplib:0.11.4; do
@@ -88,4 +81,9 @@ done
 
 mkdir -p "$root/.carry"
 tar -C "$stage" -cJf "$root/.carry/deps.tar.xz" prefix
-ls -la "$root/.carry/deps.tar.xz"
+rm -rf "$root/.carry/wheels"
+diffusers_version=$(python3 -c 'import importlib.metadata as m; print(m.version("diffusers"))')
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d "$root/.carry/wheels" \
+  "diffusers==$diffusers_version"
+ls -la "$root/.carry/deps.tar.xz" "$root/.carry/wheels"
