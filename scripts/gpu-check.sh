@@ -97,15 +97,16 @@ if ! "$py" -c 'import diffusers' 2>/dev/null; then  # the image has PyTorch, not
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/carousel-site \
     .carry/wheels/*.whl && export PYTHONPATH="/tmp/carousel-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-PYTHONUNBUFFERED=1 timeout "$(step_timeout 150 20)" "$py" benchmarks/cuda/torch_unet.py >"$out/torch.json" \
+PYTHONUNBUFFERED=1 timeout "$(step_timeout 150 20)" "$py" benchmarks/cuda/torch_unet.py --profile-batch 8 >"$out/torch.json" \
   2>"$out/torch.err" || { tail -20 "$out/torch.err"; status=8; }
 "$py" - "$out/bench.json" "$out/torch.json" >"$out/summary.txt" <<'PY'
 import json, sys
 bench, graph, torch, attention, overlap, boundary, group_norm = {}, {}, {}, {}, {}, None, {}
+breakdown, torch_breakdown = None, {}
 peak = None
 try:
     for b in json.load(open(sys.argv[1]))["benchmarks"]:
-        if b.get("error_occurred") or "ms" not in b and "TFLOPS" not in b:
+        if b.get("error_occurred") or not {"ms", "TFLOPS", "sum_ms"} & set(b):
             print(f"{b['name']}: {b.get('error_message', 'no result')}")
             continue
         if b["name"].startswith("BM_GemmPeakFp16"):
@@ -114,6 +115,8 @@ try:
             attention["fused" if "fused:1" in b["name"] else "plain"] = b
         elif b["name"].startswith("BM_GroupNormSd15/vae:"):
             group_norm["VAE 1x512x512x128 fp32" if "vae:1" in b["name"] else "UNet 16x64x64x320 fp16"] = b
+        elif b["name"].startswith("BM_UNetBreakdownSd15Fp16/"):
+            breakdown = b
         elif b["name"].startswith("BM_HostBoundarySd15"):
             boundary = b
         elif b["name"].startswith("BM_DecodeOverlapSd15/overlap:"):
@@ -127,7 +130,10 @@ except Exception as e:  # noqa: BLE001 - print what is there
 try:
     for line in open(sys.argv[2]):
         r = json.loads(line)
-        torch[r["batch"]] = r
+        if "profile_batch" in r:
+            torch_breakdown = r["ms"]
+        else:
+            torch[r["batch"]] = r
 except Exception as e:  # noqa: BLE001
     print("no PyTorch results:", e)
 device = next(iter(torch.values()), {}).get("device", "?")
@@ -145,6 +151,14 @@ for batch in sorted(set(bench) | set(torch)):
     print(f"{batch:>5} {ms:>12.2f} {tf:>8.1f} {pct:>6.1f}% {gms:>9.2f} {tms:>15.2f} {tms / ms:>8.2f}x")
 for kind, b in sorted(attention.items()):
     print(f"attention 2x8x4096x4096 (head_dim 40), {kind}: {b['ms']:.2f} ms, {b['TFLOPS']:.1f} TFLOP/s")
+if breakdown:
+    print(f"batch-{int(breakdown['batch'])} step's device time by op kind, ms: carousel (Engine profile) | PyTorch "
+          "(its kernels, by name)")
+    for kind in ("conv", "gemm", "attention", "group_norm", "layer_norm", "elementwise", "layout"):
+        print(f"  {kind:>12} {breakdown.get(kind + '_ms', float('nan')):8.2f} | "
+              f"{torch_breakdown.get(kind, float('nan')):8.2f}")
+    print(f"  {'sum':>12} {breakdown['sum_ms']:8.2f} | {sum(torch_breakdown.values()) if torch_breakdown else float('nan'):8.2f}"
+          f"   (carousel's unprofiled step: {breakdown['step_ms']:.2f} ms)")
 for kind, b in sorted(group_norm.items()):
     print(f"GroupNorm+SiLU {kind}: {b['ms']:.3f} ms, {b['GBps']:.0f} GB/s = {100 * b['of_copy']:.0f}% of a copy's")
 if boundary and 16 in bench:

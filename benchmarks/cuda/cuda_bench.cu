@@ -1,16 +1,20 @@
 // CUDA backend benchmarks: the measured matrix-unit peak (a cuBLAS fp16 GEMM, fp32 accumulation) and one UNet step of
 // an SD-1.5-shaped UNet (random weights, fp16, 512x512 images = 64x64 latents, 77-token context) at batch sizes
 // 1..16. Times come from CUDA events around each step (manual time); counters report ms per step, TFLOP/s (from the
-// FLOPs the engine counts for every GEMM and convolution) and images/s. BM_DecodeOverlapSd15: how much of a VAE decode
-// on its own engine (stream) the GPU hides behind a UNet step run at the same time (Options::concurrent_retire).
+// FLOPs the engine counts for every GEMM and convolution) and images/s. BM_UNetBreakdownSd15Fp16: a batch-8 step's
+// device time by op kind. BM_GroupNormSd15: GroupNorm's bandwidth against a copy's. BM_DecodeOverlapSd15: how much of a
+// VAE decode on its own engine (stream) the GPU hides behind a UNet step run at the same time
+// (Options::concurrent_retire).
 //   carousel-bench-cuda --benchmark_format=json    (scripts/gpu-check.sh runs it and prints the table)
 
 #include <benchmark/benchmark.h>
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -177,6 +181,19 @@ const cu::UNet2DConditionModel& sd15_unet() {
   return *unet;
 }
 
+// Inputs of an SD-1.5 UNet step at 512x512: sample [batch, 64, 64, 4] (NHWC), timesteps [batch], context
+// [batch, 77, 768]; constant values (the timing does not depend on them).
+struct Sd15Inputs {
+  cu::DeviceTensor sample, timesteps, context;
+};
+Sd15Inputs sd15_inputs(cu::Engine& e, std::int64_t batch) {
+  return {cu::to_nhwc(e, std::vector<float>(static_cast<std::size_t>(batch * 4 * 64 * 64), 0.5f), {batch, 4, 64, 64},
+                      cu::DType::f16),
+          cu::upload(e, std::vector<float>(static_cast<std::size_t>(batch), 500.0f), {batch}, cu::DType::f32),
+          cu::upload(e, std::vector<float>(static_cast<std::size_t>(batch * 77 * 768), 0.1f), {batch, 77, 768},
+                     cu::DType::f16)};
+}
+
 // One UNet step at `batch`, eager (every kernel launched from the host) or replayed from a captured CUDA graph.
 void unet_step(benchmark::State& state, bool graphs) {
   if (!have_gpu()) {
@@ -186,12 +203,7 @@ void unet_step(benchmark::State& state, bool graphs) {
   const std::int64_t batch = state.range(0);
   const auto& unet = sd15_unet();
   cu::Engine e;
-  const auto sample_values = std::vector<float>(static_cast<std::size_t>(batch * 4 * 64 * 64), 0.5f);
-  const auto sample = cu::to_nhwc(e, sample_values, {batch, 4, 64, 64}, cu::DType::f16);
-  const auto timesteps =
-      cu::upload(e, std::vector<float>(static_cast<std::size_t>(batch), 500.0f), {batch}, cu::DType::f32);
-  const auto context = cu::upload(e, std::vector<float>(static_cast<std::size_t>(batch * 77 * 768), 0.1f),
-                                  {batch, 77, 768}, cu::DType::f16);
+  const auto [sample, timesteps, context] = sd15_inputs(e, batch);
   // FLOPs of one step, counted on an eager warm-up (a graph replay issues the same work without the host).
   static_cast<void>(unet.forward(e, sample, timesteps, context));
   e.synchronize();
@@ -244,6 +256,51 @@ BENCHMARK(BM_UNetStepSd15Fp16Graph)
     ->Arg(8)
     ->UseManualTime()
     ->Iterations(5)
+    ->Unit(benchmark::kMillisecond);
+
+// Where a batch-8 UNet step's device time goes, by OpKind (Engine::set_profiling: CUDA events around every op), the
+// mean of 3 profiled steps; `step_ms` is an unprofiled step in the same run, so step_ms - sum_ms is time outside the
+// ops (launch gaps, kernels of no op). torch_unet.py --profile-batch 8 gives PyTorch's kernels in the same categories.
+void BM_UNetBreakdownSd15Fp16(benchmark::State& state) {
+  if (!have_gpu()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const std::int64_t batch = state.range(0);
+  const auto& unet = sd15_unet();
+  cu::Engine e;
+  const auto [sample, timesteps, context] = sd15_inputs(e, batch);
+  auto step = [&] { static_cast<void>(unet.forward(e, sample, timesteps, context)); };
+  step();
+  e.synchronize();
+  constexpr int profiled = 3;
+  std::array<double, cu::op_kind_count> ms{};
+  double step_ms = 0;
+  for (auto _ : state) {
+    step_ms = time_ms(e, step);
+    e.set_profiling(true);
+    const double wall = time_ms(e, [&] {
+      for (int i = 0; i < profiled; ++i)
+        step();
+    });
+    ms = e.take_profile();
+    e.set_profiling(false);
+    state.SetIterationTime(wall / 1e3);
+  }
+  double sum = 0;
+  for (std::size_t k = 0; k < cu::op_kind_count; ++k) {
+    state.counters[std::string(cu::op_kind_names[k]) + "_ms"] = ms[k] / profiled;
+    sum += ms[k] / profiled;
+  }
+  state.counters["sum_ms"] = sum;
+  state.counters["step_ms"] = step_ms;
+  state.counters["batch"] = static_cast<double>(batch);
+}
+BENCHMARK(BM_UNetBreakdownSd15Fp16)
+    ->ArgName("batch")
+    ->Arg(8)
+    ->UseManualTime()
+    ->Iterations(1)
     ->Unit(benchmark::kMillisecond);
 
 // The host boundary of one Pipeline step through cuda::Backend::unet at SD-1.5 512x512, batch 8 with guidance (16

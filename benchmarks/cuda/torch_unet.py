@@ -3,7 +3,12 @@ SD-1.5 configuration (random weights, fp16, 64x64 latents, 77x768 context) at ba
 with CUDA events (3 warm-up steps, then the mean of 5). diffusers' default attention processor (AttnProcessor2_0,
 torch's scaled_dot_product_attention) is used, as a plain `pipe.unet(...)` would.
 
-Run: python3 benchmarks/cuda/torch_unet.py [--batches 1,2,4,8,16] > torch.json   (one JSON object per line)
+With --profile-batch B (0: off) it then profiles 3 steps at batch B with torch.profiler and prints one more line,
+{"profile_batch": B, "ms": {category: ms per step}}, the GPU kernels' time in the categories of carousel's
+Engine profile (cuda::OpKind), classified by kernel name (`kernel_category`).
+
+Run: python3 benchmarks/cuda/torch_unet.py [--batches 1,2,4,8,16] [--profile-batch 8] > torch.json
+(one JSON object per line)
 """
 
 import argparse
@@ -13,10 +18,53 @@ import torch
 from diffusers import UNet2DConditionModel
 
 
+def kernel_category(name: str) -> str:
+    """carousel's OpKind name for a CUDA kernel of PyTorch / cuDNN / cuBLAS, by its name."""
+    n = name.lower()
+    if any(k in n for k in ("flash", "fmha", "attention", "sdpa", "softmax")):
+        return "attention"
+    if any(k in n for k in ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm", "implicit_convolve", "winograd")):
+        return "conv"
+    if any(k in n for k in ("gemm", "cutlass", "cublas", "matmul", "gemv")):
+        return "gemm"
+    if any(k in n for k in ("group_norm", "groupnorm", "rowwisemoments", "computefusedparams")):
+        return "group_norm"  # PyTorch's GroupNorm: moments, fused parameters, then an affine kernel
+    if "layer_norm" in n or "layernorm" in n:
+        return "layer_norm"
+    if any(k in n for k in ("nchwtonhwc", "nhwctonchw", "transpose", "copy", "memcpy", "memset", "cast")):
+        return "layout"
+    return "elementwise"
+
+
+def profile(unet, batch: int, steps: int = 3) -> dict:
+    """Mean GPU kernel milliseconds per step at `batch`, by kernel_category."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    sample = torch.randn(batch, 4, 64, 64, device="cuda", dtype=torch.float16)
+    timesteps = torch.full((batch,), 500, device="cuda", dtype=torch.int64)
+    context = torch.randn(batch, 77, 768, device="cuda", dtype=torch.float16)
+    with torch.inference_mode():
+        unet(sample, timesteps, context)
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                unet(sample, timesteps, context)
+            torch.cuda.synchronize()
+    ms: dict = {}
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        category = kernel_category(event.name)
+        ms[category] = ms.get(category, 0.0) + event.time_range.elapsed_us() / 1e3 / steps
+    return ms
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", default="1,2,4,8,16")
     parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--profile-batch", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -42,6 +90,8 @@ def main() -> None:
         ms = start.elapsed_time(stop) / args.iterations
         print(json.dumps({"batch": batch, "ms": ms, "images_per_s": batch / (ms / 1e3),
                           "device": torch.cuda.get_device_name()}), flush=True)
+    if args.profile_batch:
+        print(json.dumps({"profile_batch": args.profile_batch, "ms": profile(unet, args.profile_batch)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,12 @@ TEST_CASE("Cuda.Models.EmptyBatch") {
     CHECK(gpu.encode_text(none).shape() == ref_text.shape());
     CHECK(gpu.unet(sample, {}, context).shape() == ref_unet.shape());
     CHECK(gpu.decode(sample).shape() == ref_image.shape());
+    // Wrong channels are refused as on the CPU, empty or not.
+    const cu::HostTensor wrong({0, cpu.latent_channels() + 3, 8, 8}, {});
+    CHECK_THROWS_AS(cpu.unet(wrong, {}, context), std::invalid_argument);
+    CHECK_THROWS_AS(gpu.unet(wrong, {}, context), std::invalid_argument);
+    CHECK_THROWS_AS(cpu.decode(wrong), std::invalid_argument);
+    CHECK_THROWS_AS(gpu.decode(wrong), std::invalid_argument);
   }
 }
 

@@ -271,6 +271,32 @@ TEST_CASE("Cuda.Ops.AttentionLargeScores") {
   }
 }
 
+TEST_CASE("Cuda.Engine.Profile") {
+  // Ops count under their own kind, outermost only: a Linear with a bias (GEMM + epilogue) is all gemm time.
+  cu::Engine e;
+  const auto x =
+      carousel::cuda::test::to_device(e, carousel::cuda::test::random_tensor({2, 64, 32, 32}, 30), cu::DType::f16);
+  const auto gamma = cu::upload_weight(std::vector<float>(64, 1.0f), {64}, cu::DType::f32);
+  const auto beta = cu::upload_weight(std::vector<float>(64, 0.0f), {64}, cu::DType::f32);
+  carousel::model::RandomWeights w(31);
+  const cu::Linear linear(w, "l.", 64, 128, cu::DType::f16);
+  e.set_profiling(true);
+  static_cast<void>(cu::group_norm(e, x, 32, 1e-5f, gamma, beta, true));
+  static_cast<void>(linear.forward(e, x));
+  const auto ms = e.take_profile();
+  const auto at = [&](cu::OpKind k) { return ms[static_cast<std::size_t>(k)]; };
+  CHECK(at(cu::OpKind::group_norm) > 0.0);
+  CHECK(at(cu::OpKind::gemm) > 0.0);
+  CHECK(at(cu::OpKind::elementwise) == 0.0);  // the Linear's bias epilogue ran inside the gemm scope
+  CHECK(at(cu::OpKind::conv) == 0.0);
+  CHECK(at(cu::OpKind::attention) == 0.0);
+  // take_profile() starts afresh; once profiling is off nothing is recorded.
+  e.set_profiling(false);
+  static_cast<void>(cu::group_norm(e, x, 32, 1e-5f, gamma, beta, false));
+  for (double v : e.take_profile())
+    CHECK(v == 0.0);
+}
+
 TEST_CASE("Cuda.Layers.Sd15Sized") {
   // One SD-1.5 resnet (320 -> 640, with time embedding) and one 320-channel transformer (8 heads of 40) at 16x16.
   cu::Engine e;

@@ -32,6 +32,11 @@ class CachingAllocator {
 
   explicit CachingAllocator(OnOutOfMemory on_out_of_memory = OnOutOfMemory::release_cached_and_retry) noexcept
       : on_out_of_memory_(on_out_of_memory) {}
+  /// Changes what allocate() does on running out of memory from now on.
+  void set_on_out_of_memory(OnOutOfMemory on_out_of_memory) noexcept {
+    std::lock_guard lock(mutex_);
+    on_out_of_memory_ = on_out_of_memory;
+  }
   CachingAllocator(const CachingAllocator&) = delete;
   CachingAllocator& operator=(const CachingAllocator&) = delete;
   /// Frees every cached block (blocks still in use are the owners' responsibility and must be gone by then).
@@ -54,7 +59,10 @@ class CachingAllocator {
       static_cast<void>(cudaGetLastError());
       if (on_out_of_memory_ == OnOutOfMemory::fail) CAROUSEL_CUDA_CHECK(error);
       release_cached_locked();
-      CAROUSEL_CUDA_CHECK(cudaMalloc(&p, bytes));
+      if (const cudaError_t retry = cudaMalloc(&p, bytes); retry != cudaSuccess) {
+        static_cast<void>(cudaGetLastError());  // leave no error behind for the next check
+        CAROUSEL_CUDA_CHECK(retry);
+      }
     }
     sizes_[p] = bytes;
     allocated_bytes_ += bytes;

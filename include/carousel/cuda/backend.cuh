@@ -125,7 +125,15 @@ class Backend {
     if (static_cast<std::int64_t>(timesteps.size()) != sample.dim(0))
       throw std::invalid_argument("carousel::cuda::Backend::unet: " + std::to_string(timesteps.size()) +
                                   " timesteps for a batch of " + std::to_string(sample.dim(0)));
-    if (sample.dim(0) == 0) return HostTensor({0, unet_config_.out_channels, sample.dim(2), sample.dim(3)}, {});
+    if (sample.dim(0) == 0) {  // nothing to launch (zero-size grids are errors); the shapes are still checked
+      if (sample.dim(1) != unet_config_.in_channels || context.rank() != 3 || context.dim(0) != 0 ||
+          context.dim(2) != unet_config_.cross_attention_dim)
+        throw std::invalid_argument("carousel::cuda::Backend::unet: sample " + shape_string(sample.shape()) +
+                                    " and context " + shape_string(context.shape()) + " are not [0, " +
+                                    std::to_string(unet_config_.in_channels) + ", h, w] and [0, L, " +
+                                    std::to_string(unet_config_.cross_attention_dim) + "]");
+      return HostTensor({0, unet_config_.out_channels, sample.dim(2), sample.dim(3)}, {});
+    }
     std::lock_guard lock(main_->mutex());
     Engine& e = *main_;
     const DType dt = unet_->dtype();
@@ -143,7 +151,10 @@ class Backend {
     if (latents.rank() != 4)
       throw std::invalid_argument("carousel::cuda::Backend::decode: latents " + shape_string(latents.shape()) +
                                   " are not [B, C, h, w]");
-    if (latents.dim(0) == 0) {
+    if (latents.dim(0) == 0) {  // nothing to launch; the shape is still checked
+      if (latents.dim(1) != vae_config_->latent_channels)
+        throw std::invalid_argument("carousel::cuda::Backend::decode: latents " + shape_string(latents.shape()) +
+                                    " do not have " + std::to_string(vae_config_->latent_channels) + " channels");
       const std::int64_t f = vae_scale_factor();
       return HostTensor({0, vae_config_->out_channels, latents.dim(2) * f, latents.dim(3) * f}, {});
     }

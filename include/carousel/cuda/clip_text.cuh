@@ -70,7 +70,7 @@ class ClipTextModel {
     DeviceBuffer device_ids(flat.size() * sizeof(std::int32_t), &e.allocator());
     CAROUSEL_CUDA_CHECK(cudaMemcpyAsync(device_ids.get(), flat.data(), flat.size() * sizeof(std::int32_t),
                                         cudaMemcpyHostToDevice, e.stream()));
-    e.synchronize();  // `flat` (pageable host memory) must outlive the copy; the forward below runs asynchronously
+    // From pageable memory the copy returns once `flat` is staged (CUDA's API synchronisation rules): no wait needed.
     DeviceTensor h = e.empty({batch, len, d}, dtype_);
     if (h.numel() > 0) {
       detail::with_dtype(dtype_, [&](auto t) {

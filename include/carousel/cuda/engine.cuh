@@ -3,6 +3,8 @@
 /// carousel::cuda::Stream (an owning cudaStream_t) and Engine: one stream with its cuBLAS and cuDNN handles and its
 /// own CachingAllocator — the execution context every device op and module forward runs on.
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
@@ -19,6 +21,28 @@
 #include <carousel/cuda/tensor.cuh>
 
 namespace carousel::cuda {
+
+/// What an op counts as in an Engine's profile (Engine::set_profiling).
+enum class OpKind : std::uint8_t {
+  gemm,         ///< linear layers and GEMMs (cuBLAS)
+  conv,         ///< convolutions (cuDNN)
+  attention,    ///< attention: the fused kernel, or GEMMs + softmax
+  group_norm,   ///< GroupNorm (+SiLU)
+  layer_norm,   ///< LayerNorm
+  elementwise,  ///< epilogues, GEGLU, activations, timestep embedding, upsampling, concatenation
+  layout,       ///< host <-> device transfers, layout conversions, casts
+};
+/// Number of OpKind values.
+inline constexpr std::size_t op_kind_count = 7;
+/// OpKind's names, in order.
+inline constexpr std::array<std::string_view, op_kind_count> op_kind_names = {
+    "gemm", "conv", "attention", "group_norm", "layer_norm", "elementwise", "layout"};
+
+class Engine;
+
+namespace detail {
+class OpScope;
+}  // namespace detail
 
 /// An owning, non-blocking CUDA stream. Move-only.
 class Stream {
@@ -70,6 +94,7 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
   ~Engine() {
     cudaStreamSynchronize(stream_.get());
+    discard_profile();
     cudnnDestroy(cudnn_);
     cublasDestroy(cublas_);
   }
@@ -90,8 +115,9 @@ class Engine {
   /// block is kept until the engine is destroyed, since a captured graph may still use its address.
   void* workspace(std::size_t bytes) {
     if (bytes > workspace_.bytes()) {
+      DeviceBuffer larger(bytes, nullptr);  // first, so that a failed allocation leaves the current block in place
       retired_workspaces_.push_back(std::move(workspace_));
-      workspace_ = DeviceBuffer(bytes, nullptr);
+      workspace_ = std::move(larger);
     }
     return workspace_.get();
   }
@@ -111,7 +137,43 @@ class Engine {
   /// Zeroes the FLOP counter.
   void reset_flops() noexcept { flops_ = 0; }
 
+  /// Starts (true) or stops (false) timing every op on the stream by OpKind, with a pair of CUDA events around each
+  /// outermost op (an op made of other ops counts once, as its own kind). For benchmarks: it adds two event records
+  /// per op, and must not be on while a graph is captured. Either way the time gathered so far is discarded.
+  void set_profiling(bool on) {
+    discard_profile();
+    profiling_ = on;
+  }
+  /// Whether ops are being timed.
+  bool profiling() const noexcept { return profiling_; }
+  /// Device milliseconds per OpKind (indexed by its value) of the ops timed since profiling started or since the last
+  /// call; waits for the stream. \throws CudaError.
+  std::array<double, op_kind_count> take_profile() {
+    synchronize();
+    std::array<double, op_kind_count> ms{};
+    for (const Timed& t : timed_) {
+      float elapsed = 0;
+      CAROUSEL_CUDA_CHECK(cudaEventElapsedTime(&elapsed, t.start, t.stop));
+      ms[static_cast<std::size_t>(t.kind)] += elapsed;
+    }
+    discard_profile();
+    return ms;
+  }
+
  private:
+  friend class detail::OpScope;
+  struct Timed {
+    OpKind kind;
+    cudaEvent_t start, stop;
+  };
+  void discard_profile() noexcept {
+    for (const Timed& t : timed_) {
+      cudaEventDestroy(t.start);
+      cudaEventDestroy(t.stop);
+    }
+    timed_.clear();
+  }
+
   Stream stream_;
   cublasHandle_t cublas_ = nullptr;
   cudnnHandle_t cudnn_ = nullptr;
@@ -123,11 +185,56 @@ class Engine {
   std::vector<DeviceBuffer> retired_workspaces_;
   std::mutex mutex_;
   double flops_ = 0;
+  bool profiling_ = false;
+  int op_depth_ = 0;  // open OpScopes while profiling
+  std::vector<Timed> timed_;
   bool fused_attention_ = [] {
     const char* env = std::getenv("CAROUSEL_CUDA_ATTENTION");
     return env == nullptr || std::string_view(env) != "plain";
   }();
 };
+
+namespace detail {
+
+/// Times the op it spans on the engine's stream under the given OpKind while the engine is profiling (outermost scope
+/// only). Costs one branch otherwise. Ops in ops.cuh open one first thing.
+class OpScope {
+ public:
+  OpScope(Engine& e, OpKind kind) : kind_(kind) {
+    if (!e.profiling_) return;
+    if (e.op_depth_ == 0) {
+      CAROUSEL_CUDA_CHECK(cudaEventCreate(&start_));
+      if (const cudaError_t error = cudaEventRecord(start_, e.stream()); error != cudaSuccess) {
+        cudaEventDestroy(start_);
+        CAROUSEL_CUDA_CHECK(error);
+      }
+    }
+    e_ = &e;
+    ++e.op_depth_;
+  }
+  OpScope(const OpScope&) = delete;
+  OpScope& operator=(const OpScope&) = delete;
+  ~OpScope() {
+    if (!e_ || --e_->op_depth_ > 0) return;
+    cudaEvent_t stop = nullptr;
+    try {
+      if (cudaEventCreate(&stop) == cudaSuccess && cudaEventRecord(stop, e_->stream()) == cudaSuccess) {
+        e_->timed_.push_back({kind_, start_, stop});
+        return;
+      }
+    } catch (...) {  // out of host memory for the record
+    }
+    if (stop) cudaEventDestroy(stop);  // a failed record loses this op's time, nothing else
+    cudaEventDestroy(start_);
+  }
+
+ private:
+  Engine* e_ = nullptr;
+  OpKind kind_;
+  cudaEvent_t start_ = nullptr;
+};
+
+}  // namespace detail
 
 /// Copies a host tensor to the device as `dtype` on the engine's stream (synchronous with respect to the host
 /// buffer: returns after the copy was enqueued from a staging vector that it waits for).
@@ -135,6 +242,7 @@ inline DeviceTensor upload(Engine& engine, std::span<const float> values, Shape 
   if (static_cast<std::int64_t>(values.size()) != shape_numel(shape))
     throw std::invalid_argument("carousel::cuda::upload: " + std::to_string(values.size()) +
                                 " values do not fill shape " + shape_string(shape));
+  detail::OpScope scope(engine, OpKind::layout);
   DeviceTensor t = engine.empty(std::move(shape), dtype);
   const auto bytes = to_dtype_bytes(values, dtype);
   CAROUSEL_CUDA_CHECK(cudaMemcpyAsync(t.data(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice, engine.stream()));

@@ -78,9 +78,9 @@ class UNetGraphs {
   using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>;  // batch, h, w, context length
 
   struct Bucket {
-    // Declared first: the tensors below return their blocks to it. Never frees a block on running out of memory (the
-    // graph holds their addresses); a capture that runs out throws and discards the bucket instead.
-    CachingAllocator pool{CachingAllocator::OnOutOfMemory::fail};
+    // Declared first: the tensors below return their blocks to it. From the capture on it never frees a block on
+    // running out of memory (the graph holds their addresses): a capture that runs out throws and discards the bucket.
+    CachingAllocator pool;
     DeviceTensor sample, timesteps, context, output;
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
@@ -112,6 +112,7 @@ class UNetGraphs {
     try {
       static_cast<void>(unet_.forward(e, bucket->sample, bucket->timesteps, bucket->context));  // warm-up
       e.synchronize();
+      bucket->pool.set_on_out_of_memory(CachingAllocator::OnOutOfMemory::fail);
       CAROUSEL_CUDA_CHECK(cudaStreamBeginCapture(e.stream(), cudaStreamCaptureModeRelaxed));
       try {
         bucket->output = unet_.forward(e, bucket->sample, bucket->timesteps, bucket->context);

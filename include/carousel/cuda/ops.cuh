@@ -67,6 +67,7 @@ inline void require(bool ok, const std::string& message) {
 inline void gemm(Engine& e, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
                  const void* a, std::int64_t lda, const void* b, std::int64_t ldb, float beta, void* c,
                  std::int64_t ldc, DType ab, DType ct) {
+  detail::OpScope scope(e, OpKind::gemm);
   // Column-major C^T = op(B)^T op(A)^T: pass B first with the same transpose flags.
   CAROUSEL_CUBLAS_CHECK(cublasGemmEx(e.cublas(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                                      trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
@@ -82,6 +83,7 @@ inline void gemm_strided_batched(Engine& e, bool trans_a, bool trans_b, std::int
                                  float alpha, const void* a, std::int64_t lda, std::int64_t stride_a, const void* b,
                                  std::int64_t ldb, std::int64_t stride_b, float beta, void* c, std::int64_t ldc,
                                  std::int64_t stride_c, std::int64_t count, DType ab, DType ct) {
+  detail::OpScope scope(e, OpKind::gemm);
   CAROUSEL_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
       e.cublas(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n),
       static_cast<int>(m), static_cast<int>(k), &alpha, b, detail::cuda_type(ab), static_cast<int>(ldb), stride_b, a,
@@ -95,6 +97,7 @@ inline void gemm_strided_batched(Engine& e, bool trans_a, bool trans_b, std::int
 /// `bias` [out] or null, `residual` shaped like y or null; all of x's dtype.
 inline DeviceTensor linear(Engine& e, const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
                            const DeviceTensor* residual = nullptr) {
+  detail::OpScope scope(e, OpKind::gemm);
   const std::int64_t in = weight.dim(1), out = weight.dim(0);
   detail::require(x.rank() >= 1 && x.dim(-1) == in && x.dtype() == weight.dtype(),
                   "linear: input " + shape_string(x.shape()) + " does not end in " + std::to_string(in));
@@ -119,6 +122,7 @@ inline DeviceTensor linear(Engine& e, const DeviceTensor& x, const DeviceTensor&
 /// extent and B its first; each term optional (null).
 inline void add_epilogue(Engine& e, DeviceTensor& y, const DeviceTensor* bias, const DeviceTensor* per_item,
                          const DeviceTensor* residual) {
+  detail::OpScope scope(e, OpKind::elementwise);
   const std::int64_t items = y.dim(0), channels = y.dim(-1), positions = y.numel() / (items * channels);
   detail::require(!residual || residual->shape() == y.shape(), "add_epilogue: residual shape differs");
   detail::require(!per_item || per_item->numel() == items * channels, "add_epilogue: per-item term is not [B, C]");
@@ -136,6 +140,7 @@ inline void add_epilogue(Engine& e, DeviceTensor& y, const DeviceTensor* bias, c
 /// cuDNN's heuristics (cudnnGetConvolutionForwardAlgorithm_v7).
 inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTensor& weight, std::int64_t stride,
                                 std::int64_t pad) {
+  detail::OpScope scope(e, OpKind::conv);
   const std::int64_t cout = weight.dim(0), k = weight.dim(1), cin = weight.dim(3);
   detail::require(
       x.rank() == 4 && x.dim(3) == cin && x.dtype() == weight.dtype(),
@@ -180,7 +185,8 @@ inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTe
   // runs under the math type it was rated under (it may not run under another one; PyTorch does the same); fp32
   // stays true fp32, FMA math only, never TF32. A candidate that answers "not supported" (cuDNN 9's
   // CUDNN_STATUS_NOT_SUPPORTED_*, e.g. a tensor-core kernel for channels that are not multiples of 8) gives way to
-  // the next one.
+  // the next one, and so does one whose workspace exceeds 1 GiB or cannot be allocated.
+  constexpr std::size_t workspace_limit = std::size_t{1} << 30;
   struct Choice {
     cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
     cudnnMathType_t math = CUDNN_FMA_MATH;
@@ -209,6 +215,7 @@ inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTe
     CAROUSEL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(e.cudnn(), xd, wd, cd, yd,
                                                                 CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf));
     cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
+    std::string why = "no candidate from the heuristic";
     for (int i = 0; i < found && !known; ++i) {
       if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
       if (x.dtype() == DType::f32 && perf[i].mathType != CUDNN_FMA_MATH && perf[i].mathType != CUDNN_DEFAULT_MATH)
@@ -216,10 +223,26 @@ inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTe
       Choice c{perf[i].algo, x.dtype() == DType::f32 ? CUDNN_FMA_MATH : perf[i].mathType, 0};
       CAROUSEL_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, c.math));
       last = cudnnGetConvolutionForwardWorkspaceSize(e.cudnn(), xd, wd, cd, yd, c.algo, &c.workspace);
-      if (last == CUDNN_STATUS_SUCCESS) last = run(c);
+      if (last == CUDNN_STATUS_SUCCESS && c.workspace > workspace_limit) {
+        why = "a workspace of " + std::to_string(c.workspace) + " bytes, over the 1 GiB limit";
+        continue;
+      }
+      if (last == CUDNN_STATUS_SUCCESS) {
+        try {
+          static_cast<void>(e.workspace(c.workspace));
+        } catch (const CudaError&) {  // no room for this candidate's workspace: the next one may need less
+          static_cast<void>(cudaGetLastError());
+          why = "a workspace of " + std::to_string(c.workspace) + " bytes that could not be allocated";
+          continue;
+        }
+        last = run(c);
+      }
       if (last == CUDNN_STATUS_SUCCESS) {
         known = c;
-      } else if (CUDNN_STATUS_CATEGORY(last) != CUDNN_STATUS_NOT_SUPPORTED) {
+      } else if (CUDNN_STATUS_CATEGORY(last) == CUDNN_STATUS_NOT_SUPPORTED) {
+        static_cast<void>(cudaGetLastError());  // a refused launch must not surface at the next kernel check
+        why = cudnnGetErrorString(last);
+      } else {
         CAROUSEL_CUDNN_CHECK(last);
       }
     }
@@ -227,8 +250,8 @@ inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTe
       throw CudaError(__FILE__, __LINE__, "conv2d_nhwc: choosing a cuDNN forward algorithm",
                       std::string("no candidate runs for input ") + shape_string(x.shape()) + " (NHWC " +
                           (x.dtype() == DType::f16 ? "fp16" : "fp32") + "), filter " + shape_string(weight.shape()) +
-                          ", stride " + std::to_string(stride) + ", padding " + std::to_string(pad) + "; last status " +
-                          cudnnGetErrorString(last));
+                          ", stride " + std::to_string(stride) + ", padding " + std::to_string(pad) +
+                          "; the last one tried: " + why);
     std::lock_guard lock(cache_mutex);
     cache.emplace(key, *known);
   }
@@ -241,6 +264,7 @@ inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTe
 /// positions, per-group statistics folded into a per-channel scale and shift, then one elementwise pass.
 inline DeviceTensor group_norm(Engine& e, const DeviceTensor& x, std::int64_t groups, float eps,
                                const DeviceTensor& gamma, const DeviceTensor& beta, bool silu) {
+  detail::OpScope scope(e, OpKind::group_norm);
   const std::int64_t channels = x.dim(-1);
   detail::require(
       groups > 0 && channels % groups == 0,
@@ -283,6 +307,7 @@ inline DeviceTensor group_norm(Engine& e, const DeviceTensor& x, std::int64_t gr
 /// LayerNorm over the last dimension (float32 gamma/beta).
 inline DeviceTensor layer_norm(Engine& e, const DeviceTensor& x, const DeviceTensor& gamma, const DeviceTensor& beta,
                                float eps) {
+  detail::OpScope scope(e, OpKind::layer_norm);
   const std::int64_t width = x.dim(-1), rows = x.numel() / width;
   detail::require(gamma.numel() == width, "layer_norm: gamma does not match the width");
   DeviceTensor y = e.empty(x.shape(), x.dtype());
@@ -360,6 +385,7 @@ inline bool flash_attention_if_supported(Engine& e, DType dtype, const void* q, 
 inline void attention(Engine& e, DType dtype, const void* q, std::int64_t ldq, const void* k, std::int64_t ldk,
                       const void* v, std::int64_t ldv, std::int64_t batch, std::int64_t lq, std::int64_t lk,
                       std::int64_t heads, std::int64_t head_dim, bool causal, void* out, std::int64_t ldo) {
+  detail::OpScope scope(e, OpKind::attention);
   if (batch == 0 || lq == 0 || heads == 0) return;
   detail::require(lk > 0 && head_dim > 0, "attention: " + std::to_string(lk) + " keys of head dimension " +
                                               std::to_string(head_dim) + " (both must be positive)");
@@ -391,6 +417,7 @@ inline void attention(Engine& e, DType dtype, const void* q, std::int64_t ldq, c
 
 /// GEGLU: proj [..., 2*inner] = [a | g] -> a * GELU_erf(g) [..., inner].
 inline DeviceTensor geglu(Engine& e, const DeviceTensor& proj) {
+  detail::OpScope scope(e, OpKind::elementwise);
   const std::int64_t inner = proj.dim(-1) / 2, rows = proj.numel() / (2 * inner);
   Shape shape = proj.shape();
   shape.back() = inner;
@@ -413,6 +440,7 @@ enum class Activation : int {
 
 /// Applies `kind` to every element of x in place.
 inline void activate(Engine& e, DeviceTensor& x, Activation kind) {
+  detail::OpScope scope(e, OpKind::elementwise);
   detail::with_dtype(x.dtype(), [&](auto t) {
     using T = decltype(t);
     detail::activation<T><<<detail::grid_for(x.numel()), detail::block_threads, 0, e.stream()>>>(
@@ -436,6 +464,7 @@ inline std::vector<float> timestep_frequencies(std::int64_t dim, float freq_shif
 /// Timestep embedding [B, 2*half] in `dtype` from device timesteps [B] (float) and device frequencies [half].
 inline DeviceTensor timestep_embedding(Engine& e, const DeviceTensor& timesteps, const DeviceTensor& freqs,
                                        bool flip_sin_to_cos, DType dtype) {
+  detail::OpScope scope(e, OpKind::elementwise);
   const std::int64_t batch = timesteps.numel(), half = freqs.numel();
   DeviceTensor y = e.empty({batch, 2 * half}, dtype);
   detail::with_dtype(dtype, [&](auto t) {
@@ -449,6 +478,7 @@ inline DeviceTensor timestep_embedding(Engine& e, const DeviceTensor& timesteps,
 
 /// Nearest-neighbour upsampling of NHWC x to [B, out_h, out_w, C] (torch's "nearest": source floor(o * in/out)).
 inline DeviceTensor upsample_nearest(Engine& e, const DeviceTensor& x, std::int64_t out_h, std::int64_t out_w) {
+  detail::OpScope scope(e, OpKind::elementwise);
   const std::int64_t b = x.dim(0), h = x.dim(1), w = x.dim(2), c = x.dim(3);
   DeviceTensor y = e.empty({b, out_h, out_w, c}, x.dtype());
   const float sy = static_cast<float>(h) / static_cast<float>(out_h);
@@ -464,6 +494,7 @@ inline DeviceTensor upsample_nearest(Engine& e, const DeviceTensor& x, std::int6
 
 /// Channel concatenation of NHWC tensors (torch.cat(dim=1) in NCHW terms).
 inline DeviceTensor concat_channels(Engine& e, const DeviceTensor& a, const DeviceTensor& b) {
+  detail::OpScope scope(e, OpKind::elementwise);
   detail::require(a.rank() == 4 && b.rank() == 4 && a.dim(0) == b.dim(0) && a.dim(1) == b.dim(1) &&
                       a.dim(2) == b.dim(2) && a.dtype() == b.dtype(),
                   "concat_channels: shapes " + shape_string(a.shape()) + " and " + shape_string(b.shape()) +
@@ -488,6 +519,7 @@ struct InputTransform {
 /// Host NCHW float32 [B, C, H, W] -> device NHWC `dtype` [B, H, W, C], with an optional value transform.
 inline DeviceTensor to_nhwc(Engine& e, std::span<const float> nchw, const Shape& shape, DType dtype,
                             const InputTransform& transform = {}) {
+  detail::OpScope scope(e, OpKind::layout);
   detail::require(shape.size() == 4, "to_nhwc: shape " + shape_string(shape) + " is not [B, C, H, W]");
   DeviceTensor staged = upload(e, nchw, shape, DType::f32);
   DeviceTensor y = e.empty({shape[0], shape[2], shape[3], shape[1]}, dtype);
@@ -504,6 +536,7 @@ inline DeviceTensor to_nhwc(Engine& e, std::span<const float> nchw, const Shape&
 
 /// Device NHWC [B, H, W, C] -> host NCHW float32 [B, C, H, W] (waits for the stream).
 inline HostTensor to_host_nchw(Engine& e, const DeviceTensor& x) {
+  detail::OpScope scope(e, OpKind::layout);
   const std::int64_t b = x.dim(0), h = x.dim(1), w = x.dim(2), c = x.dim(3);
   DeviceTensor staged = e.empty({b, c, h, w}, DType::f32);
   detail::with_dtype(x.dtype(), [&](auto t) {
@@ -521,6 +554,7 @@ inline HostTensor to_host_nchw(Engine& e, const DeviceTensor& x) {
 
 /// A copy of x converted to `dtype`.
 inline DeviceTensor cast(Engine& e, const DeviceTensor& x, DType dtype) {
+  detail::OpScope scope(e, OpKind::layout);
   DeviceTensor y = e.empty(x.shape(), dtype);
   detail::with_dtype(x.dtype(), [&](auto from) {
     detail::with_dtype(dtype, [&](auto to) {
@@ -535,6 +569,7 @@ inline DeviceTensor cast(Engine& e, const DeviceTensor& x, DType dtype) {
 
 /// Device tensor -> host float32 values in the same layout (waits for the stream).
 inline HostTensor to_host(Engine& e, const DeviceTensor& x) {
+  detail::OpScope scope(e, OpKind::layout);
   const DeviceTensor f = x.dtype() == DType::f32 ? DeviceTensor() : cast(e, x, DType::f32);
   const void* src = x.dtype() == DType::f32 ? x.data() : f.data();
   std::vector<float> values(static_cast<std::size_t>(x.numel()));
