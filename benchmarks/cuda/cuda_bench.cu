@@ -83,8 +83,8 @@ void BM_GemmPeakFp16(benchmark::State& state) {
 }
 BENCHMARK(BM_GemmPeakFp16)->ArgName("n")->Arg(8192)->UseManualTime()->Iterations(20)->Unit(benchmark::kMillisecond);
 
-// SD-1.5's largest self-attention (64x64 latents: 4096 tokens, 8 heads of 40) for 2 images, fused flash kernel
-// (fused = 1) against the plain GEMM + softmax + GEMM path (fused = 0); fp16.
+// SD-1.5's largest self-attention (64x64 latents: 4096 tokens, 8 heads of 40) for 2 images, fp16, by AttentionKernel:
+// 0 flash_mma (registers, mma.sync), 1 flash_wmma (WMMA, scores in shared memory), 2 plain (GEMM + softmax + GEMM).
 void BM_AttentionSd15Fp16(benchmark::State& state) {
   if (!have_gpu()) {
     state.SkipWithError("no CUDA device");
@@ -92,7 +92,7 @@ void BM_AttentionSd15Fp16(benchmark::State& state) {
   }
   const std::int64_t batch = 2, tokens = 4096, heads = 8, head_dim = 40, width = heads * head_dim;
   cu::Engine e;
-  e.set_fused_attention(state.range(0) != 0);
+  e.set_attention_kernel(static_cast<cu::AttentionKernel>(state.range(0)));
   auto qkv = e.empty({batch, tokens, 3 * width}, cu::DType::f16);
   auto out = e.empty({batch, tokens, width}, cu::DType::f16);
   CAROUSEL_CUDA_CHECK(cudaMemsetAsync(qkv.data(), 0x2c, qkv.bytes(), e.stream()));
@@ -114,9 +114,10 @@ void BM_AttentionSd15Fp16(benchmark::State& state) {
   state.counters["TFLOPS"] = flops / (mean_ms * 1e-3) / 1e12;
 }
 BENCHMARK(BM_AttentionSd15Fp16)
-    ->ArgName("fused")
-    ->Arg(1)
+    ->ArgName("kernel")
     ->Arg(0)
+    ->Arg(1)
+    ->Arg(2)
     ->UseManualTime()
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);

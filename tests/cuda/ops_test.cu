@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include <carousel/cpu/layers.hpp>
@@ -31,6 +33,16 @@ using carousel::cuda::test::tolerance;
 namespace {
 
 const cu::DType dtypes[] = {cu::DType::f32, cu::DType::f16};
+
+// The attention kernels under test: all three, or those CAROUSEL_CUDA_ATTENTION leaves (the GPU check reruns failed
+// tests with "wmma" so that a faulting default kernel does not hide the rest).
+std::vector<cu::AttentionKernel> attention_kernels() {
+  const char* env = std::getenv("CAROUSEL_CUDA_ATTENTION");
+  const std::string name = env ? env : "";
+  if (name == "plain") return {cu::AttentionKernel::plain};
+  if (name == "wmma") return {cu::AttentionKernel::flash_wmma, cu::AttentionKernel::plain};
+  return {cu::AttentionKernel::flash_mma, cu::AttentionKernel::flash_wmma, cu::AttentionKernel::plain};
+}
 
 const char* name_of(cu::DType t) {
   return t == cu::DType::f32 ? "fp32" : "fp16";
@@ -204,7 +216,7 @@ TEST_CASE("Cuda.Ops.GemmConvAttention") {
         std::int64_t lq, lk, heads, head_dim;
       };
       for (const Case c : {Case{37, 37, 4, 16}, Case{150, 77, 8, 40}, Case{70, 70, 8, 1}, Case{200, 200, 2, 80},
-                           Case{65, 77, 2, 160}, Case{77, 77, 12, 64}}) {
+                           Case{65, 77, 2, 160}, Case{77, 77, 12, 64}, Case{90, 130, 2, 72}, Case{33, 20, 3, 12}}) {
         const std::int64_t d = c.heads * c.head_dim;
         CAPTURE(c.lq);
         CAPTURE(c.head_dim);
@@ -220,24 +232,52 @@ TEST_CASE("Cuda.Ops.GemmConvAttention") {
           const auto dq = carousel::cuda::test::to_device_rows(e, q, dt);
           const auto dk = carousel::cuda::test::to_device_rows(e, k, dt);
           const auto dv = carousel::cuda::test::to_device_rows(e, v, dt);
-          for (bool fused : {true, false}) {
-            CAPTURE(fused);
-            e.set_fused_attention(fused);
+          for (auto kernel : attention_kernels()) {
+            CAPTURE(static_cast<int>(kernel));
+            e.set_attention_kernel(kernel);
             auto out = e.empty({2, c.lq, d}, dt);
             cu::attention(e, dt, dq.data(), d, dk.data(), d, dv.data(), d, 2, c.lq, c.lk, c.heads, c.head_dim, causal,
                           out.data(), d);
             check_close(carousel::cuda::test::from_device_rows(e, out), ref.values(), tol);
           }
-          e.set_fused_attention(true);
         }
       }
     }
   }
 }
 
+TEST_CASE("Cuda.Ops.AttentionPackedQkv") {
+  // The UNet's layout: Q, K and V interleaved in one [B, L, 3 * d] projection (row stride 3d, K at +d, V at +2d), with
+  // SD-1.5's 8 heads of 40 and a length over several key tiles; every kernel, fp16.
+  cu::Engine e;
+  const std::int64_t batch = 2, len = 300, heads = 8, head_dim = 40, d = heads * head_dim;
+  const auto qkv = carousel::cuda::test::random_tensor({batch, len, 3 * d}, 40);
+  const auto part = [&](std::int64_t offset) {
+    cpu::Tensor t({batch, len, d});
+    for (std::int64_t r = 0; r < batch * len; ++r)
+      for (std::int64_t c = 0; c < d; ++c)
+        t.data()[r * d + c] = qkv.data()[r * 3 * d + offset + c];
+    return t;
+  };
+  const auto q = part(0), k = part(d), v = part(2 * d);
+  cpu::Tensor ref({batch, len, d});
+  for (int b = 0; b < batch; ++b)
+    cpu::attention(q.sample(b), d, k.sample(b), d, v.sample(b), d, len, len, heads, head_dim, false, ref.sample(b), d);
+  const auto device = carousel::cuda::test::to_device_rows(e, qkv, cu::DType::f16);
+  const auto* base = static_cast<const __half*>(device.data());
+  for (auto kernel : attention_kernels()) {
+    CAPTURE(static_cast<int>(kernel));
+    e.set_attention_kernel(kernel);
+    auto out = e.empty({batch, len, d}, cu::DType::f16);
+    cu::attention(e, cu::DType::f16, base, 3 * d, base + d, 3 * d, base + 2 * d, 3 * d, batch, len, len, heads,
+                  head_dim, false, out.data(), d);
+    check_close(carousel::cuda::test::from_device_rows(e, out), ref.values(), tolerance(cu::DType::f16));
+  }
+}
+
 TEST_CASE("Cuda.Ops.AttentionLargeScores") {
-  // fp16 inputs whose scaled scores reach about 1e5, beyond fp16's 65504: both attention paths must keep the scores in
-  // float32 (diffusers' upcast_attention). The reference runs on the same fp16-rounded inputs in float32.
+  // fp16 inputs whose scaled scores reach about 1e5, beyond fp16's 65504: every attention kernel must keep the scores
+  // in float32 (diffusers' upcast_attention). The reference runs on the same fp16-rounded inputs in float32.
   cu::Engine e;
   const std::int64_t lq = 50, lk = 60, heads = 2, head_dim = 64, d = heads * head_dim;
   const auto rounded = [&](const cpu::Tensor& t) {
@@ -261,9 +301,9 @@ TEST_CASE("Cuda.Ops.AttentionLargeScores") {
   const auto dq = carousel::cuda::test::to_device_rows(e, q, cu::DType::f16);
   const auto dk = carousel::cuda::test::to_device_rows(e, k, cu::DType::f16);
   const auto dv = carousel::cuda::test::to_device_rows(e, v, cu::DType::f16);
-  for (bool fused : {true, false}) {
-    CAPTURE(fused);
-    e.set_fused_attention(fused);
+  for (auto kernel : attention_kernels()) {
+    CAPTURE(static_cast<int>(kernel));
+    e.set_attention_kernel(kernel);
     auto out = e.empty({1, lq, d}, cu::DType::f16);
     cu::attention(e, cu::DType::f16, dq.data(), d, dk.data(), d, dv.data(), d, 1, lq, lk, heads, head_dim, false,
                   out.data(), d);

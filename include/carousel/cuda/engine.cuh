@@ -38,6 +38,14 @@ inline constexpr std::size_t op_kind_count = 7;
 inline constexpr std::array<std::string_view, op_kind_count> op_kind_names = {
     "gemm", "conv", "attention", "group_norm", "layer_norm", "elementwise", "layout"};
 
+/// The implementation carousel::cuda::attention uses for fp16 attention without a causal mask and head_dim <= 160
+/// (everything else takes the plain path).
+enum class AttentionKernel : std::uint8_t {
+  flash_mma,   ///< fused; scores in registers on mma.sync (detail/flash_attention_mma.cuh); the default
+  flash_wmma,  ///< fused; WMMA tiles with scores in shared memory (detail/flash_attention.cuh)
+  plain,       ///< cuBLAS GEMMs and a softmax kernel, scores in float32
+};
+
 class Engine;
 
 namespace detail {
@@ -125,11 +133,11 @@ class Engine {
   void synchronize() const { stream_.synchronize(); }
   /// The mutex callers share an engine under.
   std::mutex& mutex() noexcept { return mutex_; }
-  /// Whether fp16 non-causal attention uses the fused (flash) kernel rather than GEMMs + softmax. Defaults to true
-  /// unless the environment variable CAROUSEL_CUDA_ATTENTION is "plain".
-  bool fused_attention() const noexcept { return fused_attention_; }
-  /// Chooses the attention path (see fused_attention()).
-  void set_fused_attention(bool fused) noexcept { fused_attention_ = fused; }
+  /// The attention implementation (see AttentionKernel). Defaults to flash_mma; the environment variable
+  /// CAROUSEL_CUDA_ATTENTION = "wmma" or "plain" picks the others.
+  AttentionKernel attention_kernel() const noexcept { return attention_kernel_; }
+  /// Chooses the attention implementation.
+  void set_attention_kernel(AttentionKernel kernel) noexcept { attention_kernel_ = kernel; }
   /// Adds `n` to the FLOP counter (called by the GEMM and convolution ops).
   void count_flops(double n) noexcept { flops_ += n; }
   /// FLOPs issued since construction or the last reset_flops().
@@ -188,9 +196,12 @@ class Engine {
   bool profiling_ = false;
   int op_depth_ = 0;  // open OpScopes while profiling
   std::vector<Timed> timed_;
-  bool fused_attention_ = [] {
+  AttentionKernel attention_kernel_ = [] {
     const char* env = std::getenv("CAROUSEL_CUDA_ATTENTION");
-    return env == nullptr || std::string_view(env) != "plain";
+    const std::string_view name = env ? env : "";
+    return name == "plain"  ? AttentionKernel::plain
+           : name == "wmma" ? AttentionKernel::flash_wmma
+                            : AttentionKernel::flash_mma;
   }();
 };
 

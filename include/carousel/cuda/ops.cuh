@@ -26,6 +26,7 @@
 
 #include <carousel/cuda/check.cuh>
 #include <carousel/cuda/detail/flash_attention.cuh>
+#include <carousel/cuda/detail/flash_attention_mma.cuh>
 #include <carousel/cuda/detail/kernels.cuh>
 #include <carousel/cuda/engine.cuh>
 #include <carousel/cuda/tensor.cuh>
@@ -323,36 +324,71 @@ inline DeviceTensor layer_norm(Engine& e, const DeviceTensor& x, const DeviceTen
 
 namespace detail {
 
-// The fused kernel for a padded head dim DP.
+// Whether the current device runs flash_attention_mma (sm_80 or later), asked once.
+inline bool mma_flash_supported() {
+  static const bool supported = [] {
+    int device = 0, major = 0;
+    CAROUSEL_CUDA_CHECK(cudaGetDevice(&device));
+    CAROUSEL_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    return major >= 8;
+  }();
+  return supported;
+}
+
+// The fused kernel `kernel` (flash_mma or flash_wmma) for a padded head dim DP.
 template <int DP>
-void launch_flash(Engine& e, const void* q, std::int64_t ldq, const void* k, std::int64_t ldk, const void* v,
-                  std::int64_t ldv, std::int64_t batch, std::int64_t lq, std::int64_t lk, std::int64_t heads,
-                  std::int64_t head_dim, float scale, void* out, std::int64_t ldo) {
-  const std::size_t smem = flash_smem_bytes(DP);
-  // Raise the kernel's dynamic shared memory limit once (not again while a graph is being captured).
-  static std::once_flag raised;
-  std::call_once(raised, [&] {
-    CAROUSEL_CUDA_CHECK(
-        cudaFuncSetAttribute(flash_attention<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  });
+void launch_flash(Engine& e, AttentionKernel kernel, const void* q, std::int64_t ldq, const void* k, std::int64_t ldk,
+                  const void* v, std::int64_t ldv, std::int64_t batch, std::int64_t lq, std::int64_t lk,
+                  std::int64_t heads, std::int64_t head_dim, float scale, void* out, std::int64_t ldo) {
+  static_assert(flash_rows == mma_flash_rows);
   const dim3 grid(static_cast<unsigned>((lq + flash_rows - 1) / flash_rows), static_cast<unsigned>(heads),
                   static_cast<unsigned>(batch));
-  flash_attention<DP><<<grid, 128, smem, e.stream()>>>(
-      static_cast<const __half*>(q), ldq, static_cast<const __half*>(k), ldk, static_cast<const __half*>(v), ldv,
-      static_cast<__half*>(out), ldo, lq, lk, static_cast<int>(head_dim), scale);
+  const auto* qh = static_cast<const __half*>(q);
+  const auto* kh = static_cast<const __half*>(k);
+  const auto* vh = static_cast<const __half*>(v);
+  auto* oh = static_cast<__half*>(out);
+  // Each kernel's dynamic shared memory limit is raised once (not again while a graph is being captured).
+  if (kernel == AttentionKernel::flash_mma) {
+    const std::size_t smem = mma_flash_smem_bytes(DP);
+    static std::once_flag raised;
+    std::call_once(raised, [&] {
+      CAROUSEL_CUDA_CHECK(cudaFuncSetAttribute(flash_attention_mma<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(smem)));
+    });
+    // 16-byte loads when every row starts 16-byte aligned.
+    const auto aligned = [](const void* p, std::int64_t ld) {
+      return reinterpret_cast<std::uintptr_t>(p) % 16 == 0 && ld % 8 == 0;
+    };
+    const bool vec = head_dim % 8 == 0 && aligned(q, ldq) && aligned(k, ldk) && aligned(v, ldv);
+    flash_attention_mma<DP><<<grid, 128, smem, e.stream()>>>(qh, ldq, kh, ldk, vh, ldv, oh, ldo, lq, lk,
+                                                             static_cast<int>(head_dim), scale, vec);
+  } else {
+    const std::size_t smem = flash_smem_bytes(DP);
+    static std::once_flag raised;
+    std::call_once(raised, [&] {
+      CAROUSEL_CUDA_CHECK(cudaFuncSetAttribute(flash_attention<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(smem)));
+    });
+    flash_attention<DP><<<grid, 128, smem, e.stream()>>>(qh, ldq, kh, ldk, vh, ldv, oh, ldo, lq, lk,
+                                                         static_cast<int>(head_dim), scale);
+  }
   check_kernel();
   e.count_flops(4.0 * static_cast<double>(batch * heads) * static_cast<double>(lq) * static_cast<double>(lk) *
                 static_cast<double>(head_dim));
 }
 
-// Runs the fused kernel when it applies (fp16, non-causal, head_dim <= 160); returns whether it did.
+// Runs a fused kernel when the engine's AttentionKernel is one and it applies (fp16, non-causal, head_dim <= 160);
+// returns whether it did.
 inline bool flash_attention_if_supported(Engine& e, DType dtype, const void* q, std::int64_t ldq, const void* k,
                                          std::int64_t ldk, const void* v, std::int64_t ldv, std::int64_t batch,
                                          std::int64_t lq, std::int64_t lk, std::int64_t heads, std::int64_t head_dim,
                                          bool causal, float scale, void* out, std::int64_t ldo) {
-  if (!e.fused_attention() || dtype != DType::f16 || causal || head_dim > 160 || lk == 0) return false;
+  AttentionKernel kernel = e.attention_kernel();
+  if (kernel == AttentionKernel::plain || dtype != DType::f16 || causal || head_dim > 160 || lk == 0) return false;
+  if (kernel == AttentionKernel::flash_mma && !mma_flash_supported()) kernel = AttentionKernel::flash_wmma;
   const auto run = [&](auto dp) {
-    launch_flash<decltype(dp)::value>(e, q, ldq, k, ldk, v, ldv, batch, lq, lk, heads, head_dim, scale, out, ldo);
+    launch_flash<decltype(dp)::value>(e, kernel, q, ldq, k, ldk, v, ldv, batch, lq, lk, heads, head_dim, scale, out,
+                                      ldo);
   };
   if (head_dim <= 16) {
     run(std::integral_constant<int, 16>{});
@@ -374,8 +410,9 @@ inline bool flash_attention_if_supported(Engine& e, DType dtype, const void* q, 
 
 }  // namespace detail
 
-/// Multi-head attention. fp16 without a causal mask and head_dim <= 160 runs the fused flash kernel
-/// (detail/flash_attention.cuh) unless Engine::fused_attention() is off; otherwise the plain way: per batch item,
+/// Multi-head attention. fp16 without a causal mask and head_dim <= 160 runs a fused flash kernel — the engine's
+/// AttentionKernel: flash_mma (detail/flash_attention_mma.cuh, the default) or flash_wmma (detail/flash_attention.cuh)
+/// — unless it is `plain`; otherwise the plain way: per batch item,
 /// S = Q K^T / sqrt(head_dim) for all heads in one strided batched GEMM, a softmax kernel (causal: query i sees keys j
 /// <= i) that turns S into P, O = P V. Scores and the softmax are float32 whatever the dtype (diffusers'
 /// `upcast_attention`: fp16 scores can overflow, e.g. for SD 2.x); P is kept in the model's dtype for the second
