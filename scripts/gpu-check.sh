@@ -120,7 +120,7 @@ PYTHONUNBUFFERED=1 timeout "$(step_timeout 150 20)" "$py" benchmarks/cuda/torch_
 "$py" - "$out/bench.json" "$out/torch.json" >"$out/summary.txt" <<'PY'
 import json, sys
 bench, graph, torch, attention, overlap, boundary, group_norm = {}, {}, {}, {}, {}, None, {}
-breakdown, torch_breakdown = None, {}
+breakdown, torch_breakdown, searched = None, {}, {}
 peak = None
 try:
     for b in json.load(open(sys.argv[1]))["benchmarks"]:
@@ -142,6 +142,8 @@ try:
             overlap["concurrent" if "overlap:1" in b["name"] else "sequential"] = b
         elif b["name"].startswith("BM_UNetStepSd15Fp16Graph/") and "batch" in b:
             graph[int(b["batch"])] = b
+        elif b["name"].startswith("BM_UNetStepSd15Fp16ConvSearch/") and "batch" in b:
+            searched[int(b["batch"])] = b
         elif b["name"].startswith("BM_UNetStepSd15Fp16/") and "batch" in b:
             bench[int(b["batch"])] = b
 except Exception as e:  # noqa: BLE001 - print what is there
@@ -168,6 +170,10 @@ for batch in sorted(set(bench) | set(torch)):
     gms = graph[batch]["ms"] if batch in graph else float("nan")
     tms = t["ms"] if t else float("nan")
     print(f"{batch:>5} {ms:>12.2f} {tf:>8.1f} {pct:>6.1f}% {gms:>9.2f} {tms:>15.2f} {tms / ms:>8.2f}x")
+for batch, b in sorted(searched.items()):
+    base = bench[batch]["ms"] if batch in bench else float("nan")
+    print(f"batch {batch} with convolution algorithms timed (cudnnFind, like cudnn.benchmark): {b['ms']:.2f} ms "
+          f"(heuristic: {base:.2f} ms)")
 for kind, b in sorted(attention.items()):
     print(f"attention 2x8x4096x4096 (head_dim 40), {kind}: {b['ms']:.2f} ms, {b['TFLOPS']:.1f} TFLOP/s")
 if breakdown:

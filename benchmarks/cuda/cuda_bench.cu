@@ -1,7 +1,8 @@
 // CUDA backend benchmarks: the measured matrix-unit peak (a cuBLAS fp16 GEMM, fp32 accumulation) and one UNet step of
 // an SD-1.5-shaped UNet (random weights, fp16, 512x512 images = 64x64 latents, 77-token context) at batch sizes
 // 1..16. Times come from CUDA events around each step (manual time); counters report ms per step, TFLOP/s (from the
-// FLOPs the engine counts for every GEMM and convolution) and images/s. BM_UNetBreakdownSd15Fp16: a batch-8 step's
+// FLOPs the engine counts for every GEMM and convolution) and images/s; BM_UNetStepSd15Fp16ConvSearch with timed
+// convolution algorithms (ConvSearch::exhaustive). BM_UNetBreakdownSd15Fp16: a batch-8 step's
 // device time by op kind. BM_GroupNormSd15: GroupNorm's bandwidth against a copy's. BM_DecodeOverlapSd15: how much of a
 // VAE decode on its own engine (stream) the GPU hides behind a UNet step run at the same time
 // (Options::concurrent_retire).
@@ -195,8 +196,9 @@ Sd15Inputs sd15_inputs(cu::Engine& e, std::int64_t batch) {
                      cu::DType::f16)};
 }
 
-// One UNet step at `batch`, eager (every kernel launched from the host) or replayed from a captured CUDA graph.
-void unet_step(benchmark::State& state, bool graphs) {
+// One UNet step at `batch`, eager (every kernel launched from the host) or replayed from a captured CUDA graph, with
+// convolution algorithms from cuDNN's heuristic or timed (ConvSearch::exhaustive).
+void unet_step(benchmark::State& state, bool graphs, cu::ConvSearch search = cu::ConvSearch::heuristic) {
   if (!have_gpu()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -204,6 +206,7 @@ void unet_step(benchmark::State& state, bool graphs) {
   const std::int64_t batch = state.range(0);
   const auto& unet = sd15_unet();
   cu::Engine e;
+  e.set_conv_search(search);
   const auto [sample, timesteps, context] = sd15_inputs(e, batch);
   // FLOPs of one step, counted on an eager warm-up (a graph replay issues the same work without the host).
   static_cast<void>(unet.forward(e, sample, timesteps, context));
@@ -239,6 +242,9 @@ void BM_UNetStepSd15Fp16(benchmark::State& state) {
 void BM_UNetStepSd15Fp16Graph(benchmark::State& state) {
   unet_step(state, true);
 }
+void BM_UNetStepSd15Fp16ConvSearch(benchmark::State& state) {
+  unet_step(state, false, cu::ConvSearch::exhaustive);
+}
 
 BENCHMARK(BM_UNetStepSd15Fp16)
     ->ArgName("batch")
@@ -254,6 +260,13 @@ BENCHMARK(BM_UNetStepSd15Fp16)
 BENCHMARK(BM_UNetStepSd15Fp16Graph)
     ->ArgName("batch")
     ->Arg(1)
+    ->Arg(8)
+    ->UseManualTime()
+    ->Iterations(5)
+    ->Unit(benchmark::kMillisecond);
+
+BENCHMARK(BM_UNetStepSd15Fp16ConvSearch)
+    ->ArgName("batch")
     ->Arg(8)
     ->UseManualTime()
     ->Iterations(5)

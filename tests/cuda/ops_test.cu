@@ -205,8 +205,13 @@ TEST_CASE("Cuda.Ops.GemmConvAttention") {
         const cu::Conv2d gc(gw, "c.", c.in, c.out, c.k, dt, c.stride, c.pad);
         const auto x = carousel::cuda::test::random_tensor({2, c.in, c.h, c.w}, 14);
         const auto ref = cc.forward(x);
-        check_close(carousel::cuda::test::from_device(e, gc.forward(e, carousel::cuda::test::to_device(e, x, dt))),
-                    ref.values(), tol);
+        for (auto search : {cu::ConvSearch::heuristic, cu::ConvSearch::exhaustive}) {
+          CAPTURE(static_cast<int>(search));
+          e.set_conv_search(search);
+          check_close(carousel::cuda::test::from_device(e, gc.forward(e, carousel::cuda::test::to_device(e, x, dt))),
+                      ref.values(), tol);
+        }
+        e.set_conv_search(cu::ConvSearch::heuristic);
       }
     }
     SUBCASE("Attention") {

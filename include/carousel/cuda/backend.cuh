@@ -64,6 +64,10 @@ struct BackendOptions {
   DType dtype = DType::f16;      ///< text encoder and UNet: f16 (tensor cores) or f32 (the exact reference)
   DType vae_dtype = DType::f32;  ///< VAE decoder (diffusers' force_upcast keeps SD's VAE in float32)
   bool cuda_graphs = false;      ///< run the UNet through UNetGraphs (one CUDA graph per batch/shape bucket)
+  /// How convolution algorithms are chosen on both engines (ConvSearch::exhaustive times them on first use, like
+  /// torch.backends.cudnn.benchmark; best with cuda_graphs, whose buckets keep the number of shapes small). Unset:
+  /// the Engine's default (heuristic, or CAROUSEL_CUDA_CONV_SEARCH).
+  std::optional<ConvSearch> conv_search;
 };
 
 /// A Stable Diffusion model on the GPU: CLIP tokenizer (host) and text tower, UNet and optionally the VAE decoder,
@@ -92,6 +96,10 @@ class Backend {
         clip_skip_(options.clip_skip),
         main_(std::make_unique<Engine>()),
         decode_engine_(std::make_unique<Engine>()) {
+    if (options.conv_search) {
+      main_->set_conv_search(*options.conv_search);
+      decode_engine_->set_conv_search(*options.conv_search);
+    }
     if (options.cuda_graphs) graphs_ = std::make_unique<UNetGraphs>(*unet_);
     if (folder.vae) {
       vae_config_.emplace(model::VaeConfig::load(*folder.vae / "config.json"));

@@ -46,6 +46,15 @@ enum class AttentionKernel : std::uint8_t {
   plain,       ///< cuBLAS GEMMs and a softmax kernel, scores in float32
 };
 
+/// How conv2d_nhwc picks the cuDNN algorithm for a problem shape it meets for the first time (once per shape, search
+/// mode and process).
+enum class ConvSearch : std::uint8_t {
+  heuristic,   ///< cuDNN's heuristic ranking (cudnnGetConvolutionForwardAlgorithm_v7), like PyTorch by default
+  exhaustive,  ///< every algorithm timed on the first call's data (cudnnFindConvolutionForwardAlgorithmEx), like
+               ///< torch.backends.cudnn.benchmark = True: that first call takes longer, and the engine's cuDNN
+               ///< workspace grows to 256 MiB
+};
+
 class Engine;
 
 namespace detail {
@@ -138,6 +147,11 @@ class Engine {
   AttentionKernel attention_kernel() const noexcept { return attention_kernel_; }
   /// Chooses the attention implementation.
   void set_attention_kernel(AttentionKernel kernel) noexcept { attention_kernel_ = kernel; }
+  /// How convolution algorithms are chosen (see ConvSearch). Defaults to heuristic; the environment variable
+  /// CAROUSEL_CUDA_CONV_SEARCH = "exhaustive" picks the other.
+  ConvSearch conv_search() const noexcept { return conv_search_; }
+  /// Chooses how convolution algorithms are chosen.
+  void set_conv_search(ConvSearch search) noexcept { conv_search_ = search; }
   /// Adds `n` to the FLOP counter (called by the GEMM and convolution ops).
   void count_flops(double n) noexcept { flops_ += n; }
   /// FLOPs issued since construction or the last reset_flops().
@@ -196,6 +210,10 @@ class Engine {
   bool profiling_ = false;
   int op_depth_ = 0;  // open OpScopes while profiling
   std::vector<Timed> timed_;
+  ConvSearch conv_search_ = [] {
+    const char* env = std::getenv("CAROUSEL_CUDA_CONV_SEARCH");
+    return env && std::string_view(env) == "exhaustive" ? ConvSearch::exhaustive : ConvSearch::heuristic;
+  }();
   AttentionKernel attention_kernel_ = [] {
     const char* env = std::getenv("CAROUSEL_CUDA_ATTENTION");
     const std::string_view name = env ? env : "";

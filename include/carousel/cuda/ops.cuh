@@ -182,7 +182,8 @@ inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTe
   const cudnnMathType_t math = x.dtype() == DType::f16 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
   CAROUSEL_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, math));
   // The algorithm per problem shape is chosen once, on the first call (never one inside a graph capture: graphs are
-  // captured after an eager warm-up), from cuDNN's heuristic ranking: the first candidate that runs is kept. Each
+  // captured after an eager warm-up), from cuDNN's ranking — its heuristic's, or, under ConvSearch::exhaustive, the
+  // measured times of cudnnFindConvolutionForwardAlgorithmEx: the first candidate that runs is kept. Each
   // runs under the math type it was rated under (it may not run under another one; PyTorch does the same); fp32
   // stays true fp32, FMA math only, never TF32. A candidate that answers "not supported" (cuDNN 9's
   // CUDNN_STATUS_NOT_SUPPORTED_*, e.g. a tensor-core kernel for channels that are not multiples of 8) gives way to
@@ -193,10 +194,19 @@ inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTe
     cudnnMathType_t math = CUDNN_FMA_MATH;
     std::size_t workspace = 0;
   };
-  using Key = std::array<std::int64_t, 9>;
+  using Key = std::array<std::int64_t, 10>;
   static std::mutex cache_mutex;
   static std::map<Key, Choice> cache;
-  const Key key{b, h, w, cin, cout, k, stride, pad, static_cast<std::int64_t>(x.dtype())};
+  const Key key{b,
+                h,
+                w,
+                cin,
+                cout,
+                k,
+                stride,
+                pad,
+                static_cast<std::int64_t>(x.dtype()),
+                static_cast<std::int64_t>(e.conv_search())};
   const float alpha = 1.0f, beta = 0.0f;
   const auto run = [&](const Choice& c) {
     CAROUSEL_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, c.math));
@@ -213,10 +223,17 @@ inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTe
   } else {
     cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int found = 0;
-    CAROUSEL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(e.cudnn(), xd, wd, cd, yd,
-                                                                CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf));
+    if (e.conv_search() == ConvSearch::exhaustive) {
+      constexpr std::size_t search_workspace = std::size_t{256} << 20;  // candidates needing more are not timed
+      CAROUSEL_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
+          e.cudnn(), xd, x.data(), wd, weight.data(), cd, yd, y.data(), CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf,
+          e.workspace(search_workspace), search_workspace));
+    } else {
+      CAROUSEL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(e.cudnn(), xd, wd, cd, yd,
+                                                                  CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf));
+    }
     cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
-    std::string why = "no candidate from the heuristic";
+    std::string why = "no candidate from cuDNN's ranking";
     for (int i = 0; i < found && !known; ++i) {
       if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
       if (x.dtype() == DType::f32 && perf[i].mathType != CUDNN_FMA_MATH && perf[i].mathType != CUDNN_DEFAULT_MATH)
