@@ -110,9 +110,13 @@ inline DeviceTensor linear(Engine& e, const DeviceTensor& x, const DeviceTensor&
   if (bias || residual) {
     detail::require(!residual || residual->shape() == y.shape(), "linear: residual shape differs from the output");
     detail::with_dtype(x.dtype(), [&](auto t) {
-      using T = decltype(t);
-      detail::epilogue<T><<<detail::grid_for(y.numel()), detail::block_threads, 0, e.stream()>>>(
-          y.as<T>(), 1, rows, out, bias ? bias->as<T>() : nullptr, nullptr, residual ? residual->as<T>() : nullptr);
+      detail::with_index(y.numel(), [&](auto i) {
+        using T = decltype(t);
+        using I = decltype(i);
+        detail::epilogue<T, I><<<detail::grid_for(y.numel()), detail::block_threads, 0, e.stream()>>>(
+            y.as<T>(), I{1}, static_cast<I>(rows), static_cast<I>(out), bias ? bias->as<T>() : nullptr, nullptr,
+            residual ? residual->as<T>() : nullptr);
+      });
     });
     detail::check_kernel();
   }
@@ -124,14 +128,19 @@ inline DeviceTensor linear(Engine& e, const DeviceTensor& x, const DeviceTensor&
 inline void add_epilogue(Engine& e, DeviceTensor& y, const DeviceTensor* bias, const DeviceTensor* per_item,
                          const DeviceTensor* residual) {
   detail::OpScope scope(e, OpKind::elementwise);
+  if (y.numel() == 0) return;
   const std::int64_t items = y.dim(0), channels = y.dim(-1), positions = y.numel() / (items * channels);
   detail::require(!residual || residual->shape() == y.shape(), "add_epilogue: residual shape differs");
   detail::require(!per_item || per_item->numel() == items * channels, "add_epilogue: per-item term is not [B, C]");
   detail::with_dtype(y.dtype(), [&](auto t) {
-    using T = decltype(t);
-    detail::epilogue<T><<<detail::grid_for(y.numel()), detail::block_threads, 0, e.stream()>>>(
-        y.as<T>(), items, positions, channels, bias ? bias->as<T>() : nullptr, per_item ? per_item->as<T>() : nullptr,
-        residual ? residual->as<T>() : nullptr);
+    detail::with_index(y.numel(), [&](auto i) {
+      using T = decltype(t);
+      using I = decltype(i);
+      detail::epilogue<T, I><<<detail::grid_for(y.numel()), detail::block_threads, 0, e.stream()>>>(
+          y.as<T>(), static_cast<I>(items), static_cast<I>(positions), static_cast<I>(channels),
+          bias ? bias->as<T>() : nullptr, per_item ? per_item->as<T>() : nullptr,
+          residual ? residual->as<T>() : nullptr);
+    });
   });
   detail::check_kernel();
 }
@@ -314,9 +323,13 @@ inline DeviceTensor group_norm(Engine& e, const DeviceTensor& x, std::int64_t gr
           eps, gamma.as<float>(), beta.as<float>());
   detail::check_kernel();
   detail::with_dtype(x.dtype(), [&](auto t) {
-    using T = decltype(t);
-    detail::group_norm_apply<T><<<detail::grid_for(x.numel()), detail::block_threads, 0, e.stream()>>>(
-        x.as<T>(), y.as<T>(), x.numel(), spatial * channels, channels, scale_shift.as<float>(), silu);
+    detail::with_index(x.numel(), [&](auto i) {
+      using T = decltype(t);
+      using I = decltype(i);
+      detail::group_norm_apply<T, I><<<detail::grid_for(x.numel()), detail::block_threads, 0, e.stream()>>>(
+          x.as<T>(), y.as<T>(), static_cast<I>(x.numel()), static_cast<I>(spatial * channels), static_cast<I>(channels),
+          scale_shift.as<float>(), silu);
+    });
   });
   detail::check_kernel();
   return y;
@@ -477,9 +490,12 @@ inline DeviceTensor geglu(Engine& e, const DeviceTensor& proj) {
   shape.back() = inner;
   DeviceTensor y = e.empty(shape, proj.dtype());
   detail::with_dtype(proj.dtype(), [&](auto t) {
-    using T = decltype(t);
-    detail::geglu<T><<<detail::grid_for(rows * inner), detail::block_threads, 0, e.stream()>>>(proj.as<T>(), y.as<T>(),
-                                                                                               rows, inner);
+    detail::with_index(proj.numel(), [&](auto i) {
+      using T = decltype(t);
+      using I = decltype(i);
+      detail::geglu<T, I><<<detail::grid_for(rows * inner), detail::block_threads, 0, e.stream()>>>(
+          proj.as<T>(), y.as<T>(), static_cast<I>(rows), static_cast<I>(inner));
+    });
   });
   detail::check_kernel();
   return y;
@@ -538,9 +554,13 @@ inline DeviceTensor upsample_nearest(Engine& e, const DeviceTensor& x, std::int6
   const float sy = static_cast<float>(h) / static_cast<float>(out_h);
   const float sx = static_cast<float>(w) / static_cast<float>(out_w);
   detail::with_dtype(x.dtype(), [&](auto t) {
-    using T = decltype(t);
-    detail::upsample_nearest_nhwc<T><<<detail::grid_for(y.numel()), detail::block_threads, 0, e.stream()>>>(
-        x.as<T>(), y.as<T>(), b, h, w, c, out_h, out_w, sy, sx);
+    detail::with_index(std::max(x.numel(), y.numel()), [&](auto i) {
+      using T = decltype(t);
+      using I = decltype(i);
+      detail::upsample_nearest_nhwc<T, I><<<detail::grid_for(y.numel()), detail::block_threads, 0, e.stream()>>>(
+          x.as<T>(), y.as<T>(), static_cast<I>(b), static_cast<I>(h), static_cast<I>(w), static_cast<I>(c),
+          static_cast<I>(out_h), static_cast<I>(out_w), sy, sx);
+    });
   });
   detail::check_kernel();
   return y;
@@ -555,9 +575,13 @@ inline DeviceTensor concat_channels(Engine& e, const DeviceTensor& a, const Devi
                       " do not concatenate along channels");
   DeviceTensor y = e.empty({a.dim(0), a.dim(1), a.dim(2), a.dim(3) + b.dim(3)}, a.dtype());
   detail::with_dtype(a.dtype(), [&](auto t) {
-    using T = decltype(t);
-    detail::concat_channels_nhwc<T><<<detail::grid_for(y.numel()), detail::block_threads, 0, e.stream()>>>(
-        a.as<T>(), b.as<T>(), y.as<T>(), a.dim(0) * a.dim(1) * a.dim(2), a.dim(3), b.dim(3));
+    detail::with_index(y.numel(), [&](auto i) {
+      using T = decltype(t);
+      using I = decltype(i);
+      detail::concat_channels_nhwc<T, I><<<detail::grid_for(y.numel()), detail::block_threads, 0, e.stream()>>>(
+          a.as<T>(), b.as<T>(), y.as<T>(), static_cast<I>(a.dim(0) * a.dim(1) * a.dim(2)), static_cast<I>(a.dim(3)),
+          static_cast<I>(b.dim(3)));
+    });
   });
   detail::check_kernel();
   return y;

@@ -142,12 +142,12 @@ __global__ void group_norm_finalize(const double* partial, float* scale_shift, s
   }
 }
 
-template <class T>
-__global__ void group_norm_apply(const T* x, T* y, std::int64_t n, std::int64_t per_item, std::int64_t channels,
-                                 const float* scale_shift, bool apply_silu) {
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t k = (i / per_item) * channels + i % channels;
+template <class T, class I>
+__global__ void group_norm_apply(const T* x, T* y, I n, I per_item, I channels, const float* scale_shift,
+                                 bool apply_silu) {
+  for (I i = static_cast<I>(blockIdx.x * blockDim.x + threadIdx.x); i < n;
+       i += static_cast<I>(gridDim.x * blockDim.x)) {
+    const I k = (i / per_item) * channels + i % channels;
     const float v = load(x, i) * scale_shift[2 * k] + scale_shift[2 * k + 1];
     store(y, i, apply_silu ? silu(v) : v);
   }
@@ -192,12 +192,12 @@ __global__ void softmax_rows(const S* scores, T* probs, std::int64_t width, std:
 }
 
 // y[r, c] = a[r, c] * gelu(g[r, c]) with [a | g] = proj[r, 0:2*inner].
-template <class T>
-__global__ void geglu(const T* proj, T* y, std::int64_t rows, std::int64_t inner) {
-  const std::int64_t n = rows * inner;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t r = i / inner, c = i % inner;
+template <class T, class I>
+__global__ void geglu(const T* proj, T* y, I rows, I inner) {
+  const I n = rows * inner;
+  for (I i = static_cast<I>(blockIdx.x * blockDim.x + threadIdx.x); i < n;
+       i += static_cast<I>(gridDim.x * blockDim.x)) {
+    const I r = i / inner, c = i - r * inner;
     store(y, i, load(proj, r * 2 * inner + c) * gelu_erf(load(proj, r * 2 * inner + inner + c)));
   }
 }
@@ -212,14 +212,14 @@ __global__ void activation(T* x, std::int64_t n, int kind) {
   }
 }
 
-// y[b, p, c] += bias[c] + per_item[b, c] + residual[b, p, c] (each term optional), y viewed as [B, P, C].
-template <class T>
-__global__ void epilogue(T* y, std::int64_t items, std::int64_t positions, std::int64_t channels, const T* bias,
-                         const T* per_item, const T* residual) {
-  const std::int64_t n = items * positions * channels;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t c = i % channels, b = i / (positions * channels);
+// y[b, p, c] += bias[c] + per_item[b, c] + residual[b, p, c] (each term optional), y viewed as [B, P, C]. Index type
+// I: int where the element count allows (with_index), so that the divisions are 32-bit.
+template <class T, class I>
+__global__ void epilogue(T* y, I items, I positions, I channels, const T* bias, const T* per_item, const T* residual) {
+  const I n = items * positions * channels, per_item_n = positions * channels;
+  for (I i = static_cast<I>(blockIdx.x * blockDim.x + threadIdx.x); i < n;
+       i += static_cast<I>(gridDim.x * blockDim.x)) {
+    const I c = i % channels, b = i / per_item_n;
     float v = load(y, i);
     if (bias) v += load(bias, c);
     if (per_item) v += load(per_item, b * channels + c);
@@ -244,28 +244,27 @@ __global__ void timestep_embedding(const float* timesteps, const float* freqs, T
 }
 
 // Nearest upsampling NHWC [B, h, w, C] -> [B, oh, ow, C] with torch's source index floor(o * in/out).
-template <class T>
-__global__ void upsample_nearest_nhwc(const T* x, T* y, std::int64_t batch, std::int64_t h, std::int64_t w,
-                                      std::int64_t channels, std::int64_t oh, std::int64_t ow, float sy, float sx) {
-  const std::int64_t n = batch * oh * ow * channels;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t c = i % channels, ox = (i / channels) % ow, oy = (i / (channels * ow)) % oh,
-                       b = i / (channels * ow * oh);
-    const std::int64_t iy = min(static_cast<std::int64_t>(floorf(static_cast<float>(oy) * sy)), h - 1);
-    const std::int64_t ix = min(static_cast<std::int64_t>(floorf(static_cast<float>(ox) * sx)), w - 1);
+template <class T, class I>
+__global__ void upsample_nearest_nhwc(const T* x, T* y, I batch, I h, I w, I channels, I oh, I ow, float sy, float sx) {
+  const I n = batch * oh * ow * channels;
+  for (I i = static_cast<I>(blockIdx.x * blockDim.x + threadIdx.x); i < n;
+       i += static_cast<I>(gridDim.x * blockDim.x)) {
+    const I pixel = i / channels, c = i - pixel * channels;
+    const I row = pixel / ow, ox = pixel - row * ow;
+    const I b = row / oh, oy = row - b * oh;
+    const I iy = min(static_cast<I>(floorf(static_cast<float>(oy) * sy)), h - 1);
+    const I ix = min(static_cast<I>(floorf(static_cast<float>(ox) * sx)), w - 1);
     y[i] = x[((b * h + iy) * w + ix) * channels + c];
   }
 }
 
 // Channel concatenation of two NHWC tensors with the same B, H, W: y[..., 0:ca] = a, y[..., ca:ca+cb] = b.
-template <class T>
-__global__ void concat_channels_nhwc(const T* a, const T* b, T* y, std::int64_t pixels, std::int64_t ca,
-                                     std::int64_t cb) {
-  const std::int64_t c_all = ca + cb, n = pixels * c_all;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t p = i / c_all, c = i % c_all;
+template <class T, class I>
+__global__ void concat_channels_nhwc(const T* a, const T* b, T* y, I pixels, I ca, I cb) {
+  const I c_all = ca + cb, n = pixels * c_all;
+  for (I i = static_cast<I>(blockIdx.x * blockDim.x + threadIdx.x); i < n;
+       i += static_cast<I>(gridDim.x * blockDim.x)) {
+    const I p = i / c_all, c = i - p * c_all;
     y[i] = c < ca ? a[p * ca + c] : b[p * cb + c - ca];
   }
 }
@@ -314,6 +313,17 @@ __global__ void convert(const From* x, To* y, std::int64_t n) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
     store(y, i, load(x, i));
+}
+
+// Calls f(int{}) when a grid-stride loop over n elements can index with int (n up to 2^30, so that i + stride, the
+// stride at most grid_for's 65535 * 8 * 256 < 2^28, cannot overflow), else f(std::int64_t{}).
+template <class F>
+void with_index(std::int64_t n, F&& f) {
+  if (n <= (std::int64_t{1} << 30)) {
+    f(int{});
+  } else {
+    f(std::int64_t{});
+  }
 }
 
 // A grid for a grid-stride loop over n elements.
