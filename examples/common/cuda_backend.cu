@@ -45,9 +45,12 @@ std::string cuda_status() {
   return std::to_string(n) + " CUDA device(s); device 0: " + name;
 }
 
-diffusion::AnyBackend load_cuda_backend(const model::DiffusersFolder& folder) {
+diffusion::AnyBackend load_cuda_backend(const model::DiffusersFolder& folder, const CudaBackendOptions& options) {
   if (!cuda_available()) throw std::runtime_error("cannot load the CUDA backend: " + cuda_status());
-  return diffusion::AnyBackend::make<cuda::Backend>("cuda", folder);
+  cuda::BackendOptions o;
+  o.cuda_graphs = options.graphs;
+  if (options.exhaustive_conv_search) o.conv_search = cuda::ConvSearch::exhaustive;
+  return diffusion::AnyBackend::make<cuda::Backend>("cuda", folder, o);
 }
 
 }  // namespace carousel::examples

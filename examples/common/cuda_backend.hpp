@@ -20,10 +20,16 @@ bool cuda_available() noexcept;
 /// "no CUDA device (cudaGetDeviceCount: no CUDA-capable device is detected)" or "built without CUDA". Thread-safe.
 std::string cuda_status();
 
-/// Loads the diffusers folder with `carousel::cuda::Backend` (its default options: float16 text encoder and UNet,
-/// float32 VAE) on device 0, wrapped as an AnyBackend with device name "cuda".
+/// The examples' choices among cuda::BackendOptions (the `--cuda-*` flags; cuda_flag() in device.hpp parses them).
+struct CudaBackendOptions {
+  bool graphs = false;                  ///< BackendOptions::cuda_graphs: the UNet from CUDA graphs per batch bucket
+  bool exhaustive_conv_search = false;  ///< BackendOptions::conv_search = exhaustive (cudnnFind on first use)
+};
+
+/// Loads the diffusers folder with `carousel::cuda::Backend` (float16 text encoder and UNet, float32 VAE, and
+/// `options`) on device 0, wrapped as an AnyBackend with device name "cuda".
 /// \throws std::runtime_error "built without CUDA" in a build without the CUDA backend, or naming cuda_status() when
 /// no device is present; model::FormatError for a broken folder; cuda::CudaError from the CUDA runtime.
-diffusion::AnyBackend load_cuda_backend(const model::DiffusersFolder& folder);
+diffusion::AnyBackend load_cuda_backend(const model::DiffusersFolder& folder, const CudaBackendOptions& options = {});
 
 }  // namespace carousel::examples

@@ -36,12 +36,36 @@ inline std::string resolve_device(const std::string& requested) {
   throw std::invalid_argument("--device: expected auto, cpu or cuda, got '" + requested + "'");
 }
 
+/// The `--cuda-*` flags both examples take (they matter only when the device is cuda):
+///   --cuda-graphs on|off                      the UNet from CUDA graphs per batch bucket (default off)
+///   --cuda-conv-search heuristic|exhaustive   cuDNN algorithms from its heuristic (default) or timed on first use
+inline constexpr const char* cuda_flags_usage = "[--cuda-graphs on|off] [--cuda-conv-search heuristic|exhaustive]";
+
+/// Applies `flag value` to `options` when `flag` is one of the `--cuda-*` flags and returns true; returns false for
+/// any other flag. \throws std::invalid_argument naming the flag, the choices and the value for a bad value.
+inline bool cuda_flag(const std::string& flag, const std::string& value, CudaBackendOptions& options) {
+  const auto choose = [&](const char* off, const char* on) {
+    if (value != off && value != on)
+      throw std::invalid_argument(flag + ": expected " + off + " or " + on + ", got '" + value + "'");
+    return value == on;
+  };
+  if (flag == "--cuda-graphs") {
+    options.graphs = choose("off", "on");
+  } else if (flag == "--cuda-conv-search") {
+    options.exhaustive_conv_search = choose("heuristic", "exhaustive");
+  } else {
+    return false;
+  }
+  return true;
+}
+
 /// Loads `folder` on `device` ("cpu" or "cuda", as resolve_device returns): `cpu::Backend` or, through
-/// load_cuda_backend, `cuda::Backend`. \throws std::invalid_argument for another device name; what the backend's
-/// loading throws (model::FormatError for a broken folder, ...).
-inline diffusion::AnyBackend load_backend(const model::DiffusersFolder& folder, const std::string& device) {
+/// load_cuda_backend with `cuda_options`, `cuda::Backend`. \throws std::invalid_argument for another device name;
+/// what the backend's loading throws (model::FormatError for a broken folder, ...).
+inline diffusion::AnyBackend load_backend(const model::DiffusersFolder& folder, const std::string& device,
+                                          const CudaBackendOptions& cuda_options = {}) {
   if (device == "cpu") return diffusion::AnyBackend("cpu", cpu::Backend(folder));
-  if (device == "cuda") return load_cuda_backend(folder);
+  if (device == "cuda") return load_cuda_backend(folder, cuda_options);
   throw std::invalid_argument("device: expected cpu or cuda, got '" + device + "'");
 }
 

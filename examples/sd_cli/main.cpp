@@ -2,11 +2,13 @@
 //
 //   carousel-sd [--model DIR] [--device auto|cpu|cuda] --prompt TEXT [--negative-prompt TEXT] [--steps N]
 //               [--guidance S] [--sampler ddim|ddpm|euler|dpm++2m] [--eta E] [--seed N] [--width W --height H]
-//               [--out FILE.png] [--batch-file prompts.txt] [--max-batch N]
+//               [--out FILE.png] [--batch-file prompts.txt] [--max-batch N] [--cuda-graphs on|off]
+//               [--cuda-conv-search heuristic|exhaustive]
 //
 // Without --model it uses the bundled model (and guidance 2, unless --guidance says otherwise). --device auto (the
 // default) runs on the GPU when the build has the CUDA backend and the machine a CUDA device, else on the CPU;
-// --device cuda where that is not so exits 2 with the reason. With --batch-file every non-empty line is a prompt; all
+// --device cuda where that is not so exits 2 with the reason; the --cuda-* flags (common/device.hpp) choose CUDA
+// backend options and matter only on cuda. With --batch-file every non-empty line is a prompt; all
 // of them run through one batcher (step-level batching) and each writes <out-stem>-<index>.png with seeds seed,
 // seed+1, ...
 #include <carousel/carousel.hpp>
@@ -45,6 +47,7 @@ struct Args {
   fs::path out = "out.png";
   fs::path batch_file;
   std::size_t max_batch = 8;
+  carousel::examples::CudaBackendOptions cuda;
 };
 
 [[noreturn]] void usage(const std::string& error) {
@@ -53,7 +56,8 @@ struct Args {
                "usage: carousel-sd [--model DIR] [--device auto|cpu|cuda] --prompt TEXT [--negative-prompt TEXT]\n"
                "                   [--steps N] [--guidance S] [--sampler ddim|ddpm|euler|dpm++2m] [--eta E]\n"
                "                   [--seed N] [--width W --height H] [--out FILE.png] [--batch-file prompts.txt]\n"
-               "                   [--max-batch N]\n",
+               "                   [--max-batch N] [--cuda-graphs on|off]\n"
+               "                   [--cuda-conv-search heuristic|exhaustive] (the --cuda-* flags: cuda only)\n",
                error.c_str());
   std::exit(2);
 }
@@ -121,7 +125,13 @@ Args parse(int argc, char** argv) {
         usage("--sampler: unknown sampler '" + s + "' (ddim, ddpm, euler or dpm++2m)");
     } else if (flag == "--help" || flag == "-h")
       usage("help");
-    else
+    else if (flag.starts_with("--cuda-")) {
+      try {
+        if (!carousel::examples::cuda_flag(flag, value(), a.cuda)) usage("unknown option " + flag);
+      } catch (const std::invalid_argument& e) {
+        usage(e.what());
+      }
+    } else
       usage("unknown option " + flag);
   }
   if (!a.have_prompt && a.batch_file.empty()) usage("--prompt or --batch-file is required");
@@ -180,7 +190,7 @@ int main(int argc, char** argv) {
   const Args args = parse(argc, argv);
   try {
     const auto folder = carousel::model::DiffusersFolder::open(args.model);
-    const carousel::diffusion::AnyBackend backend = carousel::examples::load_backend(folder, args.device);
+    const carousel::diffusion::AnyBackend backend = carousel::examples::load_backend(folder, args.device, args.cuda);
     Pipeline pipeline(backend, carousel::diffusion::pipeline_scheduler_config(folder),
                       carousel::diffusion::pipeline_options(folder, backend.vae_scale_factor()));
 

@@ -3,13 +3,15 @@
 //   carousel-sd-server [--model DIR] [--device auto|cpu|cuda] [--host 127.0.0.1] [--port 8080] [--max-batch N]
 //                      [--max-queue N] [--admission continuous|static|cost-aware] [--batch-timeout-ms N]
 //                      [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]
-//                      [--concurrent-decode auto|on|off]
+//                      [--concurrent-decode auto|on|off] [--cuda-graphs on|off]
+//                      [--cuda-conv-search heuristic|exhaustive]
 //
 // Without --model it serves the bundled model (models/shapes-32). --device auto (the default) runs on the GPU when
 // the build has the CUDA backend and the machine a CUDA device, else on the CPU; --device cuda where that is not so
 // exits 2 with the reason. --concurrent-decode on runs the VAE decode in the batcher's retire stage, beside the next
 // UNet step (Options::concurrent_retire); auto (the default) turns it on for cuda (the decode has its own stream) and
-// off for cpu (where both would share the same cores). --port 0 picks a free port. It prints "listening on
+// off for cpu (where both would share the same cores). --cuda-graphs and --cuda-conv-search choose CUDA backend
+// options (common/device.hpp) and matter only on cuda. --port 0 picks a free port. It prints "listening on
 // http://HOST:PORT" once ready. SIGINT/SIGTERM: new requests get 503, admitted ones finish, exit 0.
 #include <common/device.hpp>
 #include <sd_server/server.hpp>
@@ -37,7 +39,8 @@ constexpr const char* usage =
     "                          [--max-batch N] [--max-queue N (0 = unbounded)]\n"
     "                          [--admission continuous|static|cost-aware] [--batch-timeout-ms N]\n"
     "                          [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]\n"
-    "                          [--concurrent-decode auto|on|off (auto: on for cuda, off for cpu)]\n";
+    "                          [--concurrent-decode auto|on|off (auto: on for cuda, off for cpu)]\n"
+    "                          [--cuda-graphs on|off] [--cuda-conv-search heuristic|exhaustive] (cuda only)\n";
 
 int signal_pipe[2] = {-1, -1};
 
@@ -77,6 +80,7 @@ double real(const std::string& flag, const std::string& value, double lo, double
 struct CommandLine {
   ServerOptions options;
   std::string device;
+  carousel::examples::CudaBackendOptions cuda;
 };
 
 CommandLine parse(int argc, char** argv) {
@@ -85,6 +89,7 @@ CommandLine parse(int argc, char** argv) {
   std::optional<std::filesystem::path> model;
   std::optional<double> guidance;
   std::string concurrent_decode = "auto";
+  carousel::examples::CudaBackendOptions cuda;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
     if (flag == "-h" || flag == "--help") {
@@ -126,7 +131,13 @@ CommandLine parse(int argc, char** argv) {
         fail("--admission: expected continuous, static or cost-aware, got '" + value + "'");
       }
     } else {
-      fail("unknown flag " + flag);
+      bool known = false;
+      try {
+        known = carousel::examples::cuda_flag(flag, value, cuda);
+      } catch (const std::invalid_argument& e) {
+        fail(e.what());
+      }
+      if (!known) fail("unknown flag " + flag);
     }
   }
   try {
@@ -144,13 +155,13 @@ CommandLine parse(int argc, char** argv) {
   o.bundled_model = std::filesystem::equivalent(o.model_dir, bundled, ec);
   // The bundled model was tuned for guidance 2 (docs/bundled-model.md); other models get diffusers' 7.5.
   o.default_guidance = guidance.value_or(o.bundled_model ? 2.0 : 7.5);
-  return {o, device};
+  return {o, device, cuda};
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const auto [options, device] = parse(argc, argv);
+  const auto [options, device, cuda] = parse(argc, argv);
 
   // SIGINT/SIGTERM may land on any thread (OpenBLAS starts its own before main), so the handler only writes the
   // signal number to a pipe; a dedicated thread reads it and drains the server.
@@ -167,7 +178,7 @@ int main(int argc, char** argv) {
   std::optional<Server> server;
   try {
     const auto folder = carousel::model::DiffusersFolder::open(options.model_dir);
-    server.emplace(options, carousel::examples::load_backend(folder, device));
+    server.emplace(options, carousel::examples::load_backend(folder, device, cuda));
     server->bind();
   } catch (const std::exception& e) {
     std::cerr << "carousel-sd-server: " << e.what() << '\n';

@@ -2,7 +2,7 @@
 # --device on carousel-sd-server and carousel-sd: an unknown name exits 2 naming the choices; --device cuda where the
 # CUDA backend cannot run (a build without CUDA, or no GPU) exits 2 with the reason, and where it can, runs on the GPU
 # (/health says "cuda", the CLI writes its image); --device cpu and auto start, and auto picks cuda exactly when cuda
-# works. Needs curl.
+# works; the --cuda-* flags refuse bad values and are accepted on any device. Needs curl.
 #   tests/server/device_test.sh SERVER_BINARY CLI_BINARY MODEL_DIR WORK_DIR CUDA_BUILT(ON|OFF)
 set -euo pipefail
 server=$1 cli=$2 model=$3 work=$4 cuda_built=$5
@@ -78,4 +78,29 @@ if [ "$cuda_works" = yes ]; then want=cuda; else want=cpu; fi
 run "$cli" --model "$model" --device cpu --prompt "a red circle" --steps 2 --out "$work/cpu.png"
 [ "$rc" = 0 ] && grep -q " on cpu: " "$work/out" || { cat "$work/err" "$work/out"; fail "carousel-sd --device cpu"; }
 echo "--device cpu runs on the CPU; auto picks $want"
+
+# The --cuda-* flags: a bad value exits 2 naming the choices on both binaries; good values are accepted whatever the
+# device (they matter only on cuda), and on a GPU the server runs with graphs and timed convolution algorithms.
+for flag in "--cuda-graphs maybe:expected off or on, got 'maybe'" \
+  "--cuda-conv-search fast:expected heuristic or exhaustive, got 'fast'"; do
+  name=${flag%% *} rest=${flag#* } value=${rest%%:*} message=${flag#*:}
+  run "$server" --model "$model" --device cpu "$name" "$value" --port 0 --host 256.0.0.1
+  [ "$rc" = 2 ] && grep -q -- "$name: $message" "$work/err" || { cat "$work/err"; fail "server $name $value"; }
+  run "$cli" --model "$model" --device cpu "$name" "$value" --prompt x
+  [ "$rc" = 2 ] && grep -q -- "$name: $message" "$work/err" || { cat "$work/err"; fail "carousel-sd $name $value"; }
+done
+[ "$(health_device --device cpu --cuda-graphs on --cuda-conv-search exhaustive)" = cpu ] ||
+  fail "/health of --device cpu with --cuda-* flags"
+run "$cli" --model "$model" --device cpu --cuda-graphs off --cuda-conv-search heuristic --prompt "a red circle" \
+  --steps 2 --out "$work/cpu-flags.png"
+[ "$rc" = 0 ] || { cat "$work/err"; fail "carousel-sd --device cpu with --cuda-* flags"; }
+if [ "$cuda_works" = yes ]; then
+  [ "$(health_device --device cuda --cuda-graphs on --cuda-conv-search exhaustive)" = cuda ] ||
+    fail "/health of --device cuda --cuda-graphs on --cuda-conv-search exhaustive"
+  run "$cli" --model "$model" --device cuda --cuda-graphs on --cuda-conv-search exhaustive --prompt "a red circle" \
+    --steps 3 --out "$work/cuda-graphs.png"
+  [ "$rc" = 0 ] && [ -s "$work/cuda-graphs.png" ] || { cat "$work/err"; fail "carousel-sd --device cuda --cuda-*"; }
+  echo "--cuda-graphs on --cuda-conv-search exhaustive run on the GPU"
+fi
+echo "--cuda-* flags: bad values refused, good ones accepted"
 echo PASS
