@@ -11,6 +11,8 @@
 #      table: per-step ms, TFLOP/s and % of the measured fp16 GEMM peak, PyTorch eager ms, speed-up; attention,
 #      GroupNorm bandwidth, the host boundary's share, and how much of a VAE decode on its own stream a concurrent UNet
 #      step hides (Options::concurrent_retire);
+#   4b. builds the CLI (examples on, a build of its own) and draws the bundled model's picture with --device cuda and
+#      --device cpu into $OUT (bundled-cuda.png, bundled-cpu.png): the main job end to end on the GPU;
 #   5. runs compute-sanitizer memcheck on the test binaries in the time left, and prints the table (with the memcheck
 #      and test results) last.
 # Every step's timeout is cut to fit GPU_CHECK_SECONDS (default 540) in all, so the table is printed even when a step
@@ -195,6 +197,22 @@ if len(overlap) == 2:
           f"one after the other {seq['ms']:.1f} ms, concurrent (retire stage) {con['ms']:.1f} ms, "
           f"{100 * con['hidden']:.0f}% of the decode hidden")
 PY
+# The main job end to end: carousel-sd on the bundled model with --device cuda and --device cpu, both images to $OUT
+# (examples on in a build of their own, so that a configure problem there costs nothing above).
+if [ $((budget - ($(date +%s) - start))) -gt 150 ]; then
+  log "carousel-sd on the bundled model, cuda and cpu"
+  e2e="failed (see e2e.log)"
+  ("$cmake_bin" -S . -B build-gpu-examples "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DCAROUSEL_BUILD_TESTS=OFF \
+    -DCAROUSEL_BUILD_BENCHMARKS=OFF -DCAROUSEL_INSTALL=OFF -DCMAKE_CUDA_COMPILER="$nvcc" \
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_PREFIX_PATH="$prefix" -DCAROUSEL_CUDNN_ROOT="$cudnn_root" \
+    -DCAROUSEL_CUBLAS_ROOT="$cublas_root" &&
+    timeout "$(step_timeout 120 60)" "$cmake_bin" --build build-gpu-examples -j "$(nproc)" --target carousel-sd &&
+    for d in cuda cpu; do
+      timeout 60 build-gpu-examples/examples/sd_cli/carousel-sd --device "$d" --prompt "a red circle at the top left" \
+        --seed 7 --out "$out/bundled-$d.png" || exit 1
+    done) >"$out/e2e.log" 2>&1 && e2e="bundled-cuda.png and bundled-cpu.png written"
+  echo "carousel-sd --device cuda|cpu on the bundled model: $e2e" >>"$out/summary.txt"
+fi
 [ -f "$out/summary-note.txt" ] && cat "$out/summary-note.txt" >>"$out/summary.txt"
 cat "$out/summary.txt"
 
