@@ -25,13 +25,15 @@ def kernel_category(name: str) -> str:
         return "attention"
     if any(k in n for k in ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm", "implicit_convolve", "winograd")):
         return "conv"
-    if any(k in n for k in ("gemm", "cutlass", "cublas", "matmul", "gemv")):
-        return "gemm"
+    if any(k in n for k in ("gemm", "cutlass", "cublas", "matmul", "gemv", "nvjet")):
+        return "gemm"  # nvjet_*: cuBLAS's Hopper GEMM kernels
     if any(k in n for k in ("group_norm", "groupnorm", "rowwisemoments", "computefusedparams")):
         return "group_norm"  # PyTorch's GroupNorm: moments, fused parameters, then an affine kernel
     if "layer_norm" in n or "layernorm" in n:
         return "layer_norm"
-    if any(k in n for k in ("nchwtonhwc", "nhwctonchw", "transpose", "copy", "memcpy", "memset", "cast")):
+    if "catarray" in n:
+        return "elementwise"  # torch.cat's kernel: carousel's channel concatenation counts as elementwise
+    if any(k in n for k in ("nchwtonhwc", "nhwctonchw", "transpose", "direct_copy", "memcpy", "memset")):
         return "layout"
     return "elementwise"
 
@@ -47,7 +49,8 @@ def profile(unet, batch: int, steps: int = 3) -> dict:
     with torch.inference_mode():
         unet(sample, timesteps, context)
         torch.cuda.synchronize()
-        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        # CPU activity too: some PyTorch versions record no kernel events without it; the sum keeps kernels only.
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(steps):
                 unet(sample, timesteps, context)
             torch.cuda.synchronize()

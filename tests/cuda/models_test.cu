@@ -18,6 +18,7 @@
 
 #include <carousel/cpu/backend.hpp>
 #include <carousel/cuda/backend.cuh>
+#include <carousel/cuda/graph.cuh>
 #include <carousel/diffusion/pipeline.hpp>
 #include <carousel/step_batcher.hpp>
 #include <nlohmann/json.hpp>
@@ -193,4 +194,21 @@ TEST_CASE("Cuda.Graphs.MatchEagerAcrossBuckets") {
     // Another padded batch may select other cuDNN algorithms: equal up to float32 rounding.
     check_close(actual.values(), expected.values(), 1e-5);
   }
+}
+
+TEST_CASE("Cuda.Graphs.RefuseProfilingEngine") {
+  // A graph cannot be captured with the profile's timing events in it: UNetGraphs says so instead of failing later.
+  const cu::Backend backend(data_dir / "models" / "sd-tiny", cu::BackendOptions{.dtype = cu::DType::f32});
+  cu::UNetGraphs graphs(backend.unet_model());
+  cu::Engine e;
+  const auto sample = cu::upload(e, std::vector<float>(4 * 8 * 8), {1, 8, 8, 4}, cu::DType::f32);
+  const auto timesteps = cu::upload(e, std::vector<float>{500.0f}, {1}, cu::DType::f32);
+  const auto context = cu::upload(e, std::vector<float>(static_cast<std::size_t>(77 * backend.context_dim())),
+                                  {1, 77, backend.context_dim()}, cu::DType::f32);
+  e.set_profiling(true);
+  CHECK_THROWS_AS(static_cast<void>(graphs.forward(e, sample, timesteps, context)), std::invalid_argument);
+  CHECK(graphs.captured() == 0);
+  e.set_profiling(false);
+  static_cast<void>(graphs.forward(e, sample, timesteps, context));
+  CHECK(graphs.captured() == 1);
 }

@@ -317,7 +317,8 @@ TEST_CASE("Cuda.Ops.AttentionLargeScores") {
 }
 
 TEST_CASE("Cuda.Engine.Profile") {
-  // Ops count under their own kind, outermost only: a Linear with a bias (GEMM + epilogue) is all gemm time.
+  // Ops count under their own kind, outermost only: a Linear with a bias (GEMM + epilogue) is all gemm time. The first
+  // take_profile() covers the GroupNorm and the Linear.
   cu::Engine e;
   const auto x =
       carousel::cuda::test::to_device(e, carousel::cuda::test::random_tensor({2, 64, 32, 32}, 30), cu::DType::f16);
@@ -335,6 +336,14 @@ TEST_CASE("Cuda.Engine.Profile") {
   CHECK(at(cu::OpKind::elementwise) == 0.0);  // the Linear's bias epilogue ran inside the gemm scope
   CHECK(at(cu::OpKind::conv) == 0.0);
   CHECK(at(cu::OpKind::attention) == 0.0);
+  // A 1x1 convolution runs as a GEMM but counts as a convolution (as PyTorch's cuDNN kernel for it does); its bias
+  // epilogue is an elementwise op of its own, as after any convolution.
+  const cu::Conv2d conv1x1(w, "c.", 64, 32, 1, cu::DType::f16);
+  static_cast<void>(conv1x1.forward(e, x));
+  const auto conv_ms = e.take_profile();
+  CHECK(conv_ms[static_cast<std::size_t>(cu::OpKind::conv)] > 0.0);
+  CHECK(conv_ms[static_cast<std::size_t>(cu::OpKind::gemm)] == 0.0);
+  CHECK(conv_ms[static_cast<std::size_t>(cu::OpKind::elementwise)] > 0.0);  // the bias epilogue: an op of its own
   // take_profile() starts afresh; once profiling is off nothing is recorded.
   e.set_profiling(false);
   static_cast<void>(cu::group_norm(e, x, 32, 1e-5f, gamma, beta, false));

@@ -52,7 +52,7 @@ enum class ConvSearch : std::uint8_t {
   heuristic,   ///< cuDNN's heuristic ranking (cudnnGetConvolutionForwardAlgorithm_v7), like PyTorch by default
   exhaustive,  ///< every algorithm timed on the first call's data (cudnnFindConvolutionForwardAlgorithmEx), like
                ///< torch.backends.cudnn.benchmark = True: that first call takes longer, and the engine's cuDNN
-               ///< workspace grows to 256 MiB
+               ///< workspace grows to 256 MiB (a search that cannot run falls back to the heuristic)
 };
 
 class Engine;
@@ -161,7 +161,8 @@ class Engine {
 
   /// Starts (true) or stops (false) timing every op on the stream by OpKind, with a pair of CUDA events around each
   /// outermost op (an op made of other ops counts once, as its own kind). For benchmarks: it adds two event records
-  /// per op, and must not be on while a graph is captured. Either way the time gathered so far is discarded.
+  /// per op, and must not be on while a graph is captured (UNetGraphs refuses). Either way the time gathered so far is
+  /// discarded, and an op running at the time of the switch is not counted.
   void set_profiling(bool on) {
     discard_profile();
     profiling_ = on;
@@ -245,6 +246,10 @@ class OpScope {
   OpScope& operator=(const OpScope&) = delete;
   ~OpScope() {
     if (!e_ || --e_->op_depth_ > 0) return;
+    if (!e_->profiling_) {  // switched off inside the op: its time is not wanted
+      cudaEventDestroy(start_);
+      return;
+    }
     cudaEvent_t stop = nullptr;
     try {
       if (cudaEventCreate(&stop) == cudaSuccess && cudaEventRecord(stop, e_->stream()) == cudaSuccess) {

@@ -46,7 +46,8 @@ class UNetGraphs {
 
   /// As UNet2DConditionModel::forward (NHWC sample, float timesteps, context), through the bucket's graph (captured
   /// on first use). The result has the caller's batch and lives in the engine's own allocator.
-  /// \throws std::invalid_argument for a batch beyond the largest bucket or bad shapes; CudaError.
+  /// \throws std::invalid_argument for a batch beyond the largest bucket, bad shapes, or a capture asked of an engine
+  /// that is profiling (Engine::set_profiling); CudaError.
   DeviceTensor forward(Engine& e, const DeviceTensor& sample, const DeviceTensor& timesteps,
                        const DeviceTensor& context) {
     const std::int64_t batch = sample.dim(0);
@@ -99,6 +100,9 @@ class UNetGraphs {
   }
 
   std::unique_ptr<Bucket> capture(Engine& e, const Key& key, const DeviceTensor& sample, const DeviceTensor& context) {
+    if (e.profiling())
+      throw std::invalid_argument(
+          "carousel::cuda::UNetGraphs: the engine is profiling; a graph cannot be captured with its timing events");
     // A bucket needs one forward's working set of its own: hand the engine's cached blocks back to the device first.
     e.allocator().release_cached();
     auto bucket = std::make_unique<Bucket>();

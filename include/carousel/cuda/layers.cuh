@@ -70,12 +70,19 @@ class Conv2d {
   /// x [B, H, W, in] -> [B, H', W', out]; adds `per_item` [B, out] (a time embedding) and `residual` when given.
   DeviceTensor forward(Engine& e, const DeviceTensor& x, const DeviceTensor* per_item = nullptr,
                        const DeviceTensor* residual = nullptr) const {
-    DeviceTensor y = gemm_ ? linear(e, x, weight_, nullptr) : conv2d_nhwc(e, x, weight_, stride_, pad_);
+    DeviceTensor y = gemm_ ? gemm_forward(e, x) : conv2d_nhwc(e, x, weight_, stride_, pad_);
     add_epilogue(e, y, &bias_, per_item, residual);
     return y;
   }
 
  private:
+  // A 1x1 stride-1 convolution as a GEMM over the pixels; a convolution still in the engine's profile (OpKind::conv),
+  // as PyTorch's cuDNN kernel for it is in torch_unet.py's.
+  DeviceTensor gemm_forward(Engine& e, const DeviceTensor& x) const {
+    detail::OpScope scope(e, OpKind::conv);
+    return linear(e, x, weight_, nullptr);
+  }
+
   std::int64_t kernel_ = 1, stride_ = 1, pad_ = 0;
   bool gemm_ = false;
   DeviceTensor weight_, bias_;

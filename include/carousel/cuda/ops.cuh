@@ -233,11 +233,22 @@ inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTe
     cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int found = 0;
     if (e.conv_search() == ConvSearch::exhaustive) {
-      constexpr std::size_t search_workspace = std::size_t{256} << 20;  // candidates needing more are not timed
-      CAROUSEL_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
-          e.cudnn(), xd, x.data(), wd, weight.data(), cd, yd, y.data(), CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf,
-          e.workspace(search_workspace), search_workspace));
-    } else {
+      // Candidates needing more than this are not timed; a search that cannot run falls back to the heuristic.
+      constexpr std::size_t search_workspace = std::size_t{256} << 20;
+      bool searched = false;
+      try {
+        void* space = e.workspace(search_workspace);
+        searched = cudnnFindConvolutionForwardAlgorithmEx(e.cudnn(), xd, x.data(), wd, weight.data(), cd, yd, y.data(),
+                                                          CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf, space,
+                                                          search_workspace) == CUDNN_STATUS_SUCCESS;
+      } catch (const CudaError&) {  // no room for the search's workspace
+      }
+      if (!searched) {
+        static_cast<void>(cudaGetLastError());
+        found = 0;
+      }
+    }
+    if (found == 0) {
       CAROUSEL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(e.cudnn(), xd, wd, cd, yd,
                                                                   CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf));
     }
