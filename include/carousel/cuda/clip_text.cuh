@@ -70,7 +70,9 @@ class ClipTextModel {
     DeviceBuffer device_ids(flat.size() * sizeof(std::int32_t), &e.allocator());
     CAROUSEL_CUDA_CHECK(cudaMemcpyAsync(device_ids.get(), flat.data(), flat.size() * sizeof(std::int32_t),
                                         cudaMemcpyHostToDevice, e.stream()));
-    // From pageable memory the copy returns once `flat` is staged (CUDA's API synchronisation rules): no wait needed.
+    // `flat` is pageable and dies with this call: wait for the copy (microseconds; the stream is idle here, as every
+    // Backend call ends by waiting for its result) rather than rely on the staging rules of pageable copies.
+    e.synchronize();
     DeviceTensor h = e.empty({batch, len, d}, dtype_);
     if (h.numel() > 0) {
       detail::with_dtype(dtype_, [&](auto t) {
