@@ -121,7 +121,7 @@ if ! "$py" -c 'import diffusers' 2>/dev/null; then  # the image has PyTorch, not
 fi
 PYTHONUNBUFFERED=1 timeout "$(step_timeout 150 20)" "$py" benchmarks/cuda/torch_unet.py --profile-batch 8 >"$out/torch.json" \
   2>"$out/torch.err" || { tail -20 "$out/torch.err"; status=8; }
-"$py" - "$out/bench.json" "$out/torch.json" >"$out/summary.txt" <<'PY'
+"$py" - "$out/bench.json" "$out/torch.json" "$out/unet-curve-guided.csv" >"$out/summary.txt" <<'PY'
 import json, sys
 bench, graph, torch, attention, overlap, boundary, group_norm = {}, {}, {}, {}, {}, None, {}
 breakdown, torch_breakdown, searched = None, {}, {}
@@ -189,6 +189,13 @@ for batch, b in sorted(searched.items()):
     base = bench[batch]["ms"] if batch in bench else float("nan")
     print(f"batch {batch} with convolution algorithms timed (cudnnFind, like cudnn.benchmark): {b['ms']:.2f} ms "
           f"(heuristic: {base:.2f} ms)")
+# The serving benchmark's cost curve for guided requests (each is 2 UNet rows): batch_size = rows / 2, so that
+# `carousel-bench-serving --curve unet-curve-guided.csv` replays the serving grid on this GPU's step times.
+curve = [(rows // 2, bench[rows]["ms"]) for rows in sorted(bench) if rows % 2 == 0]
+if curve:
+    with open(sys.argv[3], "w") as f:
+        f.write("batch_size,step_ms\n" + "".join(f"{b},{ms:.3f}\n" for b, ms in curve))
+    print(f"serving cost curve (guided requests per step -> ms): {sys.argv[3].rsplit('/', 1)[-1]}")
 for kind, b in sorted(attention.items()):
     print(f"attention 2x8x4096x4096 (head_dim 40), {kind}: {b['ms']:.2f} ms, {b['TFLOPS']:.1f} TFLOP/s")
 if breakdown:
