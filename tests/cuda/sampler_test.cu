@@ -8,7 +8,9 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -156,6 +158,27 @@ TEST_CASE("Cuda.Sampler.MixedBatchMatchesHost") {
   check_equal_or_close(actual, expected, exact);
   for (std::size_t i = 0; i < count; ++i)
     if (coeffs[i].uses_history()) check_equal_or_close(device_history[i], host_history[i], exact);
+}
+
+TEST_CASE("Cuda.Sampler.NanSurvivesClip") {
+  // A NaN from the model (an overflowing fp16 UNet) stays NaN through clip_sample, as with std::min/std::max and
+  // torch.clamp on the host: the clamp must not turn it into a bound and hide it.
+  cu::Engine e;
+  const dm::NoiseSchedule s(config_with(dm::PredictionType::epsilon, true, false, dm::VarianceType::fixed_small));
+  const std::vector<dm::StepCoefficients> coeffs = {dm::ddim_coefficients(s, 801, 781, {.eta = 0.0f}),
+                                                    dm::ddpm_coefficients(s, 700, 600)};
+  const auto x = carousel::cuda::test::random_values(2 * n, 4);
+  auto out = carousel::cuda::test::random_values(2 * n, 5);
+  out[5] = out[n + 7] = std::numeric_limits<float>::quiet_NaN();
+  const auto noise = carousel::cuda::test::random_values(2 * n, 6);
+  std::vector<std::vector<float>> host_history(2, std::vector<float>(n)), device_history = host_history;
+  std::vector<float*> history_ptrs = {host_history[0].data(), host_history[1].data()};
+  auto expected = x;
+  dm::apply_update(coeffs, dm::UpdateBatch{expected, out, noise, n, history_ptrs});
+  REQUIRE(std::isnan(expected[5]));
+  REQUIRE(std::isnan(expected[n + 7]));
+  const auto actual = device_update(e, coeffs, x, out, n, noise, device_history);
+  check_equal_or_close(actual, expected, true);
 }
 
 TEST_CASE("Cuda.Guidance.PerSampleScales") {

@@ -128,6 +128,7 @@ inline DeviceTensor linear(Engine& e, const DeviceTensor& x, const DeviceTensor&
 inline void add_epilogue(Engine& e, DeviceTensor& y, const DeviceTensor* bias, const DeviceTensor* per_item,
                          const DeviceTensor* residual) {
   detail::OpScope scope(e, OpKind::elementwise);
+  detail::require(y.rank() >= 2, "add_epilogue: " + shape_string(y.shape()) + " is not [B, ..., C]");
   if (y.numel() == 0) return;
   const std::int64_t items = y.dim(0), channels = y.dim(-1), positions = y.numel() / (items * channels);
   detail::require(!residual || residual->shape() == y.shape(), "add_epilogue: residual shape differs");
@@ -350,8 +351,10 @@ inline DeviceTensor group_norm(Engine& e, const DeviceTensor& x, std::int64_t gr
 inline DeviceTensor layer_norm(Engine& e, const DeviceTensor& x, const DeviceTensor& gamma, const DeviceTensor& beta,
                                float eps) {
   detail::OpScope scope(e, OpKind::layer_norm);
-  const std::int64_t width = x.dim(-1), rows = x.numel() / width;
-  detail::require(gamma.numel() == width, "layer_norm: gamma does not match the width");
+  const std::int64_t width = x.rank() ? x.dim(-1) : 0;
+  detail::require(width > 0 && gamma.numel() == width,
+                  "layer_norm: gamma does not match the width of " + shape_string(x.shape()));
+  const std::int64_t rows = x.numel() / width;
   DeviceTensor y = e.empty(x.shape(), x.dtype());
   if (rows == 0) return y;
   detail::with_dtype(x.dtype(), [&](auto t) {
@@ -496,6 +499,8 @@ inline void attention(Engine& e, DType dtype, const void* q, std::int64_t ldq, c
 /// GEGLU: proj [..., 2*inner] = [a | g] -> a * GELU_erf(g) [..., inner].
 inline DeviceTensor geglu(Engine& e, const DeviceTensor& proj) {
   detail::OpScope scope(e, OpKind::elementwise);
+  detail::require(proj.rank() > 0 && proj.dim(-1) >= 2 && proj.dim(-1) % 2 == 0,
+                  "geglu: the last extent of " + shape_string(proj.shape()) + " is not an even number >= 2");
   const std::int64_t inner = proj.dim(-1) / 2, rows = proj.numel() / (2 * inner);
   Shape shape = proj.shape();
   shape.back() = inner;
@@ -542,7 +547,8 @@ inline std::vector<float> timestep_frequencies(std::int64_t dim, float freq_shif
   return freqs;
 }
 
-/// Timestep embedding [B, 2*half] in `dtype` from device timesteps [B] (float) and device frequencies [half].
+/// Timestep embedding [B, 2*half] in `dtype` from device timesteps [B] (float) and device frequencies [half] (even
+/// embedding widths only: the CPU backend's zero column for an odd width has no counterpart here; SD's are even).
 inline DeviceTensor timestep_embedding(Engine& e, const DeviceTensor& timesteps, const DeviceTensor& freqs,
                                        bool flip_sin_to_cos, DType dtype) {
   detail::OpScope scope(e, OpKind::elementwise);

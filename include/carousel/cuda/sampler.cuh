@@ -64,9 +64,15 @@ __device__ inline float predict_x0(const StepCoefficients& c, float x, float out
   return out;
 }
 
+// std::min(std::max(x, lo), hi) exactly, NaN included (fminf / fmaxf would turn a NaN into a bound and hide it).
+__device__ inline float clamp_like_std(float x, float lo, float hi) {
+  const float above = x < lo ? lo : x;
+  return hi < above ? hi : above;
+}
+
 __device__ inline float clamp_x0(const StepCoefficients& c, float x0, float threshold) {
-  if (c.clamp == diffusion::X0Clamp::clip) return fminf(fmaxf(x0, -c.clip_range), c.clip_range);
-  if (c.clamp == diffusion::X0Clamp::threshold) return div(fminf(fmaxf(x0, -threshold), threshold), threshold);
+  if (c.clamp == diffusion::X0Clamp::clip) return clamp_like_std(x0, -c.clip_range, c.clip_range);
+  if (c.clamp == diffusion::X0Clamp::threshold) return div(clamp_like_std(x0, -threshold, threshold), threshold);
   return x0;
 }
 
@@ -194,6 +200,9 @@ __global__ void guidance_rescale(float* out, const float* rescales, const float*
 }
 
 inline dim3 per_sample_grid(std::size_t n, std::size_t samples) {
+  if (samples > 65535)
+    throw std::invalid_argument("carousel::cuda: " + std::to_string(samples) +
+                                " samples in one launch exceed the grid's 65535");
   const std::size_t x = (n + block_threads - 1) / block_threads;
   return dim3(static_cast<unsigned>(x < 1 ? 1 : (x > 4096 ? 4096 : x)), static_cast<unsigned>(samples));
 }
@@ -274,6 +283,10 @@ inline void combine_guidance(Engine& e, const float* model_output, std::span<con
                              float* out) {
   const std::size_t count = rows.size();
   if (count == 0) return;
+  if (out == model_output)
+    throw std::invalid_argument(
+        "carousel::cuda::combine_guidance: `out` must not alias `model_output` (the rescale "
+        "reads conditional rows after the combine)");
   std::vector<std::int64_t> index;
   std::vector<float> scales, rescales;
   bool any_rescale = false;
