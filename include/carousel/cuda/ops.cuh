@@ -368,15 +368,21 @@ inline DeviceTensor layer_norm(Engine& e, const DeviceTensor& x, const DeviceTen
 
 namespace detail {
 
-// Whether the current device runs flash_attention_mma (sm_80 or later), asked once.
-inline bool mma_flash_supported() {
-  static const bool supported = [] {
-    int device = 0, major = 0;
+// What the fused attention kernels need to know of the current device, asked once: whether it runs
+// flash_attention_mma (sm_80 or later) and the most dynamic shared memory one block may opt into.
+struct DeviceLimits {
+  bool mma = false;
+  std::size_t max_block_smem = 0;
+};
+inline const DeviceLimits& device_limits() {
+  static const DeviceLimits limits = [] {
+    int device = 0, major = 0, smem = 0;
     CAROUSEL_CUDA_CHECK(cudaGetDevice(&device));
     CAROUSEL_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    return major >= 8;
+    CAROUSEL_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    return DeviceLimits{major >= 8, static_cast<std::size_t>(smem)};
   }();
-  return supported;
+  return limits;
 }
 
 // The fused kernel `kernel` (flash_mma or flash_wmma) for a padded head dim DP.
@@ -429,10 +435,16 @@ inline bool flash_attention_if_supported(Engine& e, DType dtype, const void* q, 
                                          bool causal, float scale, void* out, std::int64_t ldo) {
   AttentionKernel kernel = e.attention_kernel();
   if (kernel == AttentionKernel::plain || dtype != DType::f16 || causal || head_dim > 160 || lk == 0) return false;
-  if (kernel == AttentionKernel::flash_mma && !mma_flash_supported()) kernel = AttentionKernel::flash_wmma;
+  if (kernel == AttentionKernel::flash_mma && !device_limits().mma) kernel = AttentionKernel::flash_wmma;
+  bool ran = false;
   const auto run = [&](auto dp) {
-    launch_flash<decltype(dp)::value>(e, kernel, q, ldq, k, ldk, v, ldv, batch, lq, lk, heads, head_dim, scale, out,
-                                      ldo);
+    constexpr int DP = decltype(dp)::value;
+    // A kernel whose shared memory the device cannot give one block (WMMA at large head dims before sm_80, or at
+    // 128/160 on sm_86/89) leaves the work to the plain path.
+    const std::size_t smem = kernel == AttentionKernel::flash_mma ? mma_flash_smem_bytes(DP) : flash_smem_bytes(DP);
+    if (smem > device_limits().max_block_smem) return;
+    launch_flash<DP>(e, kernel, q, ldq, k, ldk, v, ldv, batch, lq, lk, heads, head_dim, scale, out, ldo);
+    ran = true;
   };
   if (head_dim <= 16) {
     run(std::integral_constant<int, 16>{});
@@ -449,7 +461,7 @@ inline bool flash_attention_if_supported(Engine& e, DType dtype, const void* q, 
   } else {
     run(std::integral_constant<int, 160>{});
   }
-  return true;
+  return ran;
 }
 
 }  // namespace detail
