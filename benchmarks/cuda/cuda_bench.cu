@@ -34,9 +34,12 @@ namespace cu = carousel::cuda;
 
 namespace {
 
-bool have_gpu() {
+// Marks the benchmark skipped when there is no CUDA device; returns whether it did.
+bool skipped_without_gpu(benchmark::State& state) {
   int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+  if (cudaGetDeviceCount(&count) == cudaSuccess && count > 0) return false;
+  state.SkipWithError("no CUDA device");
+  return true;
 }
 
 // Milliseconds between two events recorded around `fn` on the engine's stream.
@@ -56,11 +59,20 @@ double time_ms(cu::Engine& e, F&& fn) {
   return ms;
 }
 
-void BM_GemmPeakFp16(benchmark::State& state) {
-  if (!have_gpu()) {
-    state.SkipWithError("no CUDA device");
-    return;
+// Times `fn` once per benchmark iteration (the iteration's manual time) and returns the mean in milliseconds.
+template <class F>
+double mean_iteration_ms(benchmark::State& state, cu::Engine& e, F&& fn) {
+  double total_ms = 0;
+  for (auto _ : state) {
+    const double ms = time_ms(e, fn);
+    total_ms += ms;
+    state.SetIterationTime(ms / 1e3);
   }
+  return total_ms / static_cast<double>(state.iterations());
+}
+
+void BM_GemmPeakFp16(benchmark::State& state) {
+  if (skipped_without_gpu(state)) return;
   const std::int64_t n = state.range(0);
   cu::Engine e;
   auto a = e.empty({n, n}, cu::DType::f16), b = e.empty({n, n}, cu::DType::f16), c = e.empty({n, n}, cu::DType::f16);
@@ -71,14 +83,8 @@ void BM_GemmPeakFp16(benchmark::State& state) {
              cu::DType::f16);
   };
   run();
-  double total_ms = 0;
-  for (auto _ : state) {
-    const double ms = time_ms(e, run);
-    total_ms += ms;
-    state.SetIterationTime(ms / 1e3);
-  }
+  const double mean_ms = mean_iteration_ms(state, e, run);
   const double flops = 2.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(n);
-  const double mean_ms = total_ms / static_cast<double>(state.iterations());
   state.counters["ms"] = mean_ms;
   state.counters["TFLOPS"] = flops / (mean_ms * 1e-3) / 1e12;
 }
@@ -87,10 +93,7 @@ BENCHMARK(BM_GemmPeakFp16)->ArgName("n")->Arg(8192)->UseManualTime()->Iterations
 // SD-1.5's largest self-attention (64x64 latents: 4096 tokens, 8 heads of 40) for 2 images, fp16, by AttentionKernel:
 // 0 flash_mma (registers, mma.sync), 1 flash_wmma (WMMA, scores in shared memory), 2 plain (GEMM + softmax + GEMM).
 void BM_AttentionSd15Fp16(benchmark::State& state) {
-  if (!have_gpu()) {
-    state.SkipWithError("no CUDA device");
-    return;
-  }
+  if (skipped_without_gpu(state)) return;
   const std::int64_t batch = 2, tokens = 4096, heads = 8, head_dim = 40, width = heads * head_dim;
   cu::Engine e;
   e.set_attention_kernel(static_cast<cu::AttentionKernel>(state.range(0)));
@@ -103,14 +106,8 @@ void BM_AttentionSd15Fp16(benchmark::State& state) {
                   tokens, tokens, heads, head_dim, false, out.data(), width);
   };
   run();
-  double total_ms = 0;
-  for (auto _ : state) {
-    const double ms = time_ms(e, run);
-    total_ms += ms;
-    state.SetIterationTime(ms / 1e3);
-  }
+  const double mean_ms = mean_iteration_ms(state, e, run);
   const double flops = 4.0 * static_cast<double>(batch * heads * tokens) * static_cast<double>(tokens * head_dim);
-  const double mean_ms = total_ms / static_cast<double>(state.iterations());
   state.counters["ms"] = mean_ms;
   state.counters["TFLOPS"] = flops / (mean_ms * 1e-3) / 1e12;
 }
@@ -127,10 +124,7 @@ BENCHMARK(BM_AttentionSd15Fp16)
 // 64x64x320, fp16) and the VAE decoder's last (case 1: one 512x512x128 image, fp32). The op reads x twice and writes
 // y once; a device-to-device copy of x in the same run is the bandwidth reference (GB/s and % of the copy's).
 void BM_GroupNormSd15(benchmark::State& state) {
-  if (!have_gpu()) {
-    state.SkipWithError("no CUDA device");
-    return;
-  }
+  if (skipped_without_gpu(state)) return;
   const bool vae = state.range(0) != 0;
   const cu::Shape shape = vae ? cu::Shape{1, 512, 512, 128} : cu::Shape{16, 64, 64, 320};
   const cu::DType dtype = vae ? cu::DType::f32 : cu::DType::f16;
@@ -199,10 +193,7 @@ Sd15Inputs sd15_inputs(cu::Engine& e, std::int64_t batch) {
 // One UNet step at `batch`, eager (every kernel launched from the host) or replayed from a captured CUDA graph, with
 // convolution algorithms from cuDNN's heuristic or timed (ConvSearch::exhaustive).
 void unet_step(benchmark::State& state, bool graphs, cu::ConvSearch search = cu::ConvSearch::heuristic) {
-  if (!have_gpu()) {
-    state.SkipWithError("no CUDA device");
-    return;
-  }
+  if (skipped_without_gpu(state)) return;
   const std::int64_t batch = state.range(0);
   const auto& unet = sd15_unet();
   cu::Engine e;
@@ -222,13 +213,7 @@ void unet_step(benchmark::State& state, bool graphs, cu::ConvSearch search = cu:
   };
   step();  // warm-up (captures the graph)
   e.synchronize();
-  double total_ms = 0;
-  for (auto _ : state) {
-    const double ms = time_ms(e, step);
-    total_ms += ms;
-    state.SetIterationTime(ms / 1e3);
-  }
-  const double mean_ms = total_ms / static_cast<double>(state.iterations());
+  const double mean_ms = mean_iteration_ms(state, e, step);
   state.counters["batch"] = static_cast<double>(batch);
   state.counters["ms"] = mean_ms;
   state.counters["GFLOP_per_step"] = flops / 1e9;
@@ -276,10 +261,7 @@ BENCHMARK(BM_UNetStepSd15Fp16ConvSearch)
 // mean of 3 profiled steps; `step_ms` is an unprofiled step in the same run, so step_ms - sum_ms is time outside the
 // ops (launch gaps, kernels of no op). torch_unet.py --profile-batch 8 gives PyTorch's kernels in the same categories.
 void BM_UNetBreakdownSd15Fp16(benchmark::State& state) {
-  if (!have_gpu()) {
-    state.SkipWithError("no CUDA device");
-    return;
-  }
+  if (skipped_without_gpu(state)) return;
   const std::int64_t batch = state.range(0);
   const auto& unet = sd15_unet();
   cu::Engine e;
@@ -322,10 +304,7 @@ BENCHMARK(BM_UNetBreakdownSd15Fp16)
 // output back (NHWC -> NCHW float32), each as the Backend does it (synchronous copies). Against BM_UNetStepSd15Fp16 at
 // batch 16 it says what device-resident latents would save per step.
 void BM_HostBoundarySd15(benchmark::State& state) {
-  if (!have_gpu()) {
-    state.SkipWithError("no CUDA device");
-    return;
-  }
+  if (skipped_without_gpu(state)) return;
   const std::int64_t rows = 16;
   cu::Engine e;
   const std::vector<float> sample(static_cast<std::size_t>(rows * 4 * 64 * 64), 0.5f);
@@ -373,10 +352,7 @@ const cu::VaeDecoder& sd15_vae() {
 // from two threads (overlap = 1: Options::concurrent_retire, the decode on the backend's decode stream). Wall time of
 // the pair; counters step_ms and decode_ms are each alone, hidden = the share of the decode the overlap hid.
 void BM_DecodeOverlapSd15(benchmark::State& state) {
-  if (!have_gpu()) {
-    state.SkipWithError("no CUDA device");
-    return;
-  }
+  if (skipped_without_gpu(state)) return;
   const bool overlap = state.range(0) != 0;
   const std::int64_t batch = 8;
   const auto& unet = sd15_unet();
