@@ -147,8 +147,8 @@ inline void add_epilogue(Engine& e, DeviceTensor& y, const DeviceTensor* bias, c
 }
 
 /// Convolution of x [B, H, W, Cin] (NHWC) with `weight` [Cout, k, k, Cin] (KRSC), square kernel, stride and zero
-/// padding, through cuDNN (fp16: tensor-core math; fp32: FMA math, no TF32); no bias. The algorithm comes from
-/// cuDNN's heuristics (cudnnGetConvolutionForwardAlgorithm_v7).
+/// padding, through cuDNN (fp16: tensor-core math; fp32: FMA math, no TF32); no bias. The algorithm is chosen on a
+/// shape's first call, from cuDNN's heuristic or by timing (the engine's ConvSearch), and cached.
 inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTensor& weight, std::int64_t stride,
                                 std::int64_t pad) {
   detail::OpScope scope(e, OpKind::conv);
@@ -385,11 +385,28 @@ inline const DeviceLimits& device_limits() {
   return limits;
 }
 
+// Raises Kernel's dynamic shared memory limit to `bytes`, once per kernel (not again while a graph is being captured).
+template <auto Kernel>
+void allow_dynamic_smem(std::size_t bytes) {
+  static std::once_flag raised;
+  std::call_once(raised, [&] {
+    CAROUSEL_CUDA_CHECK(
+        cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  });
+}
+
+// The dynamic shared memory of the fused kernel `kernel` (flash_mma or flash_wmma) at a padded head dim DP.
+template <int DP>
+std::size_t flash_kernel_smem(AttentionKernel kernel) {
+  return kernel == AttentionKernel::flash_mma ? mma_flash_smem_bytes(DP) : flash_smem_bytes(DP);
+}
+
 // The fused kernel `kernel` (flash_mma or flash_wmma) for a padded head dim DP.
 template <int DP>
 void launch_flash(Engine& e, AttentionKernel kernel, const void* q, std::int64_t ldq, const void* k, std::int64_t ldk,
                   const void* v, std::int64_t ldv, std::int64_t batch, std::int64_t lq, std::int64_t lk,
                   std::int64_t heads, std::int64_t head_dim, float scale, void* out, std::int64_t ldo) {
+  const std::size_t smem = flash_kernel_smem<DP>(kernel);
   static_assert(flash_rows == mma_flash_rows);
   const dim3 grid(static_cast<unsigned>((lq + flash_rows - 1) / flash_rows), static_cast<unsigned>(heads),
                   static_cast<unsigned>(batch));
@@ -397,14 +414,8 @@ void launch_flash(Engine& e, AttentionKernel kernel, const void* q, std::int64_t
   const auto* kh = static_cast<const __half*>(k);
   const auto* vh = static_cast<const __half*>(v);
   auto* oh = static_cast<__half*>(out);
-  // Each kernel's dynamic shared memory limit is raised once (not again while a graph is being captured).
   if (kernel == AttentionKernel::flash_mma) {
-    const std::size_t smem = mma_flash_smem_bytes(DP);
-    static std::once_flag raised;
-    std::call_once(raised, [&] {
-      CAROUSEL_CUDA_CHECK(cudaFuncSetAttribute(flash_attention_mma<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(smem)));
-    });
+    allow_dynamic_smem<flash_attention_mma<DP>>(smem);
     // 16-byte loads when every row starts 16-byte aligned.
     const auto aligned = [](const void* p, std::int64_t ld) {
       return reinterpret_cast<std::uintptr_t>(p) % 16 == 0 && ld % 8 == 0;
@@ -413,12 +424,7 @@ void launch_flash(Engine& e, AttentionKernel kernel, const void* q, std::int64_t
     flash_attention_mma<DP><<<grid, 128, smem, e.stream()>>>(qh, ldq, kh, ldk, vh, ldv, oh, ldo, lq, lk,
                                                              static_cast<int>(head_dim), scale, vec);
   } else {
-    const std::size_t smem = flash_smem_bytes(DP);
-    static std::once_flag raised;
-    std::call_once(raised, [&] {
-      CAROUSEL_CUDA_CHECK(cudaFuncSetAttribute(flash_attention<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(smem)));
-    });
+    allow_dynamic_smem<flash_attention<DP>>(smem);
     flash_attention<DP><<<grid, 128, smem, e.stream()>>>(qh, ldq, kh, ldk, vh, ldv, oh, ldo, lq, lk,
                                                          static_cast<int>(head_dim), scale);
   }
@@ -441,8 +447,7 @@ inline bool flash_attention_if_supported(Engine& e, DType dtype, const void* q, 
     constexpr int DP = decltype(dp)::value;
     // A kernel whose shared memory the device cannot give one block (WMMA at large head dims before sm_80, or at
     // 128/160 on sm_86/89) leaves the work to the plain path.
-    const std::size_t smem = kernel == AttentionKernel::flash_mma ? mma_flash_smem_bytes(DP) : flash_smem_bytes(DP);
-    if (smem > device_limits().max_block_smem) return;
+    if (flash_kernel_smem<DP>(kernel) > device_limits().max_block_smem) return;
     launch_flash<DP>(e, kernel, q, ldq, k, ldk, v, ldv, batch, lq, lk, heads, head_dim, scale, out, ldo);
     ran = true;
   };
