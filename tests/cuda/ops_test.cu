@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -37,10 +36,9 @@ const cu::DType dtypes[] = {cu::DType::f32, cu::DType::f16};
 // The attention kernels under test: all three, or those CAROUSEL_CUDA_ATTENTION leaves (the GPU check reruns failed
 // tests with "wmma" so that a faulting default kernel does not hide the rest).
 std::vector<cu::AttentionKernel> attention_kernels() {
-  const char* env = std::getenv("CAROUSEL_CUDA_ATTENTION");
-  const std::string name = env ? env : "";
-  if (name == "plain") return {cu::AttentionKernel::plain};
-  if (name == "wmma") return {cu::AttentionKernel::flash_wmma, cu::AttentionKernel::plain};
+  const cu::AttentionKernel named = cu::detail::attention_kernel_from_environment();
+  if (named == cu::AttentionKernel::plain) return {cu::AttentionKernel::plain};
+  if (named == cu::AttentionKernel::flash_wmma) return {cu::AttentionKernel::flash_wmma, cu::AttentionKernel::plain};
   return {cu::AttentionKernel::flash_mma, cu::AttentionKernel::flash_wmma, cu::AttentionKernel::plain};
 }
 

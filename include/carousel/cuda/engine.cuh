@@ -59,6 +59,15 @@ class Engine;
 
 namespace detail {
 class OpScope;
+
+/// The attention kernel the environment variable CAROUSEL_CUDA_ATTENTION names: "plain", "wmma", else flash_mma.
+inline AttentionKernel attention_kernel_from_environment() {
+  const char* env = std::getenv("CAROUSEL_CUDA_ATTENTION");
+  const std::string_view name = env ? env : "";
+  return name == "plain"  ? AttentionKernel::plain
+         : name == "wmma" ? AttentionKernel::flash_wmma
+                          : AttentionKernel::flash_mma;
+}
 }  // namespace detail
 
 /// An owning, non-blocking CUDA stream. Move-only.
@@ -215,13 +224,7 @@ class Engine {
     const char* env = std::getenv("CAROUSEL_CUDA_CONV_SEARCH");
     return env && std::string_view(env) == "exhaustive" ? ConvSearch::exhaustive : ConvSearch::heuristic;
   }();
-  AttentionKernel attention_kernel_ = [] {
-    const char* env = std::getenv("CAROUSEL_CUDA_ATTENTION");
-    const std::string_view name = env ? env : "";
-    return name == "plain"  ? AttentionKernel::plain
-           : name == "wmma" ? AttentionKernel::flash_wmma
-                            : AttentionKernel::flash_mma;
-  }();
+  AttentionKernel attention_kernel_ = detail::attention_kernel_from_environment();
 };
 
 namespace detail {
