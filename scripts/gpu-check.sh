@@ -81,8 +81,9 @@ timeout $((budget - 150)) "$cmake_bin" --build build-gpu -j "$(nproc)" --target 
 # ---- 3. tests, 4. benchmarks; compute-sanitizer last, in the time that is left ------------------------------------
 # Every step's timeout is cut to what the deadline leaves after reserving time for the steps that matter more, so the
 # table is written even when a step hangs; memcheck (the most expendable) gets whatever remains.
+time_left() { echo $((budget - ($(date +%s) - start))); }  # seconds to the deadline
 step_timeout() {  # step_timeout MAX RESERVE: at most MAX seconds, leaving RESERVE seconds before the deadline
-  local t=$((budget - ($(date +%s) - start) - $2))
+  local t=$(($(time_left) - $2))
   [ "$t" -gt "$1" ] && t=$1
   [ "$t" -lt 10 ] && t=10
   echo "$t"
@@ -222,7 +223,7 @@ cat "$out/summary.txt"
 
 # The main job end to end: carousel-sd on the bundled model with --device cuda and --device cpu, both images to $OUT
 # (examples on in a build of their own, so that a configure problem there costs nothing above).
-if [ $((budget - ($(date +%s) - start))) -gt 120 ]; then
+if [ "$(time_left)" -gt 120 ]; then
   log "carousel-sd on the bundled model, cuda and cpu"
   e2e="failed (see e2e.log)"
   (timeout "$(step_timeout 60 50)" "$cmake_bin" -S . -B build-gpu-examples "${generator[@]}" \
@@ -243,7 +244,7 @@ sanitizer=$(command -v compute-sanitizer || echo "$cuda_home/bin/compute-sanitiz
 for t in "carousel.cuda.sampler" "carousel.cuda.models --test-case=Cuda.Models.MatchCpu,Cuda.Models.EmptyBatch" \
   "carousel.cuda.ops --test-case=Cuda.Ops.*,Cuda.Allocator.*,Cuda.Engine.*"; do
   set -- $t
-  if [ $((budget - ($(date +%s) - start))) -lt 30 ]; then
+  if [ "$(time_left)" -lt 30 ]; then
     log "memcheck $t: skipped (out of time)"
     echo "memcheck $1: skipped (out of time)" >>"$out/summary.txt"
     continue
