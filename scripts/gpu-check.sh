@@ -18,14 +18,26 @@
 # Every step's timeout is cut to fit GPU_CHECK_SECONDS (default 540) in all, so the table is printed even when a step
 # hangs: give the device call timeout_s of about 580.
 # Usage (device tool): scripts/prepare-carry.sh here, then run `bash scripts/gpu-check.sh` with carry [".carry"].
-# Results land in $OUT (or /tmp/carousel-gpu-check): ctest.log, sanitizer.log, bench.json, torch.json, summary.txt.
+# Results land in $OUT (or /tmp/carousel-gpu-check): summary.txt, bench.json, torch.json, unet-curve-guided.csv, the
+# two pictures, and logs.tar.gz (configure, build, ctest, benchmark, PyTorch, end-to-end and sanitizer logs).
 set -uo pipefail
 start=$(date +%s)
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-out="${OUT:-/tmp/carousel-gpu-check}"
-mkdir -p "$out"
-rm -f "$out/summary-note.txt" "$out/ctest-wmma.log" "$out/e2e.log"  # what an earlier run may have left
+# The device tool brings back at most 8 files from $OUT: the results go there, every log into $OUT/logs.tar.gz (on any
+# exit, also when a timeout stops the script with SIGTERM).
+final="${OUT:-/tmp/carousel-gpu-check}"
+out=/tmp/carousel-gpu-work
+rm -rf "$out" && mkdir -p "$out" "$final"
+pack() {
+  trap - EXIT
+  for f in summary.txt bench.json torch.json unet-curve-guided.csv bundled-cuda.png bundled-cpu.png; do
+    [ -f "$out/$f" ] && cp "$out/$f" "$final/"
+  done
+  tar -C "$out" -czf "$final/logs.tar.gz" . 2>/dev/null
+}
+trap pack EXIT
+trap 'exit 143' TERM INT
 log() { echo "[gpu-check +$(($(date +%s) - start))s] $*"; }
 budget=${GPU_CHECK_SECONDS:-540}  # the whole check, build included; give the device call a timeout a little above
 status=0
