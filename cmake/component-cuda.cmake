@@ -1,4 +1,4 @@
-# carousel::cuda — the reference CUDA backend (include/carousel/cuda/*.cuh): device tensors, cuBLAS GEMMs, cuDNN
+# carousel::cuda — the reference CUDA backend (include/carousel/cuda/*.cuh): device tensors, cuBLAS(Lt) GEMMs, cuDNN
 # convolutions, own kernels, the UNet / CLIP / VAE modules and carousel::cuda::Backend.
 #
 # CAROUSEL_ENABLE_CUDA defaults to ON when a CUDA compiler is found and switches itself off (with a message) when
@@ -18,7 +18,7 @@ endif()
 option(CAROUSEL_ENABLE_CUDA "Build the CUDA backend (carousel::cuda)" ${carousel_cuda_default})
 set(CAROUSEL_CUDNN_ROOT "$ENV{CAROUSEL_CUDNN_ROOT}" CACHE PATH "Prefix of a cuDNN 9 installation (include/, lib/)")
 set(CAROUSEL_CUBLAS_ROOT "$ENV{CAROUSEL_CUBLAS_ROOT}" CACHE PATH
-    "Prefix of a cuBLAS installation when it is not inside the CUDA toolkit (include/, lib/)")
+    "Prefix of a cuBLAS + cuBLASLt installation when it is not inside the CUDA toolkit (include/, lib/)")
 
 if(CAROUSEL_ENABLE_CUDA AND NOT CMAKE_CUDA_COMPILER)
   message(STATUS "carousel: no CUDA compiler found; the CUDA backend is not built")
@@ -37,8 +37,8 @@ if(CAROUSEL_ENABLE_CUDA)
   carousel_find_cuda_deps()
   if(NOT carousel_cuda_deps_FOUND)
     message(WARNING "carousel: cuDNN (${CAROUSEL_CUDNN_INCLUDE_DIR}, ${CAROUSEL_CUDNN_LIBRARY}) or cuBLAS "
-                    "(${CAROUSEL_CUBLAS_INCLUDE_DIR}, ${CAROUSEL_CUBLAS_LIBRARY}) not found; the CUDA backend is not "
-                    "built (set CAROUSEL_CUDNN_ROOT / CAROUSEL_CUBLAS_ROOT)")
+                    "(${CAROUSEL_CUBLAS_INCLUDE_DIR}, ${CAROUSEL_CUBLAS_LIBRARY}, ${CAROUSEL_CUBLASLT_LIBRARY}) not "
+                    "found; the CUDA backend is not built (set CAROUSEL_CUDNN_ROOT / CAROUSEL_CUBLAS_ROOT)")
     set(CAROUSEL_ENABLE_CUDA OFF CACHE BOOL "Build the CUDA backend (carousel::cuda)" FORCE)
   endif()
 endif()
@@ -52,9 +52,10 @@ if(CAROUSEL_ENABLE_CUDA)
   # C++20 for CUDA sources by flag: CMake 3.25 does not know nvcc 13's cuda_std_20 feature.
   target_compile_options(carousel_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20>)
   target_compile_features(carousel_cuda INTERFACE cxx_std_20)
-  # The installed carousel::cuda names carousel::cudnn (and carousel::cublas), which carouselConfig.cmake makes again.
-  if(TARGET CUDA::cublas)
-    set(carousel_cublas CUDA::cublas)
+  # The installed carousel::cuda names carousel::cudnn (and carousel::cublas, cuBLAS with cuBLASLt), which
+  # carouselConfig.cmake makes again.
+  if(TARGET CUDA::cublas AND TARGET CUDA::cublasLt)
+    set(carousel_cublas CUDA::cublas CUDA::cublasLt)
   else()
     set(carousel_cublas carousel::cublas)
   endif()

@@ -2,10 +2,10 @@
 // an SD-1.5-shaped UNet (random weights, fp16, 512x512 images = 64x64 latents, 77-token context) at batch sizes
 // 1..16. Times come from CUDA events around each step (manual time); counters report ms per step, TFLOP/s (from the
 // FLOPs the engine counts for every GEMM and convolution) and images/s; BM_UNetStepSd15Fp16ConvSearch with timed
-// convolution algorithms (ConvSearch::exhaustive). BM_UNetBreakdownSd15Fp16: a batch-8 step's
-// device time by op kind. BM_GroupNormSd15: GroupNorm's bandwidth against a copy's. BM_DecodeOverlapSd15: how much of a
-// VAE decode on its own engine (stream) the GPU hides behind a UNet step run at the same time
-// (Options::concurrent_retire).
+// convolution algorithms (ConvSearch::exhaustive). BM_UNetBreakdownSd15Fp16: a batch-8 step's device time by op kind.
+// BM_GroupNormSd15 and BM_LayerNormSd15: GroupNorm's and LayerNorm's bandwidth against a copy's.
+// BM_DecodeOverlapSd15: how much of a VAE decode on its own engine (stream) the GPU hides behind a UNet step run at
+// the same time (Options::concurrent_retire).
 //   carousel-bench-cuda --benchmark_format=json    (scripts/gpu-check.sh runs it and prints the table)
 
 #include <benchmark/benchmark.h>
@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <carousel/cuda/engine.cuh>
@@ -40,6 +41,28 @@ bool skipped_without_gpu(benchmark::State& state) {
   if (cudaGetDeviceCount(&count) == cudaSuccess && count > 0) return false;
   state.SkipWithError("no CUDA device");
   return true;
+}
+
+// Fills an fp16 or fp32 tensor with pseudo-random values uniform in [-scale, scale) (a hash of the index and `seed`):
+// timing on constant data can flatter a kernel.
+template <class T>
+__global__ void random_fill_kernel(T* x, std::int64_t n, unsigned seed, float scale) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    unsigned h = static_cast<unsigned>(i) * 2654435761u ^ seed * 2246822519u;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    x[i] = static_cast<T>(scale * (static_cast<float>(h >> 8) * (2.0f / 16777216.0f) - 1.0f));
+  }
+}
+void random_fill(cu::Engine& e, cu::DeviceTensor& x, unsigned seed, float scale = 1.0f) {
+  if (x.dtype() == cu::DType::f16) {
+    random_fill_kernel<<<1024, 256, 0, e.stream()>>>(x.as<__half>(), x.numel(), seed, scale);
+  } else {
+    random_fill_kernel<<<1024, 256, 0, e.stream()>>>(x.as<float>(), x.numel(), seed, scale);
+  }
+  CAROUSEL_CUDA_CHECK(cudaGetLastError());
 }
 
 // Milliseconds between two events recorded around `fn` on the engine's stream.
@@ -71,13 +94,39 @@ double mean_iteration_ms(benchmark::State& state, cu::Engine& e, F&& fn) {
   return total_ms / static_cast<double>(state.iterations());
 }
 
+// Times `run`, a bandwidth-bound op on x that moves `passes` times x's bytes, against a device-to-device copy of x in
+// the same iterations: counters ms, GBps, copy_GBps (a copy reads and writes x: 2 passes) and of_copy.
+template <class F>
+void time_against_copy(benchmark::State& state, cu::Engine& e, const cu::DeviceTensor& x, int passes, F&& run) {
+  auto copy = e.empty(x.shape(), x.dtype());
+  auto copy_x = [&] {
+    CAROUSEL_CUDA_CHECK(cudaMemcpyAsync(copy.data(), x.data(), x.bytes(), cudaMemcpyDeviceToDevice, e.stream()));
+  };
+  run();
+  copy_x();
+  double total_ms = 0, copy_ms = 0;
+  for (auto _ : state) {
+    const double ms = time_ms(e, run);
+    total_ms += ms;
+    copy_ms += time_ms(e, copy_x);
+    state.SetIterationTime(ms / 1e3);
+  }
+  const double n = static_cast<double>(state.iterations());
+  const double gbps = passes * static_cast<double>(x.bytes()) / (total_ms / n * 1e-3) / 1e9;
+  const double copy_gbps = 2.0 * static_cast<double>(x.bytes()) / (copy_ms / n * 1e-3) / 1e9;
+  state.counters["ms"] = total_ms / n;
+  state.counters["GBps"] = gbps;
+  state.counters["copy_GBps"] = copy_gbps;
+  state.counters["of_copy"] = gbps / copy_gbps;
+}
+
 void BM_GemmPeakFp16(benchmark::State& state) {
   if (skipped_without_gpu(state)) return;
   const std::int64_t n = state.range(0);
   cu::Engine e;
   auto a = e.empty({n, n}, cu::DType::f16), b = e.empty({n, n}, cu::DType::f16), c = e.empty({n, n}, cu::DType::f16);
-  CAROUSEL_CUDA_CHECK(cudaMemsetAsync(a.data(), 0x3c, a.bytes(), e.stream()));  // ~1.0 in every half
-  CAROUSEL_CUDA_CHECK(cudaMemsetAsync(b.data(), 0x2c, b.bytes(), e.stream()));
+  random_fill(e, a, 1);
+  random_fill(e, b, 2);
   auto run = [&] {
     cu::gemm(e, false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n, cu::DType::f16,
              cu::DType::f16);
@@ -91,7 +140,7 @@ void BM_GemmPeakFp16(benchmark::State& state) {
 BENCHMARK(BM_GemmPeakFp16)->ArgName("n")->Arg(8192)->UseManualTime()->Iterations(20)->Unit(benchmark::kMillisecond);
 
 // SD-1.5's largest self-attention (64x64 latents: 4096 tokens, 8 heads of 40) for 2 images, fp16, by AttentionKernel:
-// 0 flash_mma (registers, mma.sync), 1 flash_wmma (WMMA, scores in shared memory), 2 plain (GEMM + softmax + GEMM).
+// 0 flash (fused, mma.sync), 1 plain (GEMM + softmax + GEMM).
 void BM_AttentionSd15Fp16(benchmark::State& state) {
   if (skipped_without_gpu(state)) return;
   const std::int64_t batch = 2, tokens = 4096, heads = 8, head_dim = 40, width = heads * head_dim;
@@ -99,7 +148,7 @@ void BM_AttentionSd15Fp16(benchmark::State& state) {
   e.set_attention_kernel(static_cast<cu::AttentionKernel>(state.range(0)));
   auto qkv = e.empty({batch, tokens, 3 * width}, cu::DType::f16);
   auto out = e.empty({batch, tokens, width}, cu::DType::f16);
-  CAROUSEL_CUDA_CHECK(cudaMemsetAsync(qkv.data(), 0x2c, qkv.bytes(), e.stream()));
+  random_fill(e, qkv, 3, 2.0f);
   const auto* base = static_cast<const unsigned char*>(qkv.data());
   auto run = [&] {
     cu::attention(e, cu::DType::f16, base, 3 * width, base + 2 * width, 3 * width, base + 4 * width, 3 * width, batch,
@@ -115,7 +164,6 @@ BENCHMARK(BM_AttentionSd15Fp16)
     ->ArgName("kernel")
     ->Arg(0)
     ->Arg(1)
-    ->Arg(2)
     ->UseManualTime()
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);
@@ -130,37 +178,46 @@ void BM_GroupNormSd15(benchmark::State& state) {
   const cu::DType dtype = vae ? cu::DType::f32 : cu::DType::f16;
   const std::int64_t channels = shape.back();
   cu::Engine e;
-  auto x = e.empty(shape, dtype), copy = e.empty(shape, dtype);
-  CAROUSEL_CUDA_CHECK(cudaMemsetAsync(x.data(), 0x2c, x.bytes(), e.stream()));
+  auto x = e.empty(shape, dtype);
+  random_fill(e, x, 4, 3.0f);
   const auto gamma =
       cu::upload_weight(std::vector<float>(static_cast<std::size_t>(channels), 1.0f), {channels}, cu::DType::f32);
   const auto beta =
       cu::upload_weight(std::vector<float>(static_cast<std::size_t>(channels), 0.0f), {channels}, cu::DType::f32);
   auto run = [&] { static_cast<void>(cu::group_norm(e, x, 32, 1e-6f, gamma, beta, true)); };
-  auto copy_x = [&] {
-    CAROUSEL_CUDA_CHECK(cudaMemcpyAsync(copy.data(), x.data(), x.bytes(), cudaMemcpyDeviceToDevice, e.stream()));
-  };
-  run();
-  copy_x();
-  double total_ms = 0, copy_ms = 0;
-  for (auto _ : state) {
-    const double ms = time_ms(e, run);
-    total_ms += ms;
-    copy_ms += time_ms(e, copy_x);
-    state.SetIterationTime(ms / 1e3);
-  }
-  const double n = static_cast<double>(state.iterations());
-  const double gbps = 3.0 * static_cast<double>(x.bytes()) / (total_ms / n * 1e-3) / 1e9;
-  const double copy_gbps = 2.0 * static_cast<double>(x.bytes()) / (copy_ms / n * 1e-3) / 1e9;
-  state.counters["ms"] = total_ms / n;
-  state.counters["GBps"] = gbps;
-  state.counters["copy_GBps"] = copy_gbps;
-  state.counters["of_copy"] = gbps / copy_gbps;
+  time_against_copy(state, e, x, 3, run);
 }
 BENCHMARK(BM_GroupNormSd15)
     ->ArgName("vae")
     ->Arg(0)
     ->Arg(1)
+    ->UseManualTime()
+    ->Iterations(20)
+    ->Unit(benchmark::kMillisecond);
+
+// LayerNorm on SD-1.5's transformer shapes at batch 8, fp16: the tokens of level `level` (64x64 >> level positions of
+// 320 << level channels: [8 * 4096, 320], [8 * 1024, 640], [8 * 256, 1280]). The op reads x once and writes y once;
+// a device-to-device copy of x in the same run is the bandwidth reference (GB/s and % of the copy's).
+void BM_LayerNormSd15(benchmark::State& state) {
+  if (skipped_without_gpu(state)) return;
+  const std::int64_t level = state.range(0), width = std::int64_t{320} << level;
+  const std::int64_t tokens = (std::int64_t{64} >> level) * (std::int64_t{64} >> level);
+  const cu::Shape shape = {8, tokens, width};
+  cu::Engine e;
+  auto x = e.empty(shape, cu::DType::f16);
+  random_fill(e, x, 5, 3.0f);
+  const auto gamma =
+      cu::upload_weight(std::vector<float>(static_cast<std::size_t>(width), 1.0f), {width}, cu::DType::f32);
+  const auto beta =
+      cu::upload_weight(std::vector<float>(static_cast<std::size_t>(width), 0.0f), {width}, cu::DType::f32);
+  auto run = [&] { static_cast<void>(cu::layer_norm(e, x, gamma, beta, 1e-5f)); };
+  time_against_copy(state, e, x, 2, run);
+}
+BENCHMARK(BM_LayerNormSd15)
+    ->ArgName("level")
+    ->Arg(0)
+    ->Arg(1)
+    ->Arg(2)
     ->UseManualTime()
     ->Iterations(20)
     ->Unit(benchmark::kMillisecond);

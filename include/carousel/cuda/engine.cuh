@@ -1,17 +1,20 @@
 #pragma once
 /// \file
-/// carousel::cuda::Stream (an owning cudaStream_t) and Engine: one stream with its cuBLAS and cuDNN handles and its
-/// own CachingAllocator — the execution context every device op and module forward runs on.
+/// carousel::cuda::Stream (an owning cudaStream_t) and Engine: one stream with its cuBLAS, cuBLASLt and cuDNN handles
+/// and its own CachingAllocator — the execution context every device op and module forward runs on.
 
 #include <array>
+#include <compare>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
@@ -41,9 +44,9 @@ inline constexpr std::array<std::string_view, op_kind_count> op_kind_names = {
 /// The implementation carousel::cuda::attention uses for fp16 attention without a causal mask and head_dim <= 160
 /// (everything else takes the plain path).
 enum class AttentionKernel : std::uint8_t {
-  flash_mma,   ///< fused; scores in registers on mma.sync (detail/flash_attention_mma.cuh); the default
-  flash_wmma,  ///< fused; WMMA tiles with scores in shared memory (detail/flash_attention.cuh)
-  plain,       ///< cuBLAS GEMMs and a softmax kernel, scores in float32
+  flash,  ///< fused; scores in registers on mma.sync (detail/flash_attention_mma.cuh), sm_80 or later (plain below);
+          ///< the default
+  plain,  ///< cuBLAS GEMMs and a softmax kernel, scores in float32
 };
 
 /// How conv2d_nhwc picks the cuDNN algorithm for a problem shape it meets for the first time (once per shape, search
@@ -60,14 +63,43 @@ class Engine;
 namespace detail {
 class OpScope;
 
-/// The attention kernel the environment variable CAROUSEL_CUDA_ATTENTION names: "plain", "wmma", else flash_mma.
+/// The attention kernel the environment variable CAROUSEL_CUDA_ATTENTION names: "plain", else flash.
 inline AttentionKernel attention_kernel_from_environment() {
   const char* env = std::getenv("CAROUSEL_CUDA_ATTENTION");
   const std::string_view name = env ? env : "";
-  return name == "plain"  ? AttentionKernel::plain
-         : name == "wmma" ? AttentionKernel::flash_wmma
-                          : AttentionKernel::flash_mma;
+  return name == "plain" ? AttentionKernel::plain : AttentionKernel::flash;
 }
+
+/// What a cuBLASLt plan of carousel::cuda::linear is made for: the problem (rows, out, in, dtype, with or without a
+/// bias and a residual) and the alignment class (the largest power of two up to 256 dividing the address, 0 for an
+/// absent operand) of each pointer, which the heuristic's choice depends on.
+struct LinearPlanKey {
+  std::int64_t rows, out, in;
+  DType dtype;
+  bool bias, residual;
+  std::uint32_t align_x, align_weight, align_y, align_residual, align_bias;
+  auto operator<=>(const LinearPlanKey&) const = default;
+};
+
+/// A cuBLASLt matmul prepared for one LinearPlanKey (filled by carousel::cuda::linear on first use): the operation
+/// descriptor, the layouts of A (the weight), B (the input) and of C and D (the output, and the residual, share one
+/// layout), and the algorithm the heuristic ranked first. `supported` false: cuBLASLt offered no algorithm, and linear
+/// takes its cuBLAS path for this key. Owns its descriptors; neither copied nor moved (it lives in a std::map node).
+struct LinearPlan {
+  LinearPlan() = default;
+  LinearPlan(const LinearPlan&) = delete;
+  LinearPlan& operator=(const LinearPlan&) = delete;
+  ~LinearPlan() {
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool supported = false;
+};
 }  // namespace detail
 
 /// An owning, non-blocking CUDA stream. Move-only.
@@ -97,20 +129,23 @@ class Stream {
   cudaStream_t stream_ = nullptr;
 };
 
-/// One stream of work: the stream, a cuBLAS handle and a cuDNN handle bound to it, and the allocator whose blocks
+/// One stream of work: the stream, a cuBLAS handle and a cuDNN handle bound to it, a cuBLASLt handle with the plans of
+/// carousel::cuda::linear (cached per problem shape, never evicted), and the allocator whose blocks
 /// are ordered by that stream. Modules' forward calls take an Engine; an Engine must be used by one thread at a time
 /// (`mutex()` is there for callers that share one). Counts the FLOPs of the GEMMs and convolutions it issues
 /// (`flops()`, for benchmarks).
 ///
 /// Graph capture (carousel::cuda::UNetGraphs): `set_pool` redirects temporaries to a private allocator whose blocks
-/// stay reserved for one captured graph; the cuBLAS and cuDNN workspaces have fixed addresses (cuBLAS's is set once,
-/// cuDNN's only grows and never frees an address a graph may hold) so that captured work never allocates.
+/// stay reserved for one captured graph; the cuBLAS and cuDNN workspaces have fixed addresses (cuBLAS's is set once and
+/// shared with cuBLASLt, whose calls are ordered with cuBLAS's on the one stream; cuDNN's only grows and never frees an
+/// address a graph may hold) so that captured work never allocates.
 class Engine {
  public:
   /// A new stream with its handles. \throws CudaError.
   Engine() {
     CAROUSEL_CUBLAS_CHECK(cublasCreate(&cublas_));
     CAROUSEL_CUBLAS_CHECK(cublasSetStream(cublas_, stream_.get()));
+    CAROUSEL_CUBLAS_CHECK(cublasLtCreate(&cublas_lt_));
     CAROUSEL_CUDNN_CHECK(cudnnCreate(&cudnn_));
     CAROUSEL_CUDNN_CHECK(cudnnSetStream(cudnn_, stream_.get()));
     cublas_workspace_ = DeviceBuffer(cublas_workspace_bytes, nullptr);
@@ -121,6 +156,8 @@ class Engine {
   ~Engine() {
     cudaStreamSynchronize(stream_.get());
     discard_profile();
+    linear_plans_.clear();
+    cublasLtDestroy(cublas_lt_);
     cudnnDestroy(cudnn_);
     cublasDestroy(cublas_);
   }
@@ -129,6 +166,14 @@ class Engine {
   cudaStream_t stream() const noexcept { return stream_.get(); }
   /// The cuBLAS handle (bound to stream()).
   cublasHandle_t cublas() const noexcept { return cublas_; }
+  /// The cuBLASLt handle (its calls name stream() themselves).
+  cublasLtHandle_t cublas_lt() const noexcept { return cublas_lt_; }
+  /// The cuBLAS workspace (fixed address, cublas_workspace_size() bytes), for cuBLASLt calls on stream().
+  void* cublas_workspace() const noexcept { return cublas_workspace_.get(); }
+  /// The cuBLAS workspace's size in bytes.
+  static constexpr std::size_t cublas_workspace_size() noexcept { return cublas_workspace_bytes; }
+  /// carousel::cuda::linear's cuBLASLt plans (see detail::LinearPlan); for that op only.
+  std::map<detail::LinearPlanKey, detail::LinearPlan>& linear_plans() noexcept { return linear_plans_; }
   /// The cuDNN handle (bound to stream()).
   cudnnHandle_t cudnn() const noexcept { return cudnn_; }
   /// The allocator temporaries come from now: the engine's own, or the pool given to set_pool().
@@ -151,8 +196,8 @@ class Engine {
   void synchronize() const { stream_.synchronize(); }
   /// The mutex callers share an engine under.
   std::mutex& mutex() noexcept { return mutex_; }
-  /// The attention implementation (see AttentionKernel). Defaults to flash_mma; the environment variable
-  /// CAROUSEL_CUDA_ATTENTION = "wmma" or "plain" picks the others.
+  /// The attention implementation (see AttentionKernel). Defaults to flash; the environment variable
+  /// CAROUSEL_CUDA_ATTENTION = "plain" picks the other.
   AttentionKernel attention_kernel() const noexcept { return attention_kernel_; }
   /// Chooses the attention implementation.
   void set_attention_kernel(AttentionKernel kernel) noexcept { attention_kernel_ = kernel; }
@@ -208,6 +253,7 @@ class Engine {
 
   Stream stream_;
   cublasHandle_t cublas_ = nullptr;
+  cublasLtHandle_t cublas_lt_ = nullptr;
   cudnnHandle_t cudnn_ = nullptr;
   static constexpr std::size_t cublas_workspace_bytes = std::size_t{32} << 20;
   CachingAllocator allocator_;
@@ -215,6 +261,7 @@ class Engine {
   DeviceBuffer cublas_workspace_;
   DeviceBuffer workspace_;
   std::vector<DeviceBuffer> retired_workspaces_;
+  std::map<detail::LinearPlanKey, detail::LinearPlan> linear_plans_;
   std::mutex mutex_;
   double flops_ = 0;
   bool profiling_ = false;

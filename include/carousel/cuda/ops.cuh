@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -20,12 +21,12 @@
 #include <utility>
 #include <vector>
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cudnn.h>
 
 #include <carousel/cuda/check.cuh>
-#include <carousel/cuda/detail/flash_attention.cuh>
 #include <carousel/cuda/detail/flash_attention_mma.cuh>
 #include <carousel/cuda/detail/kernels.cuh>
 #include <carousel/cuda/engine.cuh>
@@ -94,21 +95,141 @@ inline void gemm_strided_batched(Engine& e, bool trans_a, bool trans_b, std::int
                 static_cast<double>(count));
 }
 
+namespace detail {
+
+// The alignment class of an address for cuBLASLt's heuristic: the largest power of two up to 256 dividing it.
+inline std::uint32_t lt_alignment(const void* p) {
+  const auto address = reinterpret_cast<std::uintptr_t>(p);
+  std::uint32_t alignment = 256;
+  while (alignment > 1 && address % alignment != 0)
+    alignment /= 2;
+  return alignment;
+}
+
+template <class T>
+void lt_set(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attribute, const T& value) {
+  CAROUSEL_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attribute, &value, sizeof(value)));
+}
+
+template <class T>
+void lt_set(cublasLtMatmulPreference_t preference, cublasLtMatmulPreferenceAttributes_t attribute, const T& value) {
+  CAROUSEL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, attribute, &value, sizeof(value)));
+}
+
+// Fills `plan` for `key`. Row-major y [rows, out] is column-major y^T [out, rows] = W x^T (+ bias) (+ residual^T):
+// A = W, stored column-major as [in, out] (ld in) and transposed; B = x, column-major [in, rows] (ld in), not
+// transposed; C and D column-major [out, rows] (ld out). D = alpha op(A) op(B) + beta C with float32 compute and
+// scale; the bias (length out = D's rows, dtype of D) through CUBLASLT_EPILOGUE_BIAS. `bias` is a bias pointer of the
+// key's alignment class (the heuristic reads its value). The algorithm: the heuristic's first, within the engine's
+// cuBLAS workspace and the key's pointer alignments; none leaves plan.supported false.
+inline void make_linear_plan(Engine& e, const LinearPlanKey& key, const void* bias, LinearPlan& plan) {
+  const cudaDataType_t type = cuda_type(key.dtype);
+  CAROUSEL_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  lt_set(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, static_cast<std::int32_t>(CUBLAS_OP_T));
+  lt_set(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, static_cast<std::int32_t>(CUBLAS_OP_N));
+  lt_set(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+         static_cast<std::uint32_t>(key.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT));
+  if (key.bias) {
+    lt_set(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<std::int32_t>(type));
+    lt_set(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  }
+  const auto rows = static_cast<std::uint64_t>(key.rows), out = static_cast<std::uint64_t>(key.out),
+             in = static_cast<std::uint64_t>(key.in);
+  CAROUSEL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, type, in, out, key.in));
+  CAROUSEL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, type, in, rows, key.in));
+  CAROUSEL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, type, out, rows, key.out));
+
+  cublasLtMatmulPreference_t raw = nullptr;
+  CAROUSEL_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&raw));
+  const std::unique_ptr<std::remove_pointer_t<cublasLtMatmulPreference_t>, decltype(&cublasLtMatmulPreferenceDestroy)>
+      preference(raw, &cublasLtMatmulPreferenceDestroy);
+  lt_set(raw, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<std::uint64_t>(Engine::cublas_workspace_size()));
+  lt_set(raw, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_weight);
+  lt_set(raw, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_x);
+  lt_set(raw, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.residual ? key.align_residual : key.align_y);
+  lt_set(raw, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_y);
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t status =
+      cublasLtMatmulAlgoGetHeuristic(e.cublas_lt(), plan.desc, plan.a, plan.b, plan.c, plan.c, raw, 1, &result, &found);
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) return;
+  CAROUSEL_CUBLAS_CHECK(status);
+  if (found < 1 || result.state != CUBLAS_STATUS_SUCCESS) return;
+  plan.algo = result.algo;
+  plan.supported = true;
+}
+
+// linear()'s fused path: y = x W^T (+ bias) (+ residual) as one cublasLtMatmul with the plan cached on the engine for
+// the problem and its pointers' alignments. Returns false, having enqueued nothing, when cuBLASLt has no algorithm
+// for it (or the problem is empty); linear() then takes the cuBLAS GEMM and the epilogue kernel.
+inline bool linear_lt(Engine& e, const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
+                      const DeviceTensor* residual, DeviceTensor& y, std::int64_t rows, std::int64_t out,
+                      std::int64_t in) {
+  if (rows == 0 || out == 0 || in == 0) return false;
+  const LinearPlanKey key{rows,
+                          out,
+                          in,
+                          x.dtype(),
+                          bias != nullptr,
+                          residual != nullptr,
+                          lt_alignment(x.data()),
+                          lt_alignment(weight.data()),
+                          lt_alignment(y.data()),
+                          residual ? lt_alignment(residual->data()) : 0,
+                          bias ? lt_alignment(bias->data()) : 0};
+  auto& plans = e.linear_plans();
+  const auto [found, inserted] = plans.try_emplace(key);
+  if (inserted) {
+    try {
+      make_linear_plan(e, key, bias ? bias->data() : nullptr, found->second);
+    } catch (...) {
+      plans.erase(found);
+      throw;
+    }
+  }
+  LinearPlan& plan = found->second;
+  if (!plan.supported) return false;
+  if (bias) lt_set(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(bias->data()));
+  const float alpha = 1.0f, beta = residual ? 1.0f : 0.0f;
+  const cublasStatus_t status =
+      cublasLtMatmul(e.cublas_lt(), plan.desc, &alpha, weight.data(), plan.a, x.data(), plan.b, &beta,
+                     residual ? residual->data() : y.data(), plan.c, y.data(), plan.c, &plan.algo, e.cublas_workspace(),
+                     Engine::cublas_workspace_size(), e.stream());
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
+    plan.supported = false;
+    return false;
+  }
+  CAROUSEL_CUBLAS_CHECK(status);
+  e.count_flops(2.0 * static_cast<double>(rows) * static_cast<double>(out) * static_cast<double>(in));
+  return true;
+}
+
+}  // namespace detail
+
 /// y[..., out] = x[..., in] W^T (+ bias) (+ residual): torch.nn.Linear over the last dimension. `weight` [out, in],
-/// `bias` [out] or null, `residual` shaped like y or null; all of x's dtype.
+/// `bias` [out] or null, `residual` shaped like y or null; all of x's dtype. One cuBLASLt matmul with float32
+/// accumulation (fp32 stays true fp32) that adds the bias in its epilogue and the residual as its C operand (beta 1),
+/// so the sum is rounded to the dtype once; shapes or alignments cuBLASLt has no algorithm for take a cuBLAS GEMM and
+/// an epilogue kernel instead. Does not allocate beyond y and does not synchronise (CUDA-graph capturable once a first
+/// call has made the problem's plan). Counts 2 rows*out*in FLOPs on the engine.
 inline DeviceTensor linear(Engine& e, const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
                            const DeviceTensor* residual = nullptr) {
   detail::OpScope scope(e, OpKind::gemm);
   const std::int64_t in = weight.dim(1), out = weight.dim(0);
   detail::require(x.rank() >= 1 && x.dim(-1) == in && x.dtype() == weight.dtype(),
                   "linear: input " + shape_string(x.shape()) + " does not end in " + std::to_string(in));
+  detail::require(!bias || (bias->numel() == out && bias->dtype() == x.dtype()),
+                  "linear: bias " + (bias ? shape_string(bias->shape()) : std::string()) + " is not [" +
+                      std::to_string(out) + "] of the input's dtype");
   const std::int64_t rows = x.numel() / in;
   Shape shape = x.shape();
   shape.back() = out;
+  detail::require(!residual || (residual->shape() == shape && residual->dtype() == x.dtype()),
+                  "linear: residual shape or dtype differs from the output");
   DeviceTensor y = e.empty(shape, x.dtype());
+  if (detail::linear_lt(e, x, weight, bias, residual, y, rows, out, in)) return y;
   gemm(e, false, true, rows, out, in, 1.0f, x.data(), in, weight.data(), in, 0.0f, y.data(), out, x.dtype(), x.dtype());
   if (bias || residual) {
-    detail::require(!residual || residual->shape() == y.shape(), "linear: residual shape differs from the output");
     detail::with_dtype(x.dtype(), [&](auto t) {
       detail::with_index(y.numel(), [&](auto i) {
         using T = decltype(t);
@@ -300,7 +421,8 @@ inline DeviceTensor conv2d_nhwc(Engine& e, const DeviceTensor& x, const DeviceTe
 
 /// GroupNorm of x NHWC [B, ..., C] (affine, biased variance, float32 gamma/beta [C]); SiLU afterwards when `silu`.
 /// Three launches (detail::group_norm_partial / _finalize / _apply): per-channel partial sums over chunks of
-/// positions, per-group statistics folded into a per-channel scale and shift, then one elementwise pass.
+/// positions (float32, shifted by a sample of the group), per-group statistics in double folded into a per-channel
+/// scale and shift, then one elementwise pass; 16-byte accesses when the channels allow.
 inline DeviceTensor group_norm(Engine& e, const DeviceTensor& x, std::int64_t groups, float eps,
                                const DeviceTensor& gamma, const DeviceTensor& beta, bool silu) {
   detail::OpScope scope(e, OpKind::group_norm);
@@ -313,41 +435,56 @@ inline DeviceTensor group_norm(Engine& e, const DeviceTensor& x, std::int64_t gr
   DeviceTensor y = e.empty(x.shape(), x.dtype());
   if (x.numel() == 0) return y;
   const std::int64_t batch = x.dim(0), spatial = x.numel() / (batch * channels), cpg = channels / groups;
-  // Positions per partial block: at least 64 (the partials, 16 bytes per channel and block, stay within 1/8 of an
-  // fp16 input), at least 8K elements, and no more than about 2048 blocks in all.
+  // Positions per block of the partial and apply kernels: about 1024 blocks in all (one wave on a large GPU at SD's
+  // sizes), and at least 16 positions and 4K elements (the float32 partials, 8 bytes per channel and block, stay
+  // within a quarter of an fp16 input).
   const std::int64_t rows =
-      std::max({std::int64_t{64}, (8192 + channels - 1) / channels, (batch * spatial + 2047) / 2048});
+      std::max({std::int64_t{16}, (4096 + channels - 1) / channels, (batch * spatial + 1023) / 1024});
   const std::int64_t chunks = (spatial + rows - 1) / rows;
-  detail::require(chunks <= 0x7fffffff && batch <= 65535, "group_norm: " + shape_string(x.shape()) + " is too large");
-  // {sum, sum of squares} per (item, chunk, channel) as two doubles: the room of four floats.
-  DeviceTensor partial = e.empty({batch, chunks, channels, 4}, DType::f32);
+  detail::require(channels <= 0x7fffffff && chunks * cpg <= 0x7fffffff && batch <= 65535,
+                  "group_norm: " + shape_string(x.shape()) + " is too large");
+  // {sum, sum of squares} per (item, chunk, channel) and {scale, shift} per (item, channel), float32 pairs.
+  DeviceTensor partial = e.empty({batch, chunks, channels, 2}, DType::f32);
   DeviceTensor scale_shift = e.empty({batch, channels, 2}, DType::f32);
+  auto* partial2 = static_cast<float2*>(partial.data());
+  auto* scale_shift2 = static_cast<float2*>(scale_shift.data());
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(batch));
+  const int c = static_cast<int>(channels);
   detail::with_dtype(x.dtype(), [&](auto t) {
     using T = decltype(t);
-    detail::group_norm_partial<T>
-        <<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(batch)), detail::block_threads, 0, e.stream()>>>(
-            x.as<T>(), static_cast<double*>(partial.data()), spatial, channels, rows);
+    // Packs of 16 bytes when the channels split into them and both tensors are aligned, else single elements.
+    constexpr int pack = 16 / sizeof(T);
+    const bool packed = c % pack == 0 && reinterpret_cast<std::uintptr_t>(x.data()) % 16 == 0 &&
+                        reinterpret_cast<std::uintptr_t>(y.data()) % 16 == 0;
+    const int packs = packed ? c / pack : c;
+    const int width = std::min(packs, detail::block_threads);
+    const auto threads = static_cast<unsigned>(detail::block_threads / width * width);
+    const auto launch = [&](auto v) {
+      constexpr int V = decltype(v)::value;
+      detail::group_norm_partial<T, V>
+          <<<grid, threads, 0, e.stream()>>>(x.as<T>(), partial2, spatial, c, static_cast<int>(cpg), width, rows);
+      detail::check_kernel();
+      detail::group_norm_finalize<T>
+          <<<dim3(static_cast<unsigned>(groups), static_cast<unsigned>(batch)), detail::block_threads, 0, e.stream()>>>(
+              x.as<T>(), partial2, scale_shift2, spatial, static_cast<int>(chunks), c, static_cast<int>(cpg), eps,
+              gamma.as<float>(), beta.as<float>());
+      detail::check_kernel();
+      detail::group_norm_apply<T, V>
+          <<<grid, threads, 0, e.stream()>>>(x.as<T>(), y.as<T>(), scale_shift2, spatial, c, width, rows, silu);
+      detail::check_kernel();
+    };
+    if (packed) {
+      launch(std::integral_constant<int, pack>{});
+    } else {
+      launch(std::integral_constant<int, 1>{});
+    }
   });
-  detail::check_kernel();
-  detail::group_norm_finalize<>
-      <<<dim3(static_cast<unsigned>(groups), static_cast<unsigned>(batch)), detail::block_threads, 0, e.stream()>>>(
-          static_cast<const double*>(partial.data()), scale_shift.as<float>(), chunks, channels, cpg, spatial * cpg,
-          eps, gamma.as<float>(), beta.as<float>());
-  detail::check_kernel();
-  detail::with_dtype(x.dtype(), [&](auto t) {
-    detail::with_index(x.numel(), [&](auto i) {
-      using T = decltype(t);
-      using I = decltype(i);
-      detail::group_norm_apply<T, I><<<detail::grid_for(x.numel()), detail::block_threads, 0, e.stream()>>>(
-          x.as<T>(), y.as<T>(), static_cast<I>(x.numel()), static_cast<I>(spatial * channels), static_cast<I>(channels),
-          scale_shift.as<float>(), silu);
-    });
-  });
-  detail::check_kernel();
   return y;
 }
 
-/// LayerNorm over the last dimension (float32 gamma/beta).
+/// LayerNorm over the last dimension (float32 gamma/beta). One launch: detail::layer_norm_rows (each row read once
+/// into registers, float32 two-pass statistics) for rows of up to 2048 values, detail::layer_norm_rows_wide (one
+/// block per row, double statistics) beyond.
 inline DeviceTensor layer_norm(Engine& e, const DeviceTensor& x, const DeviceTensor& gamma, const DeviceTensor& beta,
                                float eps) {
   detail::OpScope scope(e, OpKind::layer_norm);
@@ -355,12 +492,61 @@ inline DeviceTensor layer_norm(Engine& e, const DeviceTensor& x, const DeviceTen
   detail::require(width > 0 && gamma.numel() == width,
                   "layer_norm: gamma does not match the width of " + shape_string(x.shape()));
   const std::int64_t rows = x.numel() / width;
+  detail::require(rows <= 0x7fffffff, "layer_norm: " + shape_string(x.shape()) + " has too many rows");
   DeviceTensor y = e.empty(x.shape(), x.dtype());
   if (rows == 0) return y;
   detail::with_dtype(x.dtype(), [&](auto t) {
     using T = decltype(t);
-    detail::layer_norm_rows<T><<<static_cast<unsigned>(rows), detail::block_threads, 0, e.stream()>>>(
-        x.as<T>(), y.as<T>(), width, eps, gamma.as<float>(), beta.as<float>());
+    // The row in registers, in packs of 16 bytes when the width splits into them and all four tensors are aligned,
+    // else single elements: lanes = the fewest lanes per row (a power of two) that leave each at most 4 packs (the
+    // fastest of 2, 4 and 8 on an H100 at SD-1.5's widths), or the whole warp with at most 64 values a lane; one block
+    // per row beyond that.
+    constexpr int pack = 16 / sizeof(T);
+    const auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+    const bool packed =
+        width % pack == 0 && aligned(x.data()) && aligned(y.data()) && aligned(gamma.data()) && aligned(beta.data());
+    const std::int64_t packs = packed ? width / pack : width;
+    int lanes = 1;
+    while (lanes < 32 && lanes * std::int64_t{4} < packs)
+      lanes *= 2;
+    const std::int64_t per_lane = (packs + lanes - 1) / lanes;
+    const std::int64_t rows_per_block = detail::block_threads / 32 * (32 / lanes);
+    const auto blocks = static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block);
+    bool launched = false;
+    const auto try_launch = [&](auto v, auto n) {
+      constexpr int V = decltype(v)::value, N = decltype(n)::value;
+      if constexpr (N * V <= 64) {
+        if (!launched && per_lane <= N) {
+          detail::layer_norm_rows<T, V, N><<<blocks, detail::block_threads, 0, e.stream()>>>(
+              x.as<T>(), y.as<T>(), rows, static_cast<int>(width), lanes, eps, gamma.as<float>(), beta.as<float>());
+          launched = true;
+        }
+      }
+    };
+    const auto try_all = [&](auto v) {
+      try_launch(v, std::integral_constant<int, 1>{});
+      try_launch(v, std::integral_constant<int, 2>{});
+      try_launch(v, std::integral_constant<int, 3>{});
+      try_launch(v, std::integral_constant<int, 4>{});
+      try_launch(v, std::integral_constant<int, 5>{});
+      try_launch(v, std::integral_constant<int, 6>{});
+      try_launch(v, std::integral_constant<int, 8>{});
+      try_launch(v, std::integral_constant<int, 12>{});
+      try_launch(v, std::integral_constant<int, 16>{});
+      try_launch(v, std::integral_constant<int, 24>{});
+      try_launch(v, std::integral_constant<int, 32>{});
+      try_launch(v, std::integral_constant<int, 48>{});
+      try_launch(v, std::integral_constant<int, 64>{});
+    };
+    if (packed) {
+      try_all(std::integral_constant<int, pack>{});
+    } else {
+      try_all(std::integral_constant<int, 1>{});
+    }
+    if (!launched) {
+      detail::layer_norm_rows_wide<T><<<static_cast<unsigned>(rows), detail::block_threads, 0, e.stream()>>>(
+          x.as<T>(), y.as<T>(), width, eps, gamma.as<float>(), beta.as<float>());
+    }
   });
   detail::check_kernel();
   return y;
@@ -368,7 +554,7 @@ inline DeviceTensor layer_norm(Engine& e, const DeviceTensor& x, const DeviceTen
 
 namespace detail {
 
-// What the fused attention kernels need to know of the current device, asked once: whether it runs
+// What the fused attention kernel needs to know of the current device, asked once: whether it runs
 // flash_attention_mma (sm_80 or later) and the most dynamic shared memory one block may opt into.
 struct DeviceLimits {
   bool mma = false;
@@ -395,60 +581,44 @@ void allow_dynamic_smem(std::size_t bytes) {
   });
 }
 
-// The dynamic shared memory of the fused kernel `kernel` (flash_mma or flash_wmma) at a padded head dim DP.
+// The fused kernel for a padded head dim DP.
 template <int DP>
-std::size_t flash_kernel_smem(AttentionKernel kernel) {
-  return kernel == AttentionKernel::flash_mma ? mma_flash_smem_bytes(DP) : flash_smem_bytes(DP);
-}
-
-// The fused kernel `kernel` (flash_mma or flash_wmma) for a padded head dim DP.
-template <int DP>
-void launch_flash(Engine& e, AttentionKernel kernel, const void* q, std::int64_t ldq, const void* k, std::int64_t ldk,
-                  const void* v, std::int64_t ldv, std::int64_t batch, std::int64_t lq, std::int64_t lk,
-                  std::int64_t heads, std::int64_t head_dim, float scale, void* out, std::int64_t ldo) {
-  const std::size_t smem = flash_kernel_smem<DP>(kernel);
-  static_assert(flash_rows == mma_flash_rows);
-  const dim3 grid(static_cast<unsigned>((lq + flash_rows - 1) / flash_rows), static_cast<unsigned>(heads),
-                  static_cast<unsigned>(batch));
-  const auto* qh = static_cast<const __half*>(q);
-  const auto* kh = static_cast<const __half*>(k);
-  const auto* vh = static_cast<const __half*>(v);
-  auto* oh = static_cast<__half*>(out);
-  if (kernel == AttentionKernel::flash_mma) {
-    allow_dynamic_smem<flash_attention_mma<DP>>(smem);
-    // 16-byte loads when every row starts 16-byte aligned.
-    const auto aligned = [](const void* p, std::int64_t ld) {
-      return reinterpret_cast<std::uintptr_t>(p) % 16 == 0 && ld % 8 == 0;
-    };
-    const bool vec = head_dim % 8 == 0 && aligned(q, ldq) && aligned(k, ldk) && aligned(v, ldv);
-    flash_attention_mma<DP><<<grid, 128, smem, e.stream()>>>(qh, ldq, kh, ldk, vh, ldv, oh, ldo, lq, lk,
-                                                             static_cast<int>(head_dim), scale, vec);
-  } else {
-    allow_dynamic_smem<flash_attention<DP>>(smem);
-    flash_attention<DP><<<grid, 128, smem, e.stream()>>>(qh, ldq, kh, ldk, vh, ldv, oh, ldo, lq, lk,
-                                                         static_cast<int>(head_dim), scale);
-  }
+void launch_flash(Engine& e, const void* q, std::int64_t ldq, const void* k, std::int64_t ldk, const void* v,
+                  std::int64_t ldv, std::int64_t batch, std::int64_t lq, std::int64_t lk, std::int64_t heads,
+                  std::int64_t head_dim, float scale, void* out, std::int64_t ldo) {
+  const std::size_t smem = mma_flash_smem_bytes(DP);
+  allow_dynamic_smem<flash_attention_mma<DP>>(smem);
+  const dim3 grid(static_cast<unsigned>((lq + mma_flash_rows<DP> - 1) / mma_flash_rows<DP>),
+                  static_cast<unsigned>(heads), static_cast<unsigned>(batch));
+  // 16-byte asynchronous copies when every row starts 16-byte aligned.
+  const auto aligned = [](const void* p, std::int64_t ld) {
+    return reinterpret_cast<std::uintptr_t>(p) % 16 == 0 && ld % 8 == 0;
+  };
+  const bool vec = head_dim % 8 == 0 && aligned(q, ldq) && aligned(k, ldk) && aligned(v, ldv);
+  flash_attention_mma<DP><<<grid, 128, smem, e.stream()>>>(
+      static_cast<const __half*>(q), ldq, static_cast<const __half*>(k), ldk, static_cast<const __half*>(v), ldv,
+      static_cast<__half*>(out), ldo, lq, lk, static_cast<int>(head_dim), scale, vec);
   check_kernel();
   e.count_flops(4.0 * static_cast<double>(batch * heads) * static_cast<double>(lq) * static_cast<double>(lk) *
                 static_cast<double>(head_dim));
 }
 
-// Runs a fused kernel when the engine's AttentionKernel is one and it applies (fp16, non-causal, head_dim <= 160);
-// returns whether it did.
+// Runs the fused kernel when the engine's AttentionKernel is flash and it applies (fp16, non-causal, head_dim <= 160,
+// sm_80 or later); returns whether it did.
 inline bool flash_attention_if_supported(Engine& e, DType dtype, const void* q, std::int64_t ldq, const void* k,
                                          std::int64_t ldk, const void* v, std::int64_t ldv, std::int64_t batch,
                                          std::int64_t lq, std::int64_t lk, std::int64_t heads, std::int64_t head_dim,
                                          bool causal, float scale, void* out, std::int64_t ldo) {
-  AttentionKernel kernel = e.attention_kernel();
-  if (kernel == AttentionKernel::plain || dtype != DType::f16 || causal || head_dim > 160 || lk == 0) return false;
-  if (kernel == AttentionKernel::flash_mma && !device_limits().mma) kernel = AttentionKernel::flash_wmma;
+  if (e.attention_kernel() == AttentionKernel::plain || dtype != DType::f16 || causal || head_dim > 160 || lk == 0 ||
+      !device_limits().mma)
+    return false;
   bool ran = false;
   const auto run = [&](auto dp) {
     constexpr int DP = decltype(dp)::value;
-    // A kernel whose shared memory the device cannot give one block (WMMA at large head dims before sm_80, or at
-    // 128/160 on sm_86/89) leaves the work to the plain path.
-    if (flash_kernel_smem<DP>(kernel) > device_limits().max_block_smem) return;
-    launch_flash<DP>(e, kernel, q, ldq, k, ldk, v, ldv, batch, lq, lk, heads, head_dim, scale, out, ldo);
+    // Shared memory a block cannot have on this device leaves the work to the plain path (84 KiB at head dim 160:
+    // within every sm_80+ device's opt-in limit, 99 KiB on sm_86/89, but asked all the same).
+    if (mma_flash_smem_bytes(DP) > device_limits().max_block_smem) return;
+    launch_flash<DP>(e, q, ldq, k, ldk, v, ldv, batch, lq, lk, heads, head_dim, scale, out, ldo);
     ran = true;
   };
   if (head_dim <= 16) {
@@ -471,9 +641,9 @@ inline bool flash_attention_if_supported(Engine& e, DType dtype, const void* q, 
 
 }  // namespace detail
 
-/// Multi-head attention. fp16 without a causal mask and head_dim <= 160 runs a fused flash kernel — the engine's
-/// AttentionKernel: flash_mma (detail/flash_attention_mma.cuh, the default) or flash_wmma (detail/flash_attention.cuh)
-/// — unless it is `plain`; otherwise the plain way: per batch item,
+/// Multi-head attention. fp16 without a causal mask and head_dim <= 160 runs the fused flash kernel
+/// (detail/flash_attention_mma.cuh, sm_80 or later) unless the engine's AttentionKernel is `plain`; otherwise the
+/// plain way: per batch item,
 /// S = Q K^T / sqrt(head_dim) for all heads in one strided batched GEMM, a softmax kernel (causal: query i sees keys j
 /// <= i) that turns S into P, O = P V. Scores and the softmax are float32 whatever the dtype (diffusers'
 /// `upcast_attention`: fp16 scores can overflow, e.g. for SD 2.x); P is kept in the model's dtype for the second

@@ -74,89 +74,266 @@ __device__ inline float block_max(float v) {
   return total;
 }
 
+// V consecutive elements as floats: one 16-byte access when V * sizeof(T) == 16 (p 16-byte aligned), else V scalar
+// accesses.
+template <class T, int V>
+__device__ __forceinline__ void load_pack(const T* p, float (&v)[V]) {
+  if constexpr (V * sizeof(T) == 16) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      v[i] = load(e, i);
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      v[i] = load(p, i);
+  }
+}
+template <class T, int V>
+__device__ __forceinline__ void store_pack(T* p, const float (&v)[V]) {
+  if constexpr (V * sizeof(T) == 16) {
+    uint4 u;
+    T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      store(e, i, v[i]);
+    *reinterpret_cast<uint4*>(p) = u;
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      store(p, i, v[i]);
+  }
+}
+// V consecutive float32 values (gamma, beta): float4 accesses when V % 4 == 0 (p 16-byte aligned).
+template <int V>
+__device__ __forceinline__ void load_floats(const float* p, float (&v)[V]) {
+  if constexpr (V % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < V; i += 4) {
+      const float4 f = *reinterpret_cast<const float4*>(p + i);
+      v[i] = f.x;
+      v[i + 1] = f.y;
+      v[i + 2] = f.z;
+      v[i + 3] = f.w;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      v[i] = p[i];
+  }
+}
+
+// SiLU for the element type: fp16 outputs take the fast exponential and division (their rounding dwarfs the error).
+template <class T>
+__device__ __forceinline__ float silu_for(float v) {
+  if constexpr (sizeof(T) == 2) {
+    return __fdividef(v, 1.0f + __expf(-v));
+  } else {
+    return silu(v);
+  }
+}
+
 // GroupNorm over NHWC in three kernels, so that every read is coalesced and the work spreads over the whole GPU
 // whatever the batch (one block per (group, item) left a 512x512 VAE decode with 32 blocks):
-//  1. group_norm_partial: block (chunk, b) reads `rows` whole positions (all channels, contiguous) of item b and
-//     writes per-channel partial sums and sums of squares in double: partial[b, chunk, c] = {sum, sum of squares};
-//  2. group_norm_finalize: block (g, b) adds its group's partials and writes per-channel scale and shift (float32):
-//     y = x * scale + shift with scale = gamma * inv, shift = beta - mean * inv * gamma (biased variance);
-//  3. group_norm_apply: elementwise over the tensor, then SiLU when asked.
-// Statistics in double as before (sum and sum of squares: no cancellation at these sizes).
-template <class T>
-__global__ void group_norm_partial(const T* x, double* partial, std::int64_t spatial, std::int64_t channels,
-                                   std::int64_t rows) {
-  __shared__ double s_sum[block_threads], s_sq[block_threads];
+//  1. group_norm_partial: block (chunk, b) reads positions [chunk * rows, (chunk + 1) * rows) of item b (all
+//     channels, contiguous) and writes per-channel sums of (x - k) and (x - k)^2, float32, as
+//     partial[b, chunk, c] = {sum, sum of squares}, where the shift k = x[b, position 0, first channel of c's group]
+//     keeps the float32 sums free of cancellation whatever the mean;
+//  2. group_norm_finalize: block (g, b) adds its group's partials in double and writes per-channel float32
+//     scale_shift[b, c] = {scale, shift}: y = x * scale + shift with scale = gamma * inv, shift = beta - mean * inv *
+//     gamma (biased variance);
+//  3. group_norm_apply: x * scale + shift over the same blocks as 1, then SiLU when asked.
+// Kernels 1 and 3 share one layout: each thread owns a pack of V consecutive channels (V = 16 bytes of T when the
+// channels split into such packs and the pointers are aligned, else 1) and steps over the block's positions; a block
+// of width * lanes threads covers `width` consecutive packs of `lanes` positions at a time, and loops over the packs
+// of a row `width` at a time when a row has more than block_threads packs.
+template <class T, int V>
+__global__ void group_norm_partial(const T* __restrict__ x, float2* __restrict__ partial, std::int64_t spatial,
+                                   int channels, int cpg, int width, std::int64_t rows) {
+  __shared__ float s_sum[V][block_threads], s_sq[V][block_threads];
   const std::int64_t chunk = blockIdx.x, b = blockIdx.y, chunks = gridDim.x;
   const std::int64_t p0 = chunk * rows, p1 = min(spatial, p0 + rows);
-  // Threads cover `width` consecutive channels of `lanes` positions at a time.
-  const int width = static_cast<int>(min(channels, static_cast<std::int64_t>(blockDim.x)));
   const int lanes = static_cast<int>(blockDim.x) / width;
   const int tc = static_cast<int>(threadIdx.x) % width, tr = static_cast<int>(threadIdx.x) / width;
   const T* xb = x + b * spatial * channels;
-  for (std::int64_t c0 = 0; c0 < channels; c0 += width) {
-    const std::int64_t c = c0 + tc;
-    double sum = 0, sq = 0;
-    if (tr < lanes && c < channels) {
+  for (int c0 = 0; c0 < channels; c0 += width * V) {
+    const int c = c0 + tc * V;
+    const bool active = c < channels;
+    float sum[V], sq[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      sum[i] = sq[i] = 0.0f;
+    if (active) {
+      float k[V];
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+        k[i] = load(xb, (c + i) / cpg * cpg);
+#pragma unroll 4
       for (std::int64_t p = p0 + tr; p < p1; p += lanes) {
-        const double v = load(xb, p * channels + c);
-        sum += v;
-        sq += v * v;
+        float v[V];
+        load_pack<T, V>(xb + p * channels + c, v);
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          const float d = v[i] - k[i];
+          sum[i] += d;
+          sq[i] = fmaf(d, d, sq[i]);
+        }
       }
     }
-    s_sum[threadIdx.x] = sum;
-    s_sq[threadIdx.x] = sq;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      s_sum[i][threadIdx.x] = sum[i];
+      s_sq[i][threadIdx.x] = sq[i];
+    }
     __syncthreads();
-    if (tr == 0 && c < channels) {
+    if (tr == 0 && active) {
       for (int r = 1; r < lanes; ++r) {
-        sum += s_sum[r * width + tc];
-        sq += s_sq[r * width + tc];
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          sum[i] += s_sum[i][r * width + tc];
+          sq[i] += s_sq[i][r * width + tc];
+        }
       }
-      const std::int64_t o = ((b * chunks + chunk) * channels + c) * 2;
-      partial[o] = sum;
-      partial[o + 1] = sq;
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+        partial[(b * chunks + chunk) * channels + c + i] = make_float2(sum[i], sq[i]);
     }
     __syncthreads();
   }
 }
 
-template <class Unused = void>
-__global__ void group_norm_finalize(const double* partial, float* scale_shift, std::int64_t chunks,
-                                    std::int64_t channels, std::int64_t cpg, std::int64_t count, float eps,
-                                    const float* gamma, const float* beta) {
-  const std::int64_t g = blockIdx.x, b = blockIdx.y;
+template <class T>
+__global__ void group_norm_finalize(const T* __restrict__ x, const float2* __restrict__ partial,
+                                    float2* __restrict__ scale_shift, std::int64_t spatial, int chunks, int channels,
+                                    int cpg, float eps, const float* __restrict__ gamma,
+                                    const float* __restrict__ beta) {
+  const int g = static_cast<int>(blockIdx.x);
+  const std::int64_t b = blockIdx.y;
+  const float2* pb = partial + b * chunks * channels + g * cpg;
   double sum = 0, sq = 0;
-  for (std::int64_t i = threadIdx.x; i < chunks * cpg; i += blockDim.x) {
-    const std::int64_t o = ((b * chunks + i / cpg) * channels + g * cpg + i % cpg) * 2;
-    sum += partial[o];
-    sq += partial[o + 1];
+  for (int i = static_cast<int>(threadIdx.x); i < chunks * cpg; i += static_cast<int>(blockDim.x)) {
+    const float2 s = pb[static_cast<std::int64_t>(i / cpg) * channels + i % cpg];
+    sum += s.x;
+    sq += s.y;
   }
   sum = block_sum(sum);
   sq = block_sum(sq);
-  const double mean = sum / static_cast<double>(count);
-  const double var = fmax(sq / static_cast<double>(count) - mean * mean, 0.0);
+  const double count = static_cast<double>(spatial) * cpg;
+  const double shifted_mean = sum / count;
+  const double mean = static_cast<double>(load(x, b * spatial * channels + g * cpg)) + shifted_mean;
+  const double var = fmax(sq / count - shifted_mean * shifted_mean, 0.0);
   const double inv = 1.0 / sqrt(var + eps);
-  for (std::int64_t j = threadIdx.x; j < cpg; j += blockDim.x) {
-    const std::int64_t c = g * cpg + j;
-    scale_shift[(b * channels + c) * 2] = static_cast<float>(inv) * gamma[c];
-    scale_shift[(b * channels + c) * 2 + 1] = beta[c] - static_cast<float>(mean * inv) * gamma[c];
+  for (int j = static_cast<int>(threadIdx.x); j < cpg; j += static_cast<int>(blockDim.x)) {
+    const int c = g * cpg + j;
+    scale_shift[b * channels + c] =
+        make_float2(static_cast<float>(inv) * gamma[c], beta[c] - static_cast<float>(mean * inv) * gamma[c]);
   }
 }
 
-template <class T, class I>
-__global__ void group_norm_apply(const T* x, T* y, I n, I per_item, I channels, const float* scale_shift,
-                                 bool apply_silu) {
-  for (I i = static_cast<I>(blockIdx.x * blockDim.x + threadIdx.x); i < n;
-       i += static_cast<I>(gridDim.x * blockDim.x)) {
-    const I k = (i / per_item) * channels + i % channels;
-    const float v = load(x, i) * scale_shift[2 * k] + scale_shift[2 * k + 1];
-    store(y, i, apply_silu ? silu(v) : v);
+template <class T, int V>
+__global__ void group_norm_apply(const T* __restrict__ x, T* __restrict__ y, const float2* __restrict__ scale_shift,
+                                 std::int64_t spatial, int channels, int width, std::int64_t rows, bool apply_silu) {
+  // Blocks in the reverse order of group_norm_partial's, so that the first to run find the input it read last still
+  // in L2.
+  const std::int64_t chunk = gridDim.x - 1 - blockIdx.x, b = gridDim.y - 1 - blockIdx.y;
+  const std::int64_t p0 = chunk * rows, p1 = min(spatial, p0 + rows);
+  const int lanes = static_cast<int>(blockDim.x) / width;
+  const int tc = static_cast<int>(threadIdx.x) % width, tr = static_cast<int>(threadIdx.x) / width;
+  const T* xb = x + b * spatial * channels;
+  T* yb = y + b * spatial * channels;
+  for (int c = tc * V; c < channels; c += width * V) {
+    float scale[V], shift[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const float2 s = scale_shift[b * channels + c + i];
+      scale[i] = s.x;
+      shift[i] = s.y;
+    }
+#pragma unroll 4
+    for (std::int64_t p = p0 + tr; p < p1; p += lanes) {
+      float v[V];
+      load_pack<T, V>(xb + p * channels + c, v);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        v[i] = fmaf(v[i], scale[i], shift[i]);
+        if (apply_silu) v[i] = silu_for<T>(v[i]);
+      }
+      store_pack<T, V>(yb + p * channels + c, v);
+    }
   }
 }
 
-// LayerNorm: one block per row of `width` values.
+// Sum over each aligned group of `lanes` lanes of a warp (a power of two, at most 32); every lane gets its group's
+// total.
+__device__ __forceinline__ float lane_group_sum(float v, int lanes) {
+  for (int o = lanes / 2; o > 0; o /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// LayerNorm, `lanes` lanes per row of `width` values (a warp holds 32 / lanes rows; width % V == 0, width <= lanes *
+// N * V; x, y, gamma and beta 16-byte aligned when V > 1): lane l of a row holds packs l, l + lanes, ... of V values in
+// registers, so x is read once. Float32 two-pass statistics over the registers: the mean, then the sums of
+// d = x - mean and d^2 (the first corrects the mean's rounding: the corrected two-pass formula).
+template <class T, int V, int N>
+__global__ void layer_norm_rows(const T* __restrict__ x, T* __restrict__ y, std::int64_t rows, int width, int lanes,
+                                float eps, const float* __restrict__ gamma, const float* __restrict__ beta) {
+  const int lane = static_cast<int>(threadIdx.x) % 32, sub = lane % lanes;
+  const std::int64_t row =
+      (static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * (32 / lanes) + lane / lanes;
+  // Lanes past the last row hold no packs but still take part in the shuffles.
+  const int packs = row < rows ? width / V : 0;
+  const T* xr = x + (row < rows ? row : 0) * width;
+  T* yr = y + (row < rows ? row : 0) * width;
+  float v[N][V];
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    const int k = sub + lanes * j;
+    if (k < packs) {
+      load_pack<T, V>(xr + k * V, v[j]);
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+        sum += v[j][i];
+    }
+  }
+  const float n = static_cast<float>(width);
+  float mean = lane_group_sum(sum, lanes) / n;
+  float dsum = 0.0f, sq = 0.0f;
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    if (sub + lanes * j < packs) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const float d = v[j][i] - mean;
+        dsum += d;
+        sq = fmaf(d, d, sq);
+      }
+    }
+  }
+  const float dmean = lane_group_sum(dsum, lanes) / n;
+  const float inv = 1.0f / sqrtf(fmaxf(lane_group_sum(sq, lanes) / n - dmean * dmean, 0.0f) + eps);
+  mean += dmean;
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    const int k = sub + lanes * j;
+    if (k < packs) {
+      float g[V], b[V];
+      load_floats<V>(gamma + k * V, g);
+      load_floats<V>(beta + k * V, b);
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+        v[j][i] = fmaf((v[j][i] - mean) * inv, g[i], b[i]);
+      store_pack<T, V>(yr + k * V, v[j]);
+    }
+  }
+}
+
+// LayerNorm of rows too wide for layer_norm_rows' registers: one block per row, statistics in double.
 template <class T>
-__global__ void layer_norm_rows(const T* x, T* y, std::int64_t width, float eps, const float* gamma,
-                                const float* beta) {
+__global__ void layer_norm_rows_wide(const T* x, T* y, std::int64_t width, float eps, const float* gamma,
+                                     const float* beta) {
   const std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * width;
   double sum = 0;
   for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x)
