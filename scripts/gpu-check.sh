@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One-shot GPU check of the CUDA backend for a lent H100/H200 machine (no Debian packages, no network), about
-# 8 minutes including the build:
+# One-shot GPU check of the CUDA backend for a lent H100/H200 machine (no Debian packages, no network): 176-177 s on an
+# H100 including the build (2026-11-27), plus ~30 s to start the machine:
 #   1. finds nvcc, cmake (the Python environment's), ninja, cuBLAS and cuDNN (the CUDA toolkit's, else the pip wheels
 #      under site-packages/nvidia/ that PyTorch uses) and unpacks .carry/deps.tar.xz (scripts/prepare-carry.sh:
 #      doctest, Google Benchmark, nlohmann json, OpenBLAS for the CPU oracle; .carry/wheels holds diffusers for the
@@ -16,7 +16,7 @@
 #   5. runs compute-sanitizer memcheck on the test binaries in the time left, and prints the table (with the memcheck
 #      and test results) last.
 # Every step's timeout is cut to fit GPU_CHECK_SECONDS (default 540) in all, so the table is printed even when a step
-# hangs: give the device call timeout_s of about 580.
+# hangs: give the device call a timeout_s a little above it (GPU_CHECK_SECONDS=300 with 320 leaves room for reruns).
 # Usage (device tool): scripts/prepare-carry.sh here, then run `bash scripts/gpu-check.sh` with carry [".carry"].
 # Results land in $OUT (or /tmp/carousel-gpu-check): summary.txt, bench.json, torch.json, unet-curve-guided.csv, the
 # two pictures, and logs.tar.gz (configure, build, ctest, benchmark, PyTorch, end-to-end and sanitizer logs).
@@ -86,7 +86,11 @@ log "configure"
   { tail -40 "$out/configure.log"; exit 3; }
 grep -E "carousel|CUDA" "$out/configure.log" | tail -5
 log "build"
-timeout $((budget - 150)) "$cmake_bin" --build build-gpu -j "$(nproc)" --target carousel.cuda.ops carousel.cuda.sampler carousel.cuda.models \
+# The build takes 60-90 s on the 16-core H100 machine (a fresh tree rebuilds everything): at least 150 s however small
+# the budget, since nothing after it can run without it.
+build_timeout=$((budget - 150))
+[ "$build_timeout" -lt 150 ] && build_timeout=150
+timeout "$build_timeout" "$cmake_bin" --build build-gpu -j "$(nproc)" --target carousel.cuda.ops carousel.cuda.sampler carousel.cuda.models \
   carousel.cuda.host carousel-bench-cuda >"$out/build.log" 2>&1 ||
   { tail -60 "$out/build.log"; exit 4; }
 
@@ -132,11 +136,12 @@ if ! "$py" -c 'import diffusers' 2>/dev/null; then  # the image has PyTorch, not
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/carousel-site \
     .carry/wheels/*.whl && export PYTHONPATH="/tmp/carousel-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-PYTHONUNBUFFERED=1 timeout "$(step_timeout 150 20)" "$py" benchmarks/cuda/torch_unet.py --profile-batch 8 >"$out/torch.json" \
+PYTHONUNBUFFERED=1 timeout "$(step_timeout 150 20)" "$py" benchmarks/cuda/torch_unet.py --profile-batch 8 --vae >"$out/torch.json" \
   2>"$out/torch.err" || { tail -20 "$out/torch.err"; status=8; }
 "$py" - "$out/bench.json" "$out/torch.json" "$out/unet-curve-guided.csv" >"$out/summary.txt" <<'PY'
 import json, sys
-bench, graph, torch, attention, overlap, boundary, group_norm, layer_norm = {}, {}, {}, {}, {}, None, {}, {}
+bench, graph, torch, attention, overlap, boundary, group_norm, layer_norm, vae = {}, {}, {}, {}, {}, None, {}, {}, {}
+torch_vae = {}
 breakdown, torch_breakdown, searched = None, {}, {}
 peak = None
 def load_benchmarks(path):
@@ -162,6 +167,8 @@ try:
             attention[["flash", "plain"][kernel]] = b
         elif b["name"].startswith("BM_GroupNormSd15/vae:"):
             group_norm["VAE 1x512x512x128 fp32" if "vae:1" in b["name"] else "UNet 16x64x64x320 fp16"] = b
+        elif b["name"].startswith("BM_VaeDecodeSd15/fp16:"):
+            vae["fp16" if "fp16:1" in b["name"] else "fp32"] = b
         elif b["name"].startswith("BM_LayerNormSd15/level:"):
             layer_norm[int(b["name"].split("level:")[1].split("/")[0])] = b
         elif b["name"].startswith("BM_UNetBreakdownSd15Fp16/"):
@@ -183,6 +190,8 @@ try:
         r = json.loads(line)
         if "profile_batch" in r:
             torch_breakdown = r["ms"]
+        elif "vae" in r:
+            torch_vae[r["vae"]] = r["ms"]
         else:
             torch[r["batch"]] = r
 except Exception as e:  # noqa: BLE001
@@ -229,6 +238,10 @@ for level, b in sorted(layer_norm.items()):
 if boundary and 16 in bench:
     print(f"host boundary of a guided batch-8 step (16 rows in, output back): {boundary['ms']:.2f} ms = "
           f"{100 * boundary['ms'] / bench[16]['ms']:.1f}% of the batch-16 UNet step")
+if len(vae) == 2:
+    print(f"VAE decode of one 512x512 image, ms: fp32 {vae['fp32']['ms']:.1f} (PyTorch "
+          f"{torch_vae.get('fp32', float('nan')):.1f}), fp16 {vae['fp16']['ms']:.1f} (PyTorch "
+          f"{torch_vae.get('fp16', float('nan')):.1f})")
 if len(overlap) == 2:
     seq, con = overlap["sequential"], overlap["concurrent"]
     print(f"UNet step b=8 ({con['step_ms']:.1f} ms) + VAE decode 512x512 fp32 ({con['decode_ms']:.1f} ms): "

@@ -388,10 +388,10 @@ void BM_HostBoundarySd15(benchmark::State& state) {
 }
 BENCHMARK(BM_HostBoundarySd15)->UseManualTime()->Iterations(20)->Unit(benchmark::kMillisecond);
 
-// The decoder of SD-1.5's VAE (AutoencoderKL: 128/256/512/512 channels, two resnets per block), float32 as diffusers'
-// force_upcast runs it, built once.
-const cu::VaeDecoder& sd15_vae() {
-  static const auto vae = [] {
+// The decoder of SD-1.5's VAE (AutoencoderKL: 128/256/512/512 channels, two resnets per block) in `dtype`, built once
+// per dtype (float32 is the backend's default, as diffusers' force_upcast runs it).
+const cu::VaeDecoder& sd15_vae(cu::DType dtype = cu::DType::f32) {
+  const auto build = [](cu::DType dt) {
     carousel::model::VaeConfig config;
     config.block_out_channels = {128, 256, 512, 512};
     config.down_block_types.assign(4, "DownEncoderBlock2D");
@@ -399,10 +399,36 @@ const cu::VaeDecoder& sd15_vae() {
     config.layers_per_block = 2;
     config.sample_size = 512;
     carousel::model::RandomWeights weights(4321);
-    return std::make_unique<cu::VaeDecoder>(config, weights, cu::DType::f32);
-  }();
+    return std::make_unique<cu::VaeDecoder>(config, weights, dt);
+  };
+  if (dtype == cu::DType::f16) {
+    static const auto vae = build(cu::DType::f16);
+    return *vae;
+  }
+  static const auto vae = build(cu::DType::f32);
   return *vae;
 }
+
+// The VAE decode of one 512x512 image (1x4x64x64 latents) in float32 (fp16:0, the backend's default vae_dtype) and
+// in fp16 (fp16:1): what BackendOptions::vae_dtype = f16 would save per image.
+void BM_VaeDecodeSd15(benchmark::State& state) {
+  if (skipped_without_gpu(state)) return;
+  const cu::DType dtype = state.range(0) != 0 ? cu::DType::f16 : cu::DType::f32;
+  const auto& vae = sd15_vae(dtype);
+  cu::Engine e;
+  auto z = e.empty({1, 64, 64, 4}, dtype);
+  random_fill(e, z, 6);
+  auto run = [&] { static_cast<void>(vae.forward(e, z)); };
+  run();
+  state.counters["ms"] = mean_iteration_ms(state, e, run);
+}
+BENCHMARK(BM_VaeDecodeSd15)
+    ->ArgName("fp16")
+    ->Arg(0)
+    ->Arg(1)
+    ->UseManualTime()
+    ->Iterations(5)
+    ->Unit(benchmark::kMillisecond);
 
 // A batch-8 UNet step (fp16) and the VAE decode of one 512x512 image (fp32), each on an Engine of its own: one after
 // the other on one thread (overlap = 0: the decode in the iteration, as without a retire stage) or at the same time

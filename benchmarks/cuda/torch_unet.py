@@ -3,11 +3,15 @@ SD-1.5 configuration (random weights, fp16, 64x64 latents, 77x768 context) at ba
 with CUDA events (3 warm-up steps, then the mean of 5). diffusers' default attention processor (AttnProcessor2_0,
 torch's scaled_dot_product_attention) is used, as a plain `pipe.unet(...)` would.
 
+With --vae it also decodes one 512x512 image (1x4x64x64 latents) with diffusers' AutoencoderKL in the SD-1.5
+configuration (random weights), float32 and fp16, and prints {"vae": "fp32" | "fp16", "ms": ...} per dtype
+(BM_VaeDecodeSd15's counterpart; gpu-check.sh sets NVIDIA_TF32_OVERRIDE=0, so float32 is true float32 on both sides).
+
 With --profile-batch B (0: off) it then profiles 3 steps at batch B with torch.profiler and prints one more line,
 {"profile_batch": B, "ms": {category: ms per step}}, the GPU kernels' time in the categories of carousel's
 Engine profile (cuda::OpKind), classified by kernel name (`kernel_category`).
 
-Run: python3 benchmarks/cuda/torch_unet.py [--batches 1,2,4,8,16] [--profile-batch 8] > torch.json
+Run: python3 benchmarks/cuda/torch_unet.py [--batches 1,2,4,8,16] [--profile-batch 8] [--vae] > torch.json
 (one JSON object per line)
 """
 
@@ -15,7 +19,7 @@ import argparse
 import json
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 
 def kernel_category(name: str) -> str:
@@ -63,11 +67,40 @@ def profile(unet, batch: int, steps: int = 3) -> dict:
     return ms
 
 
+def time_ms(fn, iterations: int) -> float:
+    """Mean milliseconds of fn() over `iterations` calls after 3 warm-up calls, by CUDA events."""
+    with torch.inference_mode():
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iterations):
+            fn()
+        stop.record()
+        torch.cuda.synchronize()
+    return start.elapsed_time(stop) / iterations
+
+
+def vae_decode_ms(dtype: torch.dtype, iterations: int) -> float:
+    """One 512x512 decode by the SD-1.5 AutoencoderKL (random weights) in `dtype`."""
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        sample_size=512,
+    ).to(device="cuda", dtype=dtype).eval()
+    z = torch.randn(1, 4, 64, 64, device="cuda", dtype=dtype)
+    return time_ms(lambda: vae.decode(z), iterations)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", default="1,2,4,8,16")
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--profile-batch", type=int, default=0)
+    parser.add_argument("--vae", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -80,21 +113,15 @@ def main() -> None:
         sample = torch.randn(batch, 4, 64, 64, device="cuda", dtype=torch.float16)
         timesteps = torch.full((batch,), 500, device="cuda", dtype=torch.int64)
         context = torch.randn(batch, 77, 768, device="cuda", dtype=torch.float16)
-        with torch.inference_mode():
-            for _ in range(3):
-                unet(sample, timesteps, context)
-            torch.cuda.synchronize()
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(args.iterations):
-                unet(sample, timesteps, context)
-            stop.record()
-            torch.cuda.synchronize()
-        ms = start.elapsed_time(stop) / args.iterations
+        ms = time_ms(lambda: unet(sample, timesteps, context), args.iterations)
         print(json.dumps({"batch": batch, "ms": ms, "images_per_s": batch / (ms / 1e3),
                           "device": torch.cuda.get_device_name()}), flush=True)
     if args.profile_batch:
         print(json.dumps({"profile_batch": args.profile_batch, "ms": profile(unet, args.profile_batch)}), flush=True)
+    if args.vae:
+        del unet
+        for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+            print(json.dumps({"vae": name, "ms": vae_decode_ms(dtype, args.iterations)}), flush=True)
 
 
 if __name__ == "__main__":

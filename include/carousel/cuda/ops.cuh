@@ -1,8 +1,9 @@
 #pragma once
 /// \file
-/// Device ops of the CUDA backend on DeviceTensors, all enqueued on an Engine's stream: GEMMs (cuBLAS, fp32
-/// accumulation; fp16 inputs use the tensor cores, fp32 stays true fp32 — no TF32), convolutions (cuDNN, NHWC),
-/// attention (batched GEMMs + softmax kernel), GroupNorm(+SiLU), LayerNorm, GEGLU, activations, timestep embedding,
+/// Device ops of the CUDA backend on DeviceTensors, all enqueued on an Engine's stream: GEMMs (cuBLAS; Linear through
+/// cuBLASLt with its bias and residual in the epilogue; fp32 accumulation, fp16 inputs use the tensor cores, fp32
+/// stays true fp32 — no TF32), convolutions (cuDNN, NHWC), attention (the fused flash kernel, or batched GEMMs +
+/// softmax kernel), GroupNorm(+SiLU), LayerNorm, GEGLU, activations, timestep embedding,
 /// nearest upsampling, channel concatenation and layout conversions. Images are NHWC on the device.
 /// Every op checks its shapes and throws std::invalid_argument naming the op; CUDA failures throw CudaError.
 
