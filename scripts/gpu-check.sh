@@ -168,7 +168,7 @@ try:
         elif b["name"].startswith("BM_GroupNormSd15/vae:"):
             group_norm["VAE 1x512x512x128 fp32" if "vae:1" in b["name"] else "UNet 16x64x64x320 fp16"] = b
         elif b["name"].startswith("BM_VaeDecodeSd15/fp16:"):
-            vae["fp16" if "fp16:1" in b["name"] else "fp32"] = b
+            vae[("fp16" if "fp16:1" in b["name"] else "fp32", int(b["batch"]))] = b
         elif b["name"].startswith("BM_LayerNormSd15/level:"):
             layer_norm[int(b["name"].split("level:")[1].split("/")[0])] = b
         elif b["name"].startswith("BM_UNetBreakdownSd15Fp16/"):
@@ -214,11 +214,16 @@ for batch, b in sorted(searched.items()):
     print(f"batch {batch} with convolution algorithms timed (cudnnFind, like cudnn.benchmark): {b['ms']:.2f} ms "
           f"(heuristic: {base:.2f} ms)")
 # The serving benchmark's cost curve for guided requests (each is 2 UNet rows): batch_size = rows / 2, so that
-# `carousel-bench-serving --curve unet-curve-guided.csv` replays the serving grid on this GPU's step times.
+# `carousel-bench-serving --curve unet-curve-guided.csv` replays the serving grid on this GPU's step times; with the
+# float32 VAE decode of batch_size images as decode_ms when every size was measured.
 curve = [(rows // 2, bench[rows]["ms"]) for rows in sorted(bench) if rows % 2 == 0]
 if curve:
     with open(sys.argv[3], "w") as f:
-        f.write("batch_size,step_ms\n" + "".join(f"{b},{ms:.3f}\n" for b, ms in curve))
+        if all(("fp32", b) in vae for b, _ in curve):
+            f.write("batch_size,step_ms,decode_ms\n"
+                    + "".join(f"{b},{ms:.3f},{vae[('fp32', b)]['ms']:.3f}\n" for b, ms in curve))
+        else:
+            f.write("batch_size,step_ms\n" + "".join(f"{b},{ms:.3f}\n" for b, ms in curve))
     print(f"serving cost curve (guided requests per step -> ms): {sys.argv[3].rsplit('/', 1)[-1]}")
 for kind, b in sorted(attention.items()):
     print(f"attention 2x8x4096x4096 (head_dim 40), {kind}: {b['ms']:.2f} ms, {b['TFLOPS']:.1f} TFLOP/s")
@@ -238,10 +243,11 @@ for level, b in sorted(layer_norm.items()):
 if boundary and 16 in bench:
     print(f"host boundary of a guided batch-8 step (16 rows in, output back): {boundary['ms']:.2f} ms = "
           f"{100 * boundary['ms'] / bench[16]['ms']:.1f}% of the batch-16 UNet step")
-if len(vae) == 2:
-    print(f"VAE decode of one 512x512 image, ms: fp32 {vae['fp32']['ms']:.1f} (PyTorch "
-          f"{torch_vae.get('fp32', float('nan')):.1f}), fp16 {vae['fp16']['ms']:.1f} (PyTorch "
-          f"{torch_vae.get('fp16', float('nan')):.1f})")
+for dt in ("fp32", "fp16"):
+    row = {b: vae[(dt, b)]["ms"] for (d, b) in vae if d == dt}
+    if row:
+        print(f"VAE decode of b 512x512 images, {dt}, ms: " + ", ".join(f"b={b} {ms:.1f}" for b, ms in sorted(row.items()))
+              + f" (PyTorch b=1: {torch_vae.get(dt, float('nan')):.1f})")
 if len(overlap) == 2:
     seq, con = overlap["sequential"], overlap["concurrent"]
     print(f"UNet step b=8 ({con['step_ms']:.1f} ms) + VAE decode 512x512 fp32 ({con['decode_ms']:.1f} ms): "

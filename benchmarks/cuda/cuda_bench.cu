@@ -409,25 +409,27 @@ const cu::VaeDecoder& sd15_vae(cu::DType dtype = cu::DType::f32) {
   return *vae;
 }
 
-// The VAE decode of one 512x512 image (1x4x64x64 latents) in float32 (fp16:0, the backend's default vae_dtype) and
-// in fp16 (fp16:1): what BackendOptions::vae_dtype = f16 would save per image.
+// The VAE decode of `batch` 512x512 images (batchx4x64x64 latents) in float32 (fp16:0, the backend's default
+// vae_dtype) and in fp16 (fp16:1): the decode curve d(b) of the serving simulator (gpu-check.sh writes the float32 one
+// into unet-curve-guided.csv) and what BackendOptions::vae_dtype = f16 would save.
 void BM_VaeDecodeSd15(benchmark::State& state) {
   if (skipped_without_gpu(state)) return;
   const cu::DType dtype = state.range(0) != 0 ? cu::DType::f16 : cu::DType::f32;
+  const std::int64_t batch = state.range(1);
   const auto& vae = sd15_vae(dtype);
   cu::Engine e;
-  auto z = e.empty({1, 64, 64, 4}, dtype);
+  auto z = e.empty({batch, 64, 64, 4}, dtype);
   random_fill(e, z, 6);
   auto run = [&] { static_cast<void>(vae.forward(e, z)); };
   run();
   state.counters["ms"] = mean_iteration_ms(state, e, run);
+  state.counters["batch"] = static_cast<double>(batch);
 }
 BENCHMARK(BM_VaeDecodeSd15)
-    ->ArgName("fp16")
-    ->Arg(0)
-    ->Arg(1)
+    ->ArgNames({"fp16", "batch"})
+    ->ArgsProduct({{0, 1}, {1, 2, 4, 8}})
     ->UseManualTime()
-    ->Iterations(5)
+    ->Iterations(3)
     ->Unit(benchmark::kMillisecond);
 
 // A batch-8 UNet step (fp16) and the VAE decode of one 512x512 image (fp32), each on an Engine of its own: one after

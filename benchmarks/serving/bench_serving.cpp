@@ -9,7 +9,8 @@
 //
 // Options:
 //   --csv PATH             where the grid's CSV goes (default: <build folder>/serving.csv, or serving-wallclock.csv)
-//   --curve PATH           add a "measured" regime from a CSV with header batch_size,step_ms (decode: --decode-factor)
+//   --curve PATH           add a "measured" regime from a CSV with header batch_size,step_ms[,decode_ms] (the decode
+//                          from its decode_ms column when it has one, else --decode-factor x step_ms)
 //   --requests N           requests per open-loop run (default 2000)
 //   --seed S               workload seed (default 1)
 //   --decode-factor F      VAE decode of b requests costs F x t(b) (default 2)
@@ -227,7 +228,10 @@ int run_grid(const Cli& cli) {
                                  Regime::linear("batch_friendly", 50, 10, cli.decode_factor)};
   if (!cli.curve.empty()) {
     const carousel::bench::CostCurve measured = CostCurve::from_csv(cli.curve);
-    regimes.push_back(Regime{"measured", measured, measured.scaled(cli.decode_factor)});
+    const bool decode_measured = CostCurve::csv_has_column(cli.curve, "decode_ms");
+    regimes.push_back(
+        Regime{"measured", measured,
+               decode_measured ? CostCurve::from_csv(cli.curve, "decode_ms") : measured.scaled(cli.decode_factor)});
   }
   for (Regime& r : regimes)
     r.decode_off_loop = cli.decode_off_loop;

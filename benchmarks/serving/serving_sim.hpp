@@ -62,29 +62,41 @@ class CostCurve {
     return k;
   }
 
-  /// Reads a measured table from a CSV file with a header line and columns `batch_size,step_ms` (extra columns are
-  /// ignored). Throws `std::runtime_error` naming the file and line on a malformed file.
-  static CostCurve from_csv(const std::string& path) {
+  /// Reads a measured table from a CSV file whose header line names its columns: `batch_size` first, and `column`
+  /// (milliseconds; `step_ms` by default, e.g. `decode_ms` for a measured decode) among the others, which are ignored.
+  /// Throws `std::runtime_error` naming the file and line on a malformed file or a missing column.
+  static CostCurve from_csv(const std::string& path, const std::string& column = "step_ms") {
     std::ifstream in(path);
     if (!in) throw std::runtime_error("CostCurve::from_csv: cannot open " + path);
     std::string line;
     std::getline(in, line);
-    if (line.rfind("batch_size,step_ms", 0) != 0)
-      throw std::runtime_error("CostCurve::from_csv: " + path + ": the header must start with batch_size,step_ms");
+    const std::vector<std::string> names = split_csv(line);
+    const auto at = std::find(names.begin(), names.end(), column);
+    if (names.empty() || names.front() != "batch_size" || at == names.end())
+      throw std::runtime_error("CostCurve::from_csv: " + path + ": the header must start with batch_size and name " +
+                               column);
+    const auto index = static_cast<std::size_t>(at - names.begin());
     std::vector<std::pair<std::size_t, double>> points;
     for (int number = 2; std::getline(in, line); ++number) {
       if (line.empty()) continue;
-      std::istringstream fields(line);
-      std::string size, ms;
-      std::getline(fields, size, ',');
-      std::getline(fields, ms, ',');
+      const std::vector<std::string> fields = split_csv(line);
       try {
-        points.emplace_back(static_cast<std::size_t>(std::stoul(size)), std::stod(ms) / 1000.0);
+        if (fields.size() <= index) throw std::invalid_argument("too few fields");
+        points.emplace_back(static_cast<std::size_t>(std::stoul(fields[0])), std::stod(fields[index]) / 1000.0);
       } catch (const std::exception&) {
         throw std::runtime_error("CostCurve::from_csv: " + path + ":" + std::to_string(number) + ": malformed line");
       }
     }
     return table(std::move(points));
+  }
+
+  /// Whether the header line of the CSV file `path` names `column` (false when the file cannot be read).
+  static bool csv_has_column(const std::string& path, const std::string& column) {
+    std::ifstream in(path);
+    std::string line;
+    if (!std::getline(in, line)) return false;
+    const std::vector<std::string> names = split_csv(line);
+    return std::find(names.begin(), names.end(), column) != names.end();
   }
 
   /// The curve with every time multiplied by `factor` (>= 0).
@@ -112,6 +124,16 @@ class CostCurve {
   }
 
  private:
+  // The comma-separated fields of one line (no quoting; a trailing carriage return dropped).
+  static std::vector<std::string> split_csv(std::string line) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    std::vector<std::string> fields;
+    std::istringstream in(line);
+    for (std::string f; std::getline(in, f, ',');)
+      fields.push_back(f);
+    return fields;
+  }
+
   double a_ = 0;
   double c_ = 0;
   std::vector<std::pair<std::size_t, double>> points_;

@@ -62,6 +62,20 @@ TEST_CASE("Serving.CostCurve.LinearAndTable") {
     }
     const CostCurve csv = CostCurve::from_csv(tmp);
     CHECK(csv(3) == doctest::Approx(0.017));
+    CHECK_FALSE(CostCurve::csv_has_column(tmp, "decode_ms"));
+    CHECK_THROWS_AS(CostCurve::from_csv(tmp, "decode_ms"), std::runtime_error);  // no such column
+    {
+      std::ofstream out(tmp);
+      out << "batch_size,step_ms,decode_ms\r\n1,10,90\r\n2,14,180\r\n4,20,360\r\n";  // CRLF lines too
+    }
+    CHECK(CostCurve::csv_has_column(tmp, "decode_ms"));
+    CHECK(CostCurve::from_csv(tmp)(3) == doctest::Approx(0.017));
+    CHECK(CostCurve::from_csv(tmp, "decode_ms")(3) == doctest::Approx(0.270));  // halfway between 180 and 360 ms
+    {
+      std::ofstream out(tmp);
+      out << "batch_size,step_ms,decode_ms\n1,10\n";
+    }
+    CHECK_THROWS_AS(CostCurve::from_csv(tmp, "decode_ms"), std::runtime_error);  // the line lacks the column
     {
       std::ofstream out(tmp);
       out << "size,ms\n1,10\n";
