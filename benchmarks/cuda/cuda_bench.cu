@@ -17,6 +17,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <cuda_fp16.h>
@@ -168,6 +169,13 @@ BENCHMARK(BM_AttentionSd15Fp16)
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);
 
+// A norm's float32 gamma (ones) and beta (zeros) of `width` values, on the device.
+std::pair<cu::DeviceTensor, cu::DeviceTensor> identity_affine(std::int64_t width) {
+  const auto n = static_cast<std::size_t>(width);
+  return {cu::upload_weight(std::vector<float>(n, 1.0f), {width}, cu::DType::f32),
+          cu::upload_weight(std::vector<float>(n, 0.0f), {width}, cu::DType::f32)};
+}
+
 // GroupNorm(+SiLU), 32 groups, on SD-1.5's two commonest large shapes: the UNet's first level (case 0: batch 16 of
 // 64x64x320, fp16) and the VAE decoder's last (case 1: one 512x512x128 image, fp32). The op reads x twice and writes
 // y once; a device-to-device copy of x in the same run is the bandwidth reference (GB/s and % of the copy's).
@@ -180,10 +188,7 @@ void BM_GroupNormSd15(benchmark::State& state) {
   cu::Engine e;
   auto x = e.empty(shape, dtype);
   random_fill(e, x, 4, 3.0f);
-  const auto gamma =
-      cu::upload_weight(std::vector<float>(static_cast<std::size_t>(channels), 1.0f), {channels}, cu::DType::f32);
-  const auto beta =
-      cu::upload_weight(std::vector<float>(static_cast<std::size_t>(channels), 0.0f), {channels}, cu::DType::f32);
+  const auto [gamma, beta] = identity_affine(channels);
   auto run = [&] { static_cast<void>(cu::group_norm(e, x, 32, 1e-6f, gamma, beta, true)); };
   time_against_copy(state, e, x, 3, run);
 }
@@ -206,10 +211,7 @@ void BM_LayerNormSd15(benchmark::State& state) {
   cu::Engine e;
   auto x = e.empty(shape, cu::DType::f16);
   random_fill(e, x, 5, 3.0f);
-  const auto gamma =
-      cu::upload_weight(std::vector<float>(static_cast<std::size_t>(width), 1.0f), {width}, cu::DType::f32);
-  const auto beta =
-      cu::upload_weight(std::vector<float>(static_cast<std::size_t>(width), 0.0f), {width}, cu::DType::f32);
+  const auto [gamma, beta] = identity_affine(width);
   auto run = [&] { static_cast<void>(cu::layer_norm(e, x, gamma, beta, 1e-5f)); };
   time_against_copy(state, e, x, 2, run);
 }

@@ -47,6 +47,22 @@ void with_dtype(DType t, F&& f) {
   }
 }
 
+// Whether p is 16-byte aligned (a 16-byte vector access may use it).
+inline bool aligned16(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
+}
+
+// Calls f(std::integral_constant<int, 16 / sizeof(T)>{}) when `packed` (16-byte packs of T), else
+// f(std::integral_constant<int, 1>{}): the compile-time vector width of a kernel that has both forms.
+template <class T, class F>
+void with_pack(bool packed, F&& f) {
+  if (packed) {
+    f(std::integral_constant<int, static_cast<int>(16 / sizeof(T))>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
+}
+
 inline cudaDataType_t cuda_type(DType t) {
   return t == DType::f32 ? CUDA_R_32F : CUDA_R_16F;
 }
@@ -455,8 +471,7 @@ inline DeviceTensor group_norm(Engine& e, const DeviceTensor& x, std::int64_t gr
     using T = decltype(t);
     // Packs of 16 bytes when the channels split into them and both tensors are aligned, else single elements.
     constexpr int pack = 16 / sizeof(T);
-    const bool packed = c % pack == 0 && reinterpret_cast<std::uintptr_t>(x.data()) % 16 == 0 &&
-                        reinterpret_cast<std::uintptr_t>(y.data()) % 16 == 0;
+    const bool packed = c % pack == 0 && detail::aligned16(x.data()) && detail::aligned16(y.data());
     const int packs = packed ? c / pack : c;
     const int width = std::min(packs, detail::block_threads);
     const auto threads = static_cast<unsigned>(detail::block_threads / width * width);
@@ -474,11 +489,7 @@ inline DeviceTensor group_norm(Engine& e, const DeviceTensor& x, std::int64_t gr
           <<<grid, threads, 0, e.stream()>>>(x.as<T>(), y.as<T>(), scale_shift2, spatial, c, width, rows, silu);
       detail::check_kernel();
     };
-    if (packed) {
-      launch(std::integral_constant<int, pack>{});
-    } else {
-      launch(std::integral_constant<int, 1>{});
-    }
+    detail::with_pack<T>(packed, launch);
   });
   return y;
 }
@@ -503,9 +514,8 @@ inline DeviceTensor layer_norm(Engine& e, const DeviceTensor& x, const DeviceTen
     // fastest of 2, 4 and 8 on an H100 at SD-1.5's widths), or the whole warp with at most 64 values a lane; one block
     // per row beyond that.
     constexpr int pack = 16 / sizeof(T);
-    const auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-    const bool packed =
-        width % pack == 0 && aligned(x.data()) && aligned(y.data()) && aligned(gamma.data()) && aligned(beta.data());
+    const bool packed = width % pack == 0 && detail::aligned16(x.data()) && detail::aligned16(y.data()) &&
+                        detail::aligned16(gamma.data()) && detail::aligned16(beta.data());
     const std::int64_t packs = packed ? width / pack : width;
     int lanes = 1;
     while (lanes < 32 && lanes * std::int64_t{4} < packs)
@@ -513,37 +523,26 @@ inline DeviceTensor layer_norm(Engine& e, const DeviceTensor& x, const DeviceTen
     const std::int64_t per_lane = (packs + lanes - 1) / lanes;
     const std::int64_t rows_per_block = detail::block_threads / 32 * (32 / lanes);
     const auto blocks = static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block);
+    // The kernel for the smallest N (packs per lane) of these that holds per_lane, with at most 64 values a lane.
     bool launched = false;
-    const auto try_launch = [&](auto v, auto n) {
-      constexpr int V = decltype(v)::value, N = decltype(n)::value;
-      if constexpr (N * V <= 64) {
-        if (!launched && per_lane <= N) {
-          detail::layer_norm_rows<T, V, N><<<blocks, detail::block_threads, 0, e.stream()>>>(
-              x.as<T>(), y.as<T>(), rows, static_cast<int>(width), lanes, eps, gamma.as<float>(), beta.as<float>());
-          launched = true;
+    detail::with_pack<T>(packed, [&](auto v) {
+      constexpr int V = decltype(v)::value;
+      const auto try_launch = [&](auto n) {
+        constexpr int N = decltype(n)::value;
+        if constexpr (N * V <= 64) {
+          if (per_lane <= N) {
+            detail::layer_norm_rows<T, V, N><<<blocks, detail::block_threads, 0, e.stream()>>>(
+                x.as<T>(), y.as<T>(), rows, static_cast<int>(width), lanes, eps, gamma.as<float>(), beta.as<float>());
+            return true;
+          }
         }
+        return false;
+      };
+      launched = [&]<int... Ns>(std::integer_sequence<int, Ns...>) {
+        return (try_launch(std::integral_constant<int, Ns>{}) || ...);
       }
-    };
-    const auto try_all = [&](auto v) {
-      try_launch(v, std::integral_constant<int, 1>{});
-      try_launch(v, std::integral_constant<int, 2>{});
-      try_launch(v, std::integral_constant<int, 3>{});
-      try_launch(v, std::integral_constant<int, 4>{});
-      try_launch(v, std::integral_constant<int, 5>{});
-      try_launch(v, std::integral_constant<int, 6>{});
-      try_launch(v, std::integral_constant<int, 8>{});
-      try_launch(v, std::integral_constant<int, 12>{});
-      try_launch(v, std::integral_constant<int, 16>{});
-      try_launch(v, std::integral_constant<int, 24>{});
-      try_launch(v, std::integral_constant<int, 32>{});
-      try_launch(v, std::integral_constant<int, 48>{});
-      try_launch(v, std::integral_constant<int, 64>{});
-    };
-    if (packed) {
-      try_all(std::integral_constant<int, pack>{});
-    } else {
-      try_all(std::integral_constant<int, 1>{});
-    }
+      (std::integer_sequence<int, 1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64>{});
+    });
     if (!launched) {
       detail::layer_norm_rows_wide<T><<<static_cast<unsigned>(rows), detail::block_threads, 0, e.stream()>>>(
           x.as<T>(), y.as<T>(), width, eps, gamma.as<float>(), beta.as<float>());
@@ -592,9 +591,7 @@ void launch_flash(Engine& e, const void* q, std::int64_t ldq, const void* k, std
   const dim3 grid(static_cast<unsigned>((lq + mma_flash_rows<DP> - 1) / mma_flash_rows<DP>),
                   static_cast<unsigned>(heads), static_cast<unsigned>(batch));
   // 16-byte asynchronous copies when every row starts 16-byte aligned.
-  const auto aligned = [](const void* p, std::int64_t ld) {
-    return reinterpret_cast<std::uintptr_t>(p) % 16 == 0 && ld % 8 == 0;
-  };
+  const auto aligned = [](const void* p, std::int64_t ld) { return aligned16(p) && ld % 8 == 0; };
   const bool vec = head_dim % 8 == 0 && aligned(q, ldq) && aligned(k, ldk) && aligned(v, ldv);
   flash_attention_mma<DP><<<grid, 128, smem, e.stream()>>>(
       static_cast<const __half*>(q), ldq, static_cast<const __half*>(k), ldk, static_cast<const __half*>(v), ldv,
