@@ -2,7 +2,7 @@
 
 Two user classes; name the one to run on the command line:
 
-* ``ClosedLoopUser`` -- the seed write-up's test: every user posts one prompt, waits for the image, posts again at
+* ``ClosedLoopUser`` -- the test of Lightning AI's scheduler write-up: every user posts one prompt, waits for the image, posts again at
   once (no think time). Concurrency is fixed at ``--users``; the arrival rate adapts to the server (closed loop).
 * ``OpenLoopUser`` -- arrivals that do not wait for the server: Poisson arrivals at ``--rate`` requests per second
   in total (split evenly over the users); each request is fired in its own greenlet, so a slow server builds a

@@ -1,8 +1,9 @@
 # carousel::diffusion — samplers, schedules, RNG, the Pipeline adapter (diffusion/) and the backend-neutral model
-# format (model/: safetensors, diffusers folders and configs, CLIP tokenizer). Host-side C++ only.
+# format (checkpoint/: safetensors, diffusers folders and configs, CLIP tokenizer). Host-side C++ only.
 find_package(nlohmann_json 3 REQUIRED CONFIG)
 file(GLOB_RECURSE CAROUSEL_DIFFUSION_HEADERS CONFIGURE_DEPENDS
-     "${PROJECT_SOURCE_DIR}/include/carousel/diffusion/*.hpp" "${PROJECT_SOURCE_DIR}/include/carousel/model/*.hpp")
+     "${PROJECT_SOURCE_DIR}/include/carousel/diffusion/*.hpp" "${PROJECT_SOURCE_DIR}/include/carousel/checkpoint/*.hpp"
+     "${PROJECT_SOURCE_DIR}/include/carousel/tensor/*.hpp")
 add_library(carousel_diffusion INTERFACE)
 add_library(carousel::diffusion ALIAS carousel_diffusion)
 set_target_properties(carousel_diffusion PROPERTIES EXPORT_NAME diffusion)

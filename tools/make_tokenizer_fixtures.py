@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tokenizer fixtures and Unicode tables for carousel::model::ClipTokenizer.
+"""Tokenizer fixtures and Unicode tables for carousel::checkpoint::ClipTokenizer.
 
 Run from the repository root after tools/make_tiny_models.py (it reads the tokenizers that script writes):
 
@@ -16,7 +16,7 @@ Writes
       of letters, combining marks, Hangul jamo, singletons and exclusions with Python's NFC. "slow_differs": prompts on which transformers 4's pure-Python
       CLIPTokenizer without ftfy (re-implemented below: BasicTokenizer clean-up, CJK characters split apart,
       whitespace_clean, lower) gives other ids than the fast tokenizer — carousel follows the fast one.
-  include/carousel/model/detail/unicode_data.hpp
+  include/carousel/checkpoint/detail/unicode_data.hpp
       Tables generated from Python's unicodedata (Unicode {unidata_version}): general categories L* and N*,
       per-character lowercase mapping, canonical combining classes, canonical decompositions and primary
       compositions (for NFC).
@@ -271,7 +271,7 @@ def write_tables():
 #include <cstdint>
 
 // clang-format off
-namespace carousel::model::detail::unicode {{
+namespace carousel::checkpoint::detail::unicode {{
 
 /// Inclusive code point ranges of general category L (Lu, Ll, Lt, Lm, Lo), sorted.
 inline constexpr std::uint32_t letter_ranges[][2] = {{
@@ -306,7 +306,7 @@ inline constexpr std::uint32_t compositions[][3] = {{
 {rows([f"{{0x{a:X}, 0x{b:X}, 0x{c:X}}}," for a, b, c in compose], 4)}
 }};
 
-}}  // namespace carousel::model::detail::unicode
+}}  // namespace carousel::checkpoint::detail::unicode
 // clang-format on
 """
     OUT_TABLES.write_text(text)

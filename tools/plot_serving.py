@@ -1,4 +1,4 @@
-"""Plots of the serving benchmark (issue 8): latency vs load per batching mode, one panel per cost regime.
+"""Plots of the serving benchmark: latency vs load per batching mode, one panel per cost regime.
 
 Run after the benchmark, from the repository root:
 

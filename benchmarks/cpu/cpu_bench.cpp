@@ -23,10 +23,10 @@
 
 namespace {
 
+using carousel::checkpoint::RandomWeights;
 using carousel::cpu::Tensor;
 using carousel::cpu::UNet2DConditionModel;
 using carousel::cpu::UNetSpec;
-using carousel::model::RandomWeights;
 
 // CPU seconds of the whole process (all threads). On a shared machine wall-clock throughput depends on the other
 // jobs; FLOPs per CPU-second (per-core throughput) is the steadier figure for comparing the models with sgemm.

@@ -23,14 +23,14 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <carousel/checkpoint/unet_config.hpp>
+#include <carousel/checkpoint/vae_config.hpp>
+#include <carousel/checkpoint/weight_source.hpp>
 #include <carousel/cuda/engine.cuh>
 #include <carousel/cuda/graph.cuh>
 #include <carousel/cuda/ops.cuh>
 #include <carousel/cuda/unet.cuh>
 #include <carousel/cuda/vae.cuh>
-#include <carousel/model/unet_config.hpp>
-#include <carousel/model/vae_config.hpp>
-#include <carousel/model/weight_source.hpp>
 
 namespace cu = carousel::cuda;
 
@@ -227,10 +227,10 @@ BENCHMARK(BM_LayerNormSd15)
 // The SD-1.5 UNet (859.5M parameters) with cross_attention_dim 768, built once.
 const cu::UNet2DConditionModel& sd15_unet() {
   static const auto unet = [] {
-    carousel::model::UNetConfig config;  // defaults are SD-1.5's blocks
+    carousel::checkpoint::UNetConfig config;  // defaults are SD-1.5's blocks
     config.cross_attention_dim = 768;
     config.sample_size = 64;
-    carousel::model::RandomWeights weights(1234);
+    carousel::checkpoint::RandomWeights weights(1234);
     return std::make_unique<cu::UNet2DConditionModel>(config, weights, cu::DType::f16);
   }();
   return *unet;
@@ -394,13 +394,13 @@ BENCHMARK(BM_HostBoundarySd15)->UseManualTime()->Iterations(20)->Unit(benchmark:
 // per dtype (float32 is the backend's default, as diffusers' force_upcast runs it).
 const cu::VaeDecoder& sd15_vae(cu::DType dtype = cu::DType::f32) {
   const auto build = [](cu::DType dt) {
-    carousel::model::VaeConfig config;
+    carousel::checkpoint::VaeConfig config;
     config.block_out_channels = {128, 256, 512, 512};
     config.down_block_types.assign(4, "DownEncoderBlock2D");
     config.up_block_types.assign(4, "UpDecoderBlock2D");
     config.layers_per_block = 2;
     config.sample_size = 512;
-    carousel::model::RandomWeights weights(4321);
+    carousel::checkpoint::RandomWeights weights(4321);
     return std::make_unique<cu::VaeDecoder>(config, weights, dt);
   };
   if (dtype == cu::DType::f16) {

@@ -1,4 +1,4 @@
-// carousel-bench-serving — the serving benchmark (issue 8).
+// carousel-bench-serving — the serving benchmark.
 //
 // Drives the real StepBatcher with a model whose step costs t(b) = a + c*b (or a measured table) and whose retire
 // (VAE decode) costs d(b), and compares batching modes over cost regimes, loads and workloads.
@@ -388,7 +388,7 @@ int run_wallclock_check(const Cli& cli) {
 int run_pipeline_check(const Cli& cli) {
   namespace cd = carousel::diffusion;
   using Pipeline = cd::Pipeline<carousel::cpu::Backend>;
-  const auto folder = carousel::model::DiffusersFolder::open(cli.pipeline);
+  const auto folder = carousel::checkpoint::DiffusersFolder::open(cli.pipeline);
   const carousel::cpu::Backend backend(folder);
   Pipeline pipeline(backend, cd::pipeline_scheduler_config(folder),
                     cd::pipeline_options(folder, backend.vae_scale_factor()));

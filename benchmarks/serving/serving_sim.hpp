@@ -1,6 +1,6 @@
 #pragma once
 /// \file serving_sim.hpp
-/// The serving benchmark's machinery (issue 8): cost models, workloads, a recording model adapter and two drivers
+/// The serving benchmark's machinery: cost models, workloads, a recording model adapter and two drivers
 /// for a real `carousel::StepBatcher` — a discrete-event simulation on `carousel::ManualClock` and a wall-clock run
 /// on the batcher's scheduler thread — plus the latency/throughput summary of a run.
 ///

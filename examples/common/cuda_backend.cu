@@ -45,7 +45,7 @@ std::string cuda_status() {
   return std::to_string(n) + " CUDA device(s); device 0: " + name;
 }
 
-diffusion::AnyBackend load_cuda_backend(const model::DiffusersFolder& folder, const CudaBackendOptions& options) {
+diffusion::AnyBackend load_cuda_backend(const checkpoint::DiffusersFolder& folder, const CudaBackendOptions& options) {
   if (!cuda_available()) throw std::runtime_error("cannot load the CUDA backend: " + cuda_status());
   cuda::BackendOptions o;
   o.cuda_graphs = options.graphs;

@@ -5,8 +5,8 @@
 /// has CAROUSEL_ENABLE_CUDA on, and in cuda_backend_none.cpp otherwise. A library user wanting CUDA does the same: one
 /// .cu file of their own that constructs `cuda::Backend` into a `diffusion::AnyBackend` (docs/server.md).
 
+#include <carousel/checkpoint/diffusers_folder.hpp>
 #include <carousel/diffusion/any_backend.hpp>
-#include <carousel/model/diffusers_folder.hpp>
 
 #include <string>
 
@@ -29,7 +29,8 @@ struct CudaBackendOptions {
 /// Loads the diffusers folder with `carousel::cuda::Backend` (float16 text encoder and UNet, float32 VAE, and
 /// `options`) on device 0, wrapped as an AnyBackend with device name "cuda".
 /// \throws std::runtime_error "built without CUDA" in a build without the CUDA backend, or naming cuda_status() when
-/// no device is present; model::FormatError for a broken folder; cuda::CudaError from the CUDA runtime.
-diffusion::AnyBackend load_cuda_backend(const model::DiffusersFolder& folder, const CudaBackendOptions& options = {});
+/// no device is present; checkpoint::FormatError for a broken folder; cuda::CudaError from the CUDA runtime.
+diffusion::AnyBackend load_cuda_backend(const checkpoint::DiffusersFolder& folder,
+                                        const CudaBackendOptions& options = {});
 
 }  // namespace carousel::examples

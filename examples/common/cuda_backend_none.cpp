@@ -15,7 +15,7 @@ std::string cuda_status() {
   return "built without CUDA";
 }
 
-diffusion::AnyBackend load_cuda_backend(const model::DiffusersFolder&, const CudaBackendOptions&) {
+diffusion::AnyBackend load_cuda_backend(const checkpoint::DiffusersFolder&, const CudaBackendOptions&) {
   throw std::runtime_error("cannot load the CUDA backend: built without CUDA");
 }
 

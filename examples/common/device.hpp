@@ -3,9 +3,9 @@
 /// The examples' `--device auto|cpu|cuda`: resolving the request against what this build and machine have, and
 /// loading a diffusers folder on the chosen device as a `diffusion::AnyBackend`.
 
+#include <carousel/checkpoint/diffusers_folder.hpp>
 #include <carousel/cpu/backend.hpp>
 #include <carousel/diffusion/any_backend.hpp>
-#include <carousel/model/diffusers_folder.hpp>
 #include <common/cuda_backend.hpp>
 
 #include <stdexcept>
@@ -61,8 +61,8 @@ inline bool cuda_flag(const std::string& flag, const std::string& value, CudaBac
 
 /// Loads `folder` on `device` ("cpu" or "cuda", as resolve_device returns): `cpu::Backend` or, through
 /// load_cuda_backend with `cuda_options`, `cuda::Backend`. \throws std::invalid_argument for another device name;
-/// what the backend's loading throws (model::FormatError for a broken folder, ...).
-inline diffusion::AnyBackend load_backend(const model::DiffusersFolder& folder, const std::string& device,
+/// what the backend's loading throws (checkpoint::FormatError for a broken folder, ...).
+inline diffusion::AnyBackend load_backend(const checkpoint::DiffusersFolder& folder, const std::string& device,
                                           const CudaBackendOptions& cuda_options = {}) {
   if (device == "cpu") return diffusion::AnyBackend("cpu", cpu::Backend(folder));
   if (device == "cuda") return load_cuda_backend(folder, cuda_options);

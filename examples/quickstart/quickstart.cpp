@@ -1,7 +1,8 @@
 // carousel quickstart: a toy model driven by StepBatcher, printing the batch of every iteration.
 //
-// Reproduces the seed write-up's logs (30 steps per request, max batch 4): first continuous batching, where requests
-// join at the next step and leave as soon as they finish; then static batching, where four requests run as one batch.
+// Reproduces the example log of Lightning AI's scheduler write-up (30 steps per request, max batch 4): first
+// continuous batching, where requests join at the next step and leave as soon as they finish; then static batching,
+// where four requests run as one batch.
 #include <carousel/carousel.hpp>
 
 #include <cstdio>

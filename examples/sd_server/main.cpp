@@ -177,7 +177,7 @@ int main(int argc, char** argv) {
 
   std::optional<Server> server;
   try {
-    const auto folder = carousel::model::DiffusersFolder::open(options.model_dir);
+    const auto folder = carousel::checkpoint::DiffusersFolder::open(options.model_dir);
     server.emplace(options, carousel::examples::load_backend(folder, device, cuda));
     server->bind();
   } catch (const std::exception& e) {

@@ -11,9 +11,9 @@
 /// `GET .../{id}/events` replay and follow the event log, `GET .../{id}` answers a snapshot. See docs/server.md.
 
 #include <httplib.h>
+#include <carousel/checkpoint/diffusers_folder.hpp>
 #include <carousel/diffusion/any_backend.hpp>
 #include <carousel/diffusion/pipeline.hpp>
-#include <carousel/model/diffusers_folder.hpp>
 #include <carousel/step_batcher.hpp>
 #include <carousel/version.hpp>
 #include <common/png.hpp>
@@ -126,7 +126,7 @@ struct Generation {
 ///   ServerOptions options;
 ///   options.model_dir = "models/shapes-32";
 ///   options.port = 0;
-///   const auto folder = model::DiffusersFolder::open(options.model_dir);
+///   const auto folder = checkpoint::DiffusersFolder::open(options.model_dir);
 ///   Server server(options, diffusion::AnyBackend("cpu", cpu::Backend(folder)));
 ///   int port = server.bind();
 ///   std::thread t([&] { server.run(); });
@@ -139,12 +139,12 @@ class Server {
  public:
   /// Serves `backend`, the model of `options.model_dir` loaded on the device of the caller's choice (its scheduler
   /// configuration and default image size are read from that folder), and starts the batcher. Throws
-  /// `model::FormatError` for a broken model folder and `std::invalid_argument` for an empty backend or inconsistent
-  /// options. The backend's calls must be safe to make from two threads (the batcher's and an HTTP handler's
-  /// tokenizer use in validation), as cpu::Backend's and cuda::Backend's are.
+  /// `checkpoint::FormatError` for a broken model folder and `std::invalid_argument` for an empty backend or
+  /// inconsistent options. The backend's calls must be safe to make from two threads (the batcher's and an HTTP
+  /// handler's tokenizer use in validation), as cpu::Backend's and cuda::Backend's are.
   Server(ServerOptions options, Backend backend)
       : options_(std::move(options)),
-        folder_(model::DiffusersFolder::open(options_.model_dir)),
+        folder_(checkpoint::DiffusersFolder::open(options_.model_dir)),
         backend_(checked(std::move(backend))),
         pipeline_(backend_, diffusion::pipeline_scheduler_config(folder_),
                   diffusion::pipeline_options(folder_, backend_.vae_scale_factor())),
@@ -842,7 +842,7 @@ class Server {
   }
 
   ServerOptions options_;
-  model::DiffusersFolder folder_;
+  checkpoint::DiffusersFolder folder_;
   Backend backend_;
   Pipeline pipeline_;
   ApiLimits limits_;

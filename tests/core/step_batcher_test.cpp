@@ -91,7 +91,7 @@ std::vector<std::string> expected_continuous_log() {
 
 }  // namespace
 
-TEST_CASE("StepBatcher.SeedLog.Continuous") {
+TEST_CASE("StepBatcher.ExampleLog.Continuous") {
   ToyModel model;
   Batcher batcher{model, {.max_batch_size = 4}};
   Log log(batcher);
@@ -124,7 +124,7 @@ TEST_CASE("StepBatcher.SeedLog.Continuous") {
   CHECK(log.lines == expected_continuous_log());
 }
 
-TEST_CASE("StepBatcher.SeedLog.Static") {
+TEST_CASE("StepBatcher.ExampleLog.Static") {
   ToyModel model;
   Batcher batcher{model, {.max_batch_size = 4, .admission = carousel::Admission::static_batch}};
   Log log(batcher);

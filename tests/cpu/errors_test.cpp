@@ -13,8 +13,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <carousel/checkpoint/safetensors.hpp>
 #include <carousel/cpu/backend.hpp>
-#include <carousel/model/safetensors.hpp>
 
 #include "fixtures.hpp"
 
@@ -30,10 +30,10 @@ struct StoredTensor {
 using TensorMap = std::map<std::string, StoredTensor>;
 
 TensorMap read_all(const fs::path& file) {
-  const auto f = carousel::model::SafetensorsFile::open(file);
+  const auto f = carousel::checkpoint::SafetensorsFile::open(file);
   TensorMap out;
   for (const auto& t : f.tensors())
-    if (t.dtype != carousel::model::DType::i64) out[t.name] = {t.shape, f.to_float(t)};
+    if (t.dtype != carousel::checkpoint::DType::i64) out[t.name] = {t.shape, f.to_float(t)};
   return out;
 }
 
@@ -172,7 +172,7 @@ TEST_CASE("Cpu.Errors.UnsupportedBlockType") {
   SUBCASE("spec") {
     auto spec = carousel::cpu::UNetSpec::sd15();
     spec.down_block_types[1] = "AttnDownBlock2D";
-    carousel::model::RandomWeights w;
+    carousel::checkpoint::RandomWeights w;
     const auto what = error_of([&] { carousel::cpu::UNet2DConditionModel(spec, w); });
     CHECK_MESSAGE(contains(what, "AttnDownBlock2D"), what);
   }

@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <carousel/checkpoint/safetensors.hpp>
 #include <carousel/cpu/tensor.hpp>
-#include <carousel/model/safetensors.hpp>
 
 namespace carousel::cpu::test {
 
@@ -28,7 +28,7 @@ inline std::filesystem::path model_dir(const std::string& name) {
 class Reference {
  public:
   explicit Reference(const std::string& model)
-      : file_(model::SafetensorsFile::open(data_dir() / "cpu" / (model + ".safetensors"))) {}
+      : file_(checkpoint::SafetensorsFile::open(data_dir() / "cpu" / (model + ".safetensors"))) {}
 
   Tensor tensor(const std::string& name) const {
     const auto* info = file_.find(name);
@@ -40,7 +40,7 @@ class Reference {
   std::vector<std::vector<std::int32_t>> ids(const std::string& name) const {
     const auto* info = file_.find(name);
     REQUIRE(info != nullptr);
-    REQUIRE(info->dtype == model::DType::i32);
+    REQUIRE(info->dtype == checkpoint::DType::i32);
     const auto rows = static_cast<std::size_t>(info->shape[0]), len = static_cast<std::size_t>(info->shape[1]);
     std::vector<std::vector<std::int32_t>> out(rows, std::vector<std::int32_t>(len));
     const auto bytes = file_.bytes(*info);
@@ -50,7 +50,7 @@ class Reference {
   }
 
  private:
-  model::SafetensorsFile file_;
+  checkpoint::SafetensorsFile file_;
 };
 
 // The comparison used for every model output: norm-wise max|a-b| / max|b| <= rel, and element-wise

@@ -202,8 +202,8 @@ TEST_CASE("Cpu.Models.Backend.WithoutVae") {
 // Deeper configurations than the tiny folders, with weights that both sides generate (RandomWeights and its Python
 // twin in tools/make_cpu_fixtures.py).
 TEST_CASE("Cpu.Models.RandomShapes") {
+  using carousel::checkpoint::RandomWeights;
   using carousel::cpu::UNetSpec;
-  using carousel::model::RandomWeights;
   const Reference ref("random-shapes");
   SUBCASE("UNet with SD-1.5's topology") {
     UNetSpec spec = UNetSpec::sd15();
@@ -265,7 +265,7 @@ namespace {
 
 // Records every requested tensor and hands back no values: enough to build a module tree (not to run it) and
 // count its parameters without allocating them.
-class ShapeRecorder final : public carousel::model::WeightSource {
+class ShapeRecorder final : public carousel::checkpoint::WeightSource {
  public:
   std::vector<float> take(std::string_view name, std::initializer_list<std::int64_t> shape) override {
     CHECK_MESSAGE(names_.insert(std::string(name)).second, "tensor requested twice: " << name);

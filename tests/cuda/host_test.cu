@@ -1,7 +1,7 @@
 // Host-side parts of the CUDA backend, which run without a GPU (label `cuda`, not `gpu`: CI runs them): the boundary
-// tensor, fp16 conversion against IEEE binary16 bit patterns, model::RandomWeights against the CPU backend's generator
-// (the GPU tests rely on both building the same random model), the timestep frequencies against a double-precision
-// formula, and the DiffusionBackend concept.
+// tensor, fp16 conversion against IEEE binary16 bit patterns, checkpoint::RandomWeights against the CPU backend's
+// generator (the GPU tests rely on both building the same random model), the timestep frequencies against a
+// double-precision formula, and the DiffusionBackend concept.
 
 #include <doctest/doctest.h>
 
@@ -11,11 +11,11 @@
 #include <stdexcept>
 #include <vector>
 
+#include <carousel/checkpoint/weight_source.hpp>
 #include <carousel/cuda/backend.cuh>
 #include <carousel/cuda/ops.cuh>
 #include <carousel/cuda/tensor.cuh>
 #include <carousel/diffusion/pipeline.hpp>
-#include <carousel/model/weight_source.hpp>
 
 namespace cu = carousel::cuda;
 

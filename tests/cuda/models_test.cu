@@ -37,7 +37,7 @@ static_assert(dm::DiffusionBackend<cu::Backend>);
 
 template <class Backend>
 std::vector<dm::Job> run_pipeline(const Backend& backend, const fs::path& dir, std::vector<dm::Job> jobs) {
-  const auto folder = carousel::model::DiffusersFolder::open(dir);
+  const auto folder = carousel::checkpoint::DiffusersFolder::open(dir);
   dm::Pipeline<Backend> pipeline(backend, dm::pipeline_scheduler_config(folder),
                                  dm::pipeline_options(folder, backend.vae_scale_factor()));
   carousel::StepBatcher<dm::Pipeline<Backend>, dm::Job> batcher{pipeline, {.max_batch_size = 8}};

@@ -1,6 +1,6 @@
 // The CUDA backend's ops and layers against the CPU backend (the oracle) on random data: fp32 within 1e-4 and fp16
-// within 1e-2 relative (norm-wise, see compare.cuh). SD-1.5-sized layers use model::RandomWeights, which both backends
-// implement bit-identically, so the same parameters load on both sides.
+// within 1e-2 relative (norm-wise, see compare.cuh). SD-1.5-sized layers use checkpoint::RandomWeights, which both
+// backends implement bit-identically, so the same parameters load on both sides.
 
 #include "compare.cuh"
 #include "gpu_guard.cuh"
@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include <carousel/checkpoint/weight_source.hpp>
 #include <carousel/cpu/layers.hpp>
 #include <carousel/cpu/ops.hpp>
 #include <carousel/cpu/unet.hpp>
@@ -22,7 +23,6 @@
 #include <carousel/cuda/layers.cuh>
 #include <carousel/cuda/ops.cuh>
 #include <carousel/cuda/unet.cuh>
-#include <carousel/model/weight_source.hpp>
 
 namespace cpu = carousel::cpu;
 namespace cu = carousel::cuda;
@@ -209,8 +209,8 @@ TEST_CASE("Cuda.Ops.GemmConvAttention") {
     CAPTURE(name_of(dt));
     const double tol = tolerance(dt);
     SUBCASE("Linear") {
-      carousel::model::RandomWeights cw(11);
-      carousel::model::RandomWeights gw(11);
+      carousel::checkpoint::RandomWeights cw(11);
+      carousel::checkpoint::RandomWeights gw(11);
       const cpu::Linear cl(cw, "l.", 40, 24);
       const cu::Linear gl(gw, "l.", 40, 24, dt);
       const auto x = carousel::cuda::test::random_tensor({3, 7, 40}, 12);
@@ -228,8 +228,8 @@ TEST_CASE("Cuda.Ops.GemmConvAttention") {
                            Case{4, 32, 3, 1, 1, 16, 16}}) {
         CAPTURE(c.in);
         CAPTURE(c.stride);
-        carousel::model::RandomWeights cw(13);
-        carousel::model::RandomWeights gw(13);
+        carousel::checkpoint::RandomWeights cw(13);
+        carousel::checkpoint::RandomWeights gw(13);
         const cpu::Conv2d cc(cw, "c.", c.in, c.out, c.k, c.stride, c.pad);
         const cu::Conv2d gc(gw, "c.", c.in, c.out, c.k, dt, c.stride, c.pad);
         const auto x = carousel::cuda::test::random_tensor({2, c.in, c.h, c.w}, 14);
@@ -299,8 +299,8 @@ TEST_CASE("Cuda.Ops.LinearEpilogue") {
             CAPTURE(c.out);
             CAPTURE(bias);
             CAPTURE(add_residual);
-            carousel::model::RandomWeights cw(21);
-            carousel::model::RandomWeights gw(21);
+            carousel::checkpoint::RandomWeights cw(21);
+            carousel::checkpoint::RandomWeights gw(21);
             const cpu::Linear cl(cw, "l.", c.in, c.out, bias);
             const cu::Linear gl(gw, "l.", c.in, c.out, dt, bias);
             const auto x = carousel::cuda::test::random_tensor({c.rows, c.in}, 22);
@@ -323,8 +323,8 @@ TEST_CASE("Cuda.Ops.LinearEpilogue") {
     // The transformer blocks' to_out / ff.net.2 shape class at batch 2 of 64x64 latents: 8192 rows, 320 -> 1280, with
     // bias and residual, fp16; cuBLASLt must take it (no fallback).
     const std::int64_t rows = 2 * 4096, in = 320, out = 1280;
-    carousel::model::RandomWeights cw(31);
-    carousel::model::RandomWeights gw(31);
+    carousel::checkpoint::RandomWeights cw(31);
+    carousel::checkpoint::RandomWeights gw(31);
     const cpu::Linear cl(cw, "l.", in, out);
     const cu::Linear gl(gw, "l.", in, out, cu::DType::f16);
     const auto x = carousel::cuda::test::random_tensor({2, 4096, in}, 32);
@@ -347,8 +347,8 @@ TEST_CASE("Cuda.Ops.LinearEpilogue") {
     for (auto dt : dtypes) {
       CAPTURE(name_of(dt));
       const std::int64_t rows = 64, in = 320, out = 640;
-      carousel::model::RandomWeights cw(41);
-      carousel::model::RandomWeights gw(41);
+      carousel::checkpoint::RandomWeights cw(41);
+      carousel::checkpoint::RandomWeights gw(41);
       const cpu::Linear cl(cw, "l.", in, out);
       const cu::Linear gl(gw, "l.", in, out, dt);
       const auto x = carousel::cuda::test::random_tensor({rows, in}, 42);
@@ -457,7 +457,7 @@ TEST_CASE("Cuda.Engine.Profile") {
       carousel::cuda::test::to_device(e, carousel::cuda::test::random_tensor({2, 64, 32, 32}, 30), cu::DType::f16);
   const auto gamma = cu::upload_weight(std::vector<float>(64, 1.0f), {64}, cu::DType::f32);
   const auto beta = cu::upload_weight(std::vector<float>(64, 0.0f), {64}, cu::DType::f32);
-  carousel::model::RandomWeights w(31);
+  carousel::checkpoint::RandomWeights w(31);
   const cu::Linear linear(w, "l.", 64, 128, cu::DType::f16);
   e.set_profiling(true);
   static_cast<void>(cu::group_norm(e, x, 32, 1e-5f, gamma, beta, true));
@@ -491,8 +491,8 @@ TEST_CASE("Cuda.Layers.Sd15Sized") {
     CAPTURE(name_of(dt));
     const double tol = tolerance(dt);
     SUBCASE("ResnetBlock2D") {
-      carousel::model::RandomWeights cw(21);
-      carousel::model::RandomWeights gw(21);
+      carousel::checkpoint::RandomWeights cw(21);
+      carousel::checkpoint::RandomWeights gw(21);
       const cpu::ResnetBlock2D cr(cw, "r.", 320, 640, 1280, 32, 1e-5f);
       const cu::ResnetBlock2D gr(gw, "r.", 320, 640, 1280, 32, 1e-5f, dt);
       const auto x = carousel::cuda::test::random_tensor({2, 320, 16, 16}, 22);
@@ -504,8 +504,8 @@ TEST_CASE("Cuda.Layers.Sd15Sized") {
           ref.values(), tol);
     }
     SUBCASE("Transformer2D") {
-      carousel::model::RandomWeights cw(24);
-      carousel::model::RandomWeights gw(24);
+      carousel::checkpoint::RandomWeights cw(24);
+      carousel::checkpoint::RandomWeights gw(24);
       const cpu::detail::Transformer2D ct(cw, "t.", 320, 8, 768, 1, 32, false);
       const cu::detail::Transformer2D gt(gw, "t.", 320, 8, 768, 1, 32, false, dt);
       const auto x = carousel::cuda::test::random_tensor({2, 320, 16, 16}, 25);

@@ -29,7 +29,7 @@ int main() {
   std::printf("carousel %s: %d steps\n", carousel::version, j.done);
 
   namespace cd = carousel::diffusion;
-  const auto folder = carousel::model::DiffusersFolder::open(CAROUSEL_CONSUMER_MODEL_DIR);
+  const auto folder = carousel::checkpoint::DiffusersFolder::open(CAROUSEL_CONSUMER_MODEL_DIR);
   const carousel::cpu::Backend backend(folder);
   cd::Pipeline<carousel::cpu::Backend> pipeline(backend, cd::pipeline_scheduler_config(folder),
                                                 cd::pipeline_options(folder, backend.vae_scale_factor()));

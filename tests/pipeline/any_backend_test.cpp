@@ -192,7 +192,7 @@ TEST_CASE("AnyBackend.Tensor") {
 }
 
 TEST_CASE("AnyBackend.Cpu.ByteIdentical") {
-  const auto folder = carousel::model::DiffusersFolder::open(tiny);
+  const auto folder = carousel::checkpoint::DiffusersFolder::open(tiny);
   const carousel::cpu::Backend direct(folder);
   const AnyBackend any("cpu", carousel::cpu::Backend(folder));
   CHECK(any.device() == "cpu");

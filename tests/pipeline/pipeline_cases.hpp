@@ -19,7 +19,7 @@
 
 namespace carousel::test {
 
-/// Parity with diffusers (issue 4): at least 99% of the RGB values within 1/255.
+/// Parity with diffusers: at least 99% of the RGB values within 1/255.
 inline constexpr int parity_levels = 1;
 inline constexpr double parity_fraction = 0.01;
 

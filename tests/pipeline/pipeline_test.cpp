@@ -29,11 +29,12 @@ struct Model {
   Pipeline pipeline;
   explicit Model(const std::string& name)
       : backend(data_dir / "models" / name),
-        pipeline(backend,
-                 carousel::diffusion::pipeline_scheduler_config(
-                     carousel::model::DiffusersFolder::open(data_dir / "models" / name)),
-                 carousel::diffusion::pipeline_options(
-                     carousel::model::DiffusersFolder::open(data_dir / "models" / name), backend.vae_scale_factor())) {}
+        pipeline(
+            backend,
+            carousel::diffusion::pipeline_scheduler_config(
+                carousel::checkpoint::DiffusersFolder::open(data_dir / "models" / name)),
+            carousel::diffusion::pipeline_options(
+                carousel::checkpoint::DiffusersFolder::open(data_dir / "models" / name), backend.vae_scale_factor())) {}
 };
 
 std::vector<Job> run_all(Pipeline& pipeline, std::vector<Job> jobs, std::size_t max_batch = 8) {

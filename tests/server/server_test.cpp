@@ -72,7 +72,7 @@ httplib::Result post(const Running& r, const std::string& path, const json& body
 std::vector<std::string> reference_images(std::vector<carousel::diffusion::Job> jobs) {
   using Pipeline = carousel::diffusion::Pipeline<carousel::cpu::Backend>;
   carousel::cpu::Backend backend(model_dir);
-  const auto folder = carousel::model::DiffusersFolder::open(model_dir);
+  const auto folder = carousel::checkpoint::DiffusersFolder::open(model_dir);
   Pipeline pipeline(backend, carousel::diffusion::pipeline_scheduler_config(folder),
                     carousel::diffusion::pipeline_options(folder, backend.vae_scale_factor()));
   carousel::StepBatcher<Pipeline, carousel::diffusion::Job> batcher(pipeline);

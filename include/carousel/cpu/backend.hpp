@@ -12,27 +12,27 @@
 #include <string>
 #include <vector>
 
+#include <carousel/checkpoint/clip_text_config.hpp>
+#include <carousel/checkpoint/clip_tokenizer.hpp>
+#include <carousel/checkpoint/diffusers_folder.hpp>
+#include <carousel/checkpoint/format_error.hpp>
+#include <carousel/checkpoint/unet_config.hpp>
+#include <carousel/checkpoint/vae_config.hpp>
+#include <carousel/checkpoint/weight_source.hpp>
+#include <carousel/checkpoint/weights.hpp>
 #include <carousel/cpu/clip_text.hpp>
 #include <carousel/cpu/tensor.hpp>
 #include <carousel/cpu/unet.hpp>
 #include <carousel/cpu/vae.hpp>
-#include <carousel/model/clip_text_config.hpp>
-#include <carousel/model/clip_tokenizer.hpp>
-#include <carousel/model/diffusers_folder.hpp>
-#include <carousel/model/format_error.hpp>
-#include <carousel/model/unet_config.hpp>
-#include <carousel/model/vae_config.hpp>
-#include <carousel/model/weight_source.hpp>
-#include <carousel/model/weights.hpp>
 
 namespace carousel::cpu {
 
 /// The UNet architecture described by a parsed config.json.
-/// \throws model::FormatError naming the field for what the CPU UNet does not implement (downsample_padding 0).
-inline UNetSpec unet_spec(const model::UNetConfig& c) {
+/// \throws checkpoint::FormatError naming the field for what the CPU UNet does not implement (downsample_padding 0).
+inline UNetSpec unet_spec(const checkpoint::UNetConfig& c) {
   if (c.downsample_padding != 1)
-    throw model::FormatError("UNet config: downsample_padding = " + std::to_string(c.downsample_padding) +
-                             " is not supported by the CPU backend (only 1)");
+    throw checkpoint::FormatError("UNet config: downsample_padding = " + std::to_string(c.downsample_padding) +
+                                  " is not supported by the CPU backend (only 1)");
   UNetSpec s;
   s.in_channels = c.in_channels;
   s.out_channels = c.out_channels;
@@ -57,7 +57,7 @@ inline UNetSpec unet_spec(const model::UNetConfig& c) {
 }
 
 /// The VAE decoder architecture described by a parsed config.json.
-inline VaeSpec vae_spec(const model::VaeConfig& c) {
+inline VaeSpec vae_spec(const checkpoint::VaeConfig& c) {
   VaeSpec s;
   s.latent_channels = c.latent_channels;
   s.out_channels = c.out_channels;
@@ -72,7 +72,7 @@ inline VaeSpec vae_spec(const model::VaeConfig& c) {
 }
 
 /// The CLIP text tower architecture described by a parsed config.json.
-inline ClipTextSpec clip_text_spec(const model::ClipTextConfig& c) {
+inline ClipTextSpec clip_text_spec(const checkpoint::ClipTextConfig& c) {
   ClipTextSpec s;
   s.vocab_size = c.vocab_size;
   s.hidden_size = c.hidden_size;
@@ -80,53 +80,53 @@ inline ClipTextSpec clip_text_spec(const model::ClipTextConfig& c) {
   s.num_hidden_layers = c.num_hidden_layers;
   s.num_attention_heads = c.num_attention_heads;
   s.max_position_embeddings = c.max_position_embeddings;
-  s.hidden_act = c.hidden_act == model::ClipActivation::gelu ? "gelu" : "quick_gelu";
+  s.hidden_act = c.hidden_act == checkpoint::ClipActivation::gelu ? "gelu" : "quick_gelu";
   s.layer_norm_eps = static_cast<float>(c.layer_norm_eps);
   return s;
 }
 
 /// Loads a diffusers unet/ folder (config.json + weights, `variant` e.g. "fp16", converted to float32).
-/// \throws model::FormatError naming the file, field or tensor when the folder is incomplete, a tensor is missing,
+/// \throws checkpoint::FormatError naming the file, field or tensor when the folder is incomplete, a tensor is missing,
 ///         mis-shaped or left over, or the config is unsupported.
-inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, const model::UNetConfig& config,
+inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, const checkpoint::UNetConfig& config,
                                       std::string_view variant = "") {
   const auto spec = unet_spec(config);
-  return model::load_component(dir, {.variant = variant},
-                               [&](model::WeightSource& w) { return UNet2DConditionModel(spec, w); });
+  return checkpoint::load_component(dir, {.variant = variant},
+                                    [&](checkpoint::WeightSource& w) { return UNet2DConditionModel(spec, w); });
 }
 
 /// As load_unet(dir, config, variant) with the folder's own config.json.
 inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, std::string_view variant = "") {
-  return load_unet(dir, model::UNetConfig::load(dir / "config.json"), variant);
+  return load_unet(dir, checkpoint::UNetConfig::load(dir / "config.json"), variant);
 }
 
 /// Loads a transformers text_encoder/ folder (CLIPTextModel; keys with or without the "text_model." prefix).
-/// \throws model::FormatError as load_unet.
-inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, const model::ClipTextConfig& config,
+/// \throws checkpoint::FormatError as load_unet.
+inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, const checkpoint::ClipTextConfig& config,
                                        std::string_view variant = "") {
   const auto spec = clip_text_spec(config);
-  return model::load_component(dir, {.variant = variant, .missing_prefix = "text_model."},
-                               [&](model::WeightSource& w) { return ClipTextModel(spec, w, "text_model."); });
+  return checkpoint::load_component(dir, {.variant = variant, .missing_prefix = "text_model."},
+                                    [&](checkpoint::WeightSource& w) { return ClipTextModel(spec, w, "text_model."); });
 }
 
 /// As load_text_encoder(dir, config, variant) with the folder's own config.json.
 inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, std::string_view variant = "") {
-  return load_text_encoder(dir, model::ClipTextConfig::load(dir / "config.json"), variant);
+  return load_text_encoder(dir, checkpoint::ClipTextConfig::load(dir / "config.json"), variant);
 }
 
 /// Loads the decode path of a diffusers vae/ folder (AutoencoderKL). The encoder (encoder.*, quant_conv.*) is not
 /// read; any other tensor left unread is an error.
-/// \throws model::FormatError as load_unet.
-inline VaeDecoder load_vae_decoder(const std::filesystem::path& dir, const model::VaeConfig& config,
+/// \throws checkpoint::FormatError as load_unet.
+inline VaeDecoder load_vae_decoder(const std::filesystem::path& dir, const checkpoint::VaeConfig& config,
                                    std::string_view variant = "") {
   const auto spec = vae_spec(config);
-  return model::load_component(dir, {.variant = variant, .skipped = {"encoder.", "quant_conv."}},
-                               [&](model::WeightSource& w) { return VaeDecoder(spec, w); });
+  return checkpoint::load_component(dir, {.variant = variant, .skipped = {"encoder.", "quant_conv."}},
+                                    [&](checkpoint::WeightSource& w) { return VaeDecoder(spec, w); });
 }
 
 /// As load_vae_decoder(dir, config, variant) with the folder's own config.json.
 inline VaeDecoder load_vae_decoder(const std::filesystem::path& dir, std::string_view variant = "") {
-  return load_vae_decoder(dir, model::VaeConfig::load(dir / "config.json"), variant);
+  return load_vae_decoder(dir, checkpoint::VaeConfig::load(dir / "config.json"), variant);
 }
 
 /// Options of Backend's loading constructor.
@@ -147,34 +147,34 @@ struct BackendOptions {
 class Backend {
  public:
   /// Loads the diffusers folder at `root` (see the other constructor).
-  /// \throws model::FormatError naming the folder, file, field or tensor at fault.
+  /// \throws checkpoint::FormatError naming the folder, file, field or tensor at fault.
   explicit Backend(const std::filesystem::path& root, const BackendOptions& options = {})
-      : Backend(model::DiffusersFolder::open(root), options) {}
+      : Backend(checkpoint::DiffusersFolder::open(root), options) {}
 
   /// Loads the folder's text_encoder, unet and, when model_index.json lists one, vae (a pixel-space model has none:
   /// decode is then the identity and vae_scale_factor() is 1).
-  /// \throws model::FormatError naming the folder, file, field or tensor at fault.
-  explicit Backend(const model::DiffusersFolder& folder, const BackendOptions& options = {})
+  /// \throws checkpoint::FormatError naming the folder, file, field or tensor at fault.
+  explicit Backend(const checkpoint::DiffusersFolder& folder, const BackendOptions& options = {})
       : folder_(folder),
-        tokenizer_(model::ClipTokenizer::load(folder.tokenizer)),
-        text_encoder_config_(model::ClipTextConfig::load(folder.text_encoder / "config.json")),
-        unet_config_(model::UNetConfig::load(folder.unet / "config.json")),
+        tokenizer_(checkpoint::ClipTokenizer::load(folder.tokenizer)),
+        text_encoder_config_(checkpoint::ClipTextConfig::load(folder.text_encoder / "config.json")),
+        unet_config_(checkpoint::UNetConfig::load(folder.unet / "config.json")),
         text_encoder_(load_text_encoder(folder.text_encoder, text_encoder_config_, options.variant)),
         unet_(load_unet(folder.unet, unet_config_, options.variant)),
         clip_skip_(options.clip_skip) {
     if (folder.vae) {
-      vae_config_.emplace(model::VaeConfig::load(*folder.vae / "config.json"));
+      vae_config_.emplace(checkpoint::VaeConfig::load(*folder.vae / "config.json"));
       vae_.emplace(load_vae_decoder(*folder.vae, *vae_config_, options.variant));
     }
     if (text_encoder_.spec().hidden_size != unet_.spec().cross_attention_dim)
-      throw model::FormatError("'" + folder.root.string() + "': text encoder hidden_size " +
-                               std::to_string(text_encoder_.spec().hidden_size) +
-                               " differs from the UNet's cross_attention_dim " +
-                               std::to_string(unet_.spec().cross_attention_dim));
+      throw checkpoint::FormatError("'" + folder.root.string() + "': text encoder hidden_size " +
+                                    std::to_string(text_encoder_.spec().hidden_size) +
+                                    " differs from the UNet's cross_attention_dim " +
+                                    std::to_string(unet_.spec().cross_attention_dim));
   }
 
   /// The folder's tokenizer: `tokenizer().encode(prompt)` gives the 77 ids encode_text expects.
-  const model::ClipTokenizer& tokenizer() const noexcept { return tokenizer_; }
+  const checkpoint::ClipTokenizer& tokenizer() const noexcept { return tokenizer_; }
 
   /// Token id rows (all of one length, normally 77) -> text embeddings [B, L, context_dim()].
   /// \throws std::invalid_argument for ragged rows or ids outside the vocabulary.
@@ -208,20 +208,20 @@ class Backend {
   /// The VAE decoder's architecture, or nullptr without a VAE.
   const VaeSpec* vae_spec() const noexcept { return vae_ ? &vae_->spec() : nullptr; }
   /// The folder's layout (component paths, e.g. scheduler/, and classes from model_index.json).
-  const model::DiffusersFolder& folder() const noexcept { return folder_; }
+  const checkpoint::DiffusersFolder& folder() const noexcept { return folder_; }
   /// unet/config.json as parsed (e.g. sample_size, the latent side the model was trained at).
-  const model::UNetConfig& unet_config() const noexcept { return unet_config_; }
+  const checkpoint::UNetConfig& unet_config() const noexcept { return unet_config_; }
   /// text_encoder/config.json as parsed (e.g. bos/eos/pad token ids).
-  const model::ClipTextConfig& text_encoder_config() const noexcept { return text_encoder_config_; }
+  const checkpoint::ClipTextConfig& text_encoder_config() const noexcept { return text_encoder_config_; }
   /// vae/config.json as parsed, or nullptr without a VAE.
-  const model::VaeConfig* vae_config() const noexcept { return vae_config_ ? &*vae_config_ : nullptr; }
+  const checkpoint::VaeConfig* vae_config() const noexcept { return vae_config_ ? &*vae_config_ : nullptr; }
 
  private:
-  model::DiffusersFolder folder_;
-  model::ClipTokenizer tokenizer_;
-  model::ClipTextConfig text_encoder_config_;
-  model::UNetConfig unet_config_;
-  std::optional<model::VaeConfig> vae_config_;
+  checkpoint::DiffusersFolder folder_;
+  checkpoint::ClipTokenizer tokenizer_;
+  checkpoint::ClipTextConfig text_encoder_config_;
+  checkpoint::UNetConfig unet_config_;
+  std::optional<checkpoint::VaeConfig> vae_config_;
   ClipTextModel text_encoder_;
   UNet2DConditionModel unet_;
   std::optional<VaeDecoder> vae_;

@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
+#include <carousel/checkpoint/weight_source.hpp>
 #include <carousel/cpu/layers.hpp>
 #include <carousel/cpu/ops.hpp>
 #include <carousel/cpu/tensor.hpp>
-#include <carousel/model/weight_source.hpp>
 
 namespace carousel::cpu {
 
@@ -44,7 +44,7 @@ struct ClipTextSpec {
 class ClipTextModel {
  public:
   /// Builds the tower from `spec` with parameters from `w` under `prefix`.
-  ClipTextModel(ClipTextSpec spec, model::WeightSource& w, const std::string& prefix = "text_model.")
+  ClipTextModel(ClipTextSpec spec, checkpoint::WeightSource& w, const std::string& prefix = "text_model.")
       : spec_(std::move(spec)) {
     spec_.validate();
     const std::int64_t d = spec_.hidden_size;

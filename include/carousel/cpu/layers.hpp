@@ -1,17 +1,17 @@
 #pragma once
 /// \file
 /// Parameterised layers shared by the CPU backend's models: Linear, Conv2d, GroupNorm, LayerNorm, diffusers'
-/// Attention and ResnetBlock2D. Each layer is built by walking a model::WeightSource under a name prefix that mirrors
-/// the checkpoint key schema ("mid_block.resnets.0." + "conv1.weight"). Built layers are immutable: forward is const
-/// and may run on several threads at once.
+/// Attention and ResnetBlock2D. Each layer is built by walking a checkpoint::WeightSource under a name prefix that
+/// mirrors the checkpoint key schema ("mid_block.resnets.0." + "conv1.weight"). Built layers are immutable: forward is
+/// const and may run on several threads at once.
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include <carousel/checkpoint/weight_source.hpp>
 #include <carousel/cpu/ops.hpp>
 #include <carousel/cpu/tensor.hpp>
-#include <carousel/model/weight_source.hpp>
 
 namespace carousel::cpu {
 
@@ -20,7 +20,7 @@ class Linear {
  public:
   Linear() = default;
   /// Loads prefix + "weight" [out, in] (or [out, in, 1, 1] when `conv1x1`) and, when `bias`, prefix + "bias" [out].
-  Linear(model::WeightSource& w, const std::string& prefix, std::int64_t in, std::int64_t out, bool bias = true,
+  Linear(checkpoint::WeightSource& w, const std::string& prefix, std::int64_t in, std::int64_t out, bool bias = true,
          bool conv1x1 = false)
       : in_(in), out_(out) {
     weight_ = conv1x1 ? w.take(prefix + "weight", {out, in, 1, 1}) : w.take(prefix + "weight", {out, in});
@@ -45,7 +45,7 @@ class Conv2d {
  public:
   Conv2d() = default;
   /// Loads prefix + "weight" [out, in, k, k] and prefix + "bias" [out].
-  Conv2d(model::WeightSource& w, const std::string& prefix, std::int64_t in, std::int64_t out, std::int64_t kernel,
+  Conv2d(checkpoint::WeightSource& w, const std::string& prefix, std::int64_t in, std::int64_t out, std::int64_t kernel,
          std::int64_t stride = 1, std::int64_t pad = -1)
       : in_(in), out_(out), kernel_(kernel), stride_(stride), pad_(pad < 0 ? kernel / 2 : pad) {
     weight_ = w.take(prefix + "weight", {out, in, kernel, kernel});
@@ -68,7 +68,8 @@ class GroupNorm {
  public:
   GroupNorm() = default;
   /// Loads prefix + "weight" and prefix + "bias", each [channels].
-  GroupNorm(model::WeightSource& w, const std::string& prefix, std::int64_t channels, std::int64_t groups, float eps)
+  GroupNorm(checkpoint::WeightSource& w, const std::string& prefix, std::int64_t channels, std::int64_t groups,
+            float eps)
       : groups_(groups), eps_(eps) {
     weight_ = w.take(prefix + "weight", {channels});
     bias_ = w.take(prefix + "bias", {channels});
@@ -89,7 +90,7 @@ class LayerNorm {
  public:
   LayerNorm() = default;
   /// Loads prefix + "weight" and prefix + "bias", each [width].
-  LayerNorm(model::WeightSource& w, const std::string& prefix, std::int64_t width, float eps)
+  LayerNorm(checkpoint::WeightSource& w, const std::string& prefix, std::int64_t width, float eps)
       : width_(width), eps_(eps) {
     weight_ = w.take(prefix + "weight", {width});
     bias_ = w.take(prefix + "bias", {width});
@@ -112,7 +113,7 @@ class Attention {
   Attention() = default;
   /// Loads prefix + "to_q/to_k/to_v/to_out.0" for query width `dim`, key/value input width `context_dim`.
   /// Precondition: dim % heads == 0.
-  Attention(model::WeightSource& w, const std::string& prefix, std::int64_t dim, std::int64_t context_dim,
+  Attention(checkpoint::WeightSource& w, const std::string& prefix, std::int64_t dim, std::int64_t context_dim,
             std::int64_t heads, bool qkv_bias)
       : dim_(dim),
         heads_(heads),
@@ -146,7 +147,7 @@ class ResnetBlock2D {
  public:
   ResnetBlock2D() = default;
   /// Loads norm1, conv1, [time_emb_proj when temb_channels > 0], norm2, conv2, [conv_shortcut when in != out].
-  ResnetBlock2D(model::WeightSource& w, const std::string& prefix, std::int64_t in, std::int64_t out,
+  ResnetBlock2D(checkpoint::WeightSource& w, const std::string& prefix, std::int64_t in, std::int64_t out,
                 std::int64_t temb_channels, std::int64_t groups, float eps)
       : out_(out),
         norm1_(w, prefix + "norm1.", in, groups, eps),

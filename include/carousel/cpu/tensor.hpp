@@ -1,16 +1,16 @@
 #pragma once
 /// \file
-/// carousel::cpu::Tensor — the CPU backend's tensor: model::HostTensor, a dense float32 tensor (row-major; images are
+/// carousel::cpu::Tensor — the CPU backend's tensor: tensor::HostTensor, a dense float32 tensor (row-major; images are
 /// NCHW) owned by a std::vector.
 
-#include "carousel/model/host_tensor.hpp"
+#include "carousel/tensor/host_tensor.hpp"
 
 namespace carousel::cpu {
 
-using model::Shape;
-using model::shape_numel;
-using model::shape_string;
+using tensor::Shape;
+using tensor::shape_numel;
+using tensor::shape_string;
 /// The CPU backend's tensor.
-using Tensor = model::HostTensor;
+using Tensor = tensor::HostTensor;
 
 }  // namespace carousel::cpu

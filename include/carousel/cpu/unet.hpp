@@ -10,11 +10,11 @@
 #include <string>
 #include <vector>
 
+#include <carousel/checkpoint/weight_source.hpp>
 #include <carousel/cpu/detail/unet_blocks.hpp>
 #include <carousel/cpu/layers.hpp>
 #include <carousel/cpu/ops.hpp>
 #include <carousel/cpu/tensor.hpp>
-#include <carousel/model/weight_source.hpp>
 
 namespace carousel::cpu {
 
@@ -95,7 +95,7 @@ class UNet2DConditionModel {
  public:
   /// Builds the model from `spec`, taking every parameter from `w`.
   /// \throws std::invalid_argument for an unsupported or inconsistent spec; whatever `w` throws for a bad tensor.
-  UNet2DConditionModel(UNetSpec spec, model::WeightSource& w) : spec_(std::move(spec)) {
+  UNet2DConditionModel(UNetSpec spec, checkpoint::WeightSource& w) : spec_(std::move(spec)) {
     spec_.validate();
     const auto& ch = spec_.block_out_channels;
     const std::int64_t c0 = ch[0], temb = 4 * c0, groups = spec_.norm_num_groups, ctx = spec_.cross_attention_dim;

@@ -9,11 +9,11 @@
 #include <string>
 #include <vector>
 
+#include <carousel/checkpoint/weight_source.hpp>
 #include <carousel/cpu/detail/vae_attention.hpp>
 #include <carousel/cpu/layers.hpp>
 #include <carousel/cpu/ops.hpp>
 #include <carousel/cpu/tensor.hpp>
-#include <carousel/model/weight_source.hpp>
 
 namespace carousel::cpu {
 
@@ -50,7 +50,7 @@ class VaeDecoder {
  public:
   /// Builds the decoder from `spec`, taking every parameter from `w`.
   /// \throws std::invalid_argument for an inconsistent spec; whatever `w` throws for a bad tensor.
-  VaeDecoder(VaeSpec spec, model::WeightSource& w) : spec_(std::move(spec)) {
+  VaeDecoder(VaeSpec spec, checkpoint::WeightSource& w) : spec_(std::move(spec)) {
     spec_.validate();
     const auto& ch = spec_.block_out_channels;
     const std::int64_t n = static_cast<std::int64_t>(ch.size()), groups = spec_.norm_num_groups, top = ch.back();

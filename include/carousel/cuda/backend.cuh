@@ -15,6 +15,14 @@
 #include <string_view>
 #include <vector>
 
+#include <carousel/checkpoint/clip_text_config.hpp>
+#include <carousel/checkpoint/clip_tokenizer.hpp>
+#include <carousel/checkpoint/diffusers_folder.hpp>
+#include <carousel/checkpoint/format_error.hpp>
+#include <carousel/checkpoint/unet_config.hpp>
+#include <carousel/checkpoint/vae_config.hpp>
+#include <carousel/checkpoint/weight_source.hpp>
+#include <carousel/checkpoint/weights.hpp>
 #include <carousel/cuda/clip_text.cuh>
 #include <carousel/cuda/engine.cuh>
 #include <carousel/cuda/graph.cuh>
@@ -22,39 +30,32 @@
 #include <carousel/cuda/tensor.cuh>
 #include <carousel/cuda/unet.cuh>
 #include <carousel/cuda/vae.cuh>
-#include <carousel/model/clip_text_config.hpp>
-#include <carousel/model/clip_tokenizer.hpp>
-#include <carousel/model/diffusers_folder.hpp>
-#include <carousel/model/format_error.hpp>
-#include <carousel/model/unet_config.hpp>
-#include <carousel/model/vae_config.hpp>
-#include <carousel/model/weight_source.hpp>
-#include <carousel/model/weights.hpp>
 
 namespace carousel::cuda {
 
 /// Loads a diffusers unet/ folder onto the GPU in `dtype` (`variant` e.g. "fp16" picks *.fp16.safetensors).
-/// \throws model::FormatError naming the file, field or tensor at fault (also for tensors left unused).
-inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, const model::UNetConfig& config, DType dtype,
-                                      std::string_view variant = "") {
-  return model::load_component(dir, {.variant = variant},
-                               [&](model::WeightSource& w) { return UNet2DConditionModel(config, w, dtype); });
+/// \throws checkpoint::FormatError naming the file, field or tensor at fault (also for tensors left unused).
+inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, const checkpoint::UNetConfig& config,
+                                      DType dtype, std::string_view variant = "") {
+  return checkpoint::load_component(
+      dir, {.variant = variant}, [&](checkpoint::WeightSource& w) { return UNet2DConditionModel(config, w, dtype); });
 }
 
 /// Loads a transformers text_encoder/ folder (CLIPTextModel; keys with or without "text_model.") onto the GPU.
-/// \throws model::FormatError as load_unet.
-inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, const model::ClipTextConfig& config,
+/// \throws checkpoint::FormatError as load_unet.
+inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, const checkpoint::ClipTextConfig& config,
                                        DType dtype, std::string_view variant = "") {
-  return model::load_component(dir, {.variant = variant, .missing_prefix = "text_model."},
-                               [&](model::WeightSource& w) { return ClipTextModel(config, w, dtype, "text_model."); });
+  return checkpoint::load_component(
+      dir, {.variant = variant, .missing_prefix = "text_model."},
+      [&](checkpoint::WeightSource& w) { return ClipTextModel(config, w, dtype, "text_model."); });
 }
 
 /// Loads the decode path of a diffusers vae/ folder onto the GPU; the encoder (encoder.*, quant_conv.*) is not read,
-/// any other unused tensor is an error. \throws model::FormatError as load_unet.
-inline VaeDecoder load_vae_decoder(const std::filesystem::path& dir, const model::VaeConfig& config, DType dtype,
+/// any other unused tensor is an error. \throws checkpoint::FormatError as load_unet.
+inline VaeDecoder load_vae_decoder(const std::filesystem::path& dir, const checkpoint::VaeConfig& config, DType dtype,
                                    std::string_view variant = "") {
-  return model::load_component(dir, {.variant = variant, .skipped = {"encoder.", "quant_conv."}},
-                               [&](model::WeightSource& w) { return VaeDecoder(config, w, dtype); });
+  return checkpoint::load_component(dir, {.variant = variant, .skipped = {"encoder.", "quant_conv."}},
+                                    [&](checkpoint::WeightSource& w) { return VaeDecoder(config, w, dtype); });
 }
 
 /// Options of Backend's loading constructor.
@@ -78,17 +79,17 @@ struct BackendOptions {
 /// members may be called from several threads. Batch items never influence each other. Move-only.
 class Backend {
  public:
-  /// Loads the diffusers folder at `root`. \throws model::FormatError naming what is at fault; CudaError.
+  /// Loads the diffusers folder at `root`. \throws checkpoint::FormatError naming what is at fault; CudaError.
   explicit Backend(const std::filesystem::path& root, const BackendOptions& options = {})
-      : Backend(model::DiffusersFolder::open(root), options) {}
+      : Backend(checkpoint::DiffusersFolder::open(root), options) {}
 
   /// Loads the folder's text_encoder, unet and, when listed, vae (without one decode is the identity and
-  /// vae_scale_factor() is 1). \throws model::FormatError naming what is at fault; CudaError.
-  explicit Backend(const model::DiffusersFolder& folder, const BackendOptions& options = {})
+  /// vae_scale_factor() is 1). \throws checkpoint::FormatError naming what is at fault; CudaError.
+  explicit Backend(const checkpoint::DiffusersFolder& folder, const BackendOptions& options = {})
       : folder_(folder),
-        tokenizer_(model::ClipTokenizer::load(folder.tokenizer)),
-        text_encoder_config_(model::ClipTextConfig::load(folder.text_encoder / "config.json")),
-        unet_config_(model::UNetConfig::load(folder.unet / "config.json")),
+        tokenizer_(checkpoint::ClipTokenizer::load(folder.tokenizer)),
+        text_encoder_config_(checkpoint::ClipTextConfig::load(folder.text_encoder / "config.json")),
+        unet_config_(checkpoint::UNetConfig::load(folder.unet / "config.json")),
         text_encoder_(std::make_unique<ClipTextModel>(
             load_text_encoder(folder.text_encoder, text_encoder_config_, options.dtype, options.variant))),
         unet_(std::make_unique<UNet2DConditionModel>(
@@ -102,19 +103,19 @@ class Backend {
     }
     if (options.cuda_graphs) graphs_ = std::make_unique<UNetGraphs>(*unet_);
     if (folder.vae) {
-      vae_config_.emplace(model::VaeConfig::load(*folder.vae / "config.json"));
+      vae_config_.emplace(checkpoint::VaeConfig::load(*folder.vae / "config.json"));
       vae_ =
           std::make_unique<VaeDecoder>(load_vae_decoder(*folder.vae, *vae_config_, options.vae_dtype, options.variant));
     }
     if (text_encoder_config_.hidden_size != unet_config_.cross_attention_dim)
-      throw model::FormatError("'" + folder.root.string() + "': text encoder hidden_size " +
-                               std::to_string(text_encoder_config_.hidden_size) +
-                               " differs from the UNet's cross_attention_dim " +
-                               std::to_string(unet_config_.cross_attention_dim));
+      throw checkpoint::FormatError("'" + folder.root.string() + "': text encoder hidden_size " +
+                                    std::to_string(text_encoder_config_.hidden_size) +
+                                    " differs from the UNet's cross_attention_dim " +
+                                    std::to_string(unet_config_.cross_attention_dim));
   }
 
   /// The folder's tokenizer (`tokenizer().encode(prompt)` gives the ids encode_text expects).
-  const model::ClipTokenizer& tokenizer() const noexcept { return tokenizer_; }
+  const checkpoint::ClipTokenizer& tokenizer() const noexcept { return tokenizer_; }
 
   /// Token id rows -> text embeddings [B, L, context_dim()] (float32 host).
   /// \throws std::invalid_argument for ragged rows or ids outside the vocabulary.
@@ -184,9 +185,9 @@ class Backend {
   /// Whether a VAE was loaded.
   bool has_vae() const noexcept { return vae_ != nullptr; }
   /// The folder's layout.
-  const model::DiffusersFolder& folder() const noexcept { return folder_; }
+  const checkpoint::DiffusersFolder& folder() const noexcept { return folder_; }
   /// unet/config.json as parsed.
-  const model::UNetConfig& unet_config() const noexcept { return unet_config_; }
+  const checkpoint::UNetConfig& unet_config() const noexcept { return unet_config_; }
   /// The device UNet (for device-resident callers, with an Engine of their own).
   const UNet2DConditionModel& unet_model() const noexcept { return *unet_; }
   /// The device text encoder.
@@ -195,11 +196,11 @@ class Backend {
   const VaeDecoder* vae_model() const noexcept { return vae_.get(); }
 
  private:
-  model::DiffusersFolder folder_;
-  model::ClipTokenizer tokenizer_;
-  model::ClipTextConfig text_encoder_config_;
-  model::UNetConfig unet_config_;
-  std::optional<model::VaeConfig> vae_config_;
+  checkpoint::DiffusersFolder folder_;
+  checkpoint::ClipTokenizer tokenizer_;
+  checkpoint::ClipTextConfig text_encoder_config_;
+  checkpoint::UNetConfig unet_config_;
+  std::optional<checkpoint::VaeConfig> vae_config_;
   std::unique_ptr<ClipTextModel> text_encoder_;
   std::unique_ptr<UNet2DConditionModel> unet_;
   std::unique_ptr<VaeDecoder> vae_;

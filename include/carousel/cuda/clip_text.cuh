@@ -10,12 +10,12 @@
 #include <string>
 #include <vector>
 
+#include <carousel/checkpoint/clip_text_config.hpp>
+#include <carousel/checkpoint/weight_source.hpp>
 #include <carousel/cuda/engine.cuh>
 #include <carousel/cuda/layers.cuh>
 #include <carousel/cuda/ops.cuh>
 #include <carousel/cuda/tensor.cuh>
-#include <carousel/model/clip_text_config.hpp>
-#include <carousel/model/weight_source.hpp>
 
 namespace carousel::cuda {
 
@@ -24,7 +24,7 @@ namespace carousel::cuda {
 class ClipTextModel {
  public:
   /// Loads `prefix` + "embeddings.*", "encoder.layers.N.*", "final_layer_norm.*" from `w` in `dtype`.
-  ClipTextModel(const model::ClipTextConfig& config, model::WeightSource& w, DType dtype,
+  ClipTextModel(const checkpoint::ClipTextConfig& config, checkpoint::WeightSource& w, DType dtype,
                 const std::string& prefix = "text_model.")
       : config_(config), dtype_(dtype) {
     const std::int64_t d = config.hidden_size, inner = config.intermediate_size;
@@ -84,7 +84,7 @@ class ClipTextModel {
       detail::check_kernel();
     }
     const Activation act =
-        config_.hidden_act == model::ClipActivation::quick_gelu ? Activation::quick_gelu : Activation::gelu;
+        config_.hidden_act == checkpoint::ClipActivation::quick_gelu ? Activation::quick_gelu : Activation::gelu;
     const std::int64_t run = config_.num_hidden_layers - clip_skip;
     for (std::int64_t i = 0; i < run; ++i) {
       const Layer& layer = layers_[static_cast<std::size_t>(i)];
@@ -97,7 +97,7 @@ class ClipTextModel {
   }
 
   /// The configuration.
-  const model::ClipTextConfig& config() const noexcept { return config_; }
+  const checkpoint::ClipTextConfig& config() const noexcept { return config_; }
 
  private:
   struct Layer {
@@ -106,7 +106,7 @@ class ClipTextModel {
     LayerNorm norm2;
     Linear fc1, fc2;
   };
-  model::ClipTextConfig config_;
+  checkpoint::ClipTextConfig config_;
   DType dtype_;
   DeviceTensor token_embedding_, position_embedding_;
   std::vector<Layer> layers_;

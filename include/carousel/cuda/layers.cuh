@@ -1,8 +1,8 @@
 #pragma once
 /// \file
 /// Parameterised layers of the CUDA backend: Linear, Conv2d, GroupNorm, LayerNorm, Attention (fused QKV / KV
-/// projections) and ResnetBlock2D. Each is built by walking a model::WeightSource under a name prefix that mirrors the
-/// checkpoint key schema, exactly as the CPU backend's layers are, and uploads its parameters once (matrices in the
+/// projections) and ResnetBlock2D. Each is built by walking a checkpoint::WeightSource under a name prefix that mirrors
+/// the checkpoint key schema, exactly as the CPU backend's layers are, and uploads its parameters once (matrices in the
 /// model's DType, norm scales and shifts in float32). Forward calls are const and take the Engine to run on; images
 /// are NHWC.
 
@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
+#include <carousel/checkpoint/weight_source.hpp>
 #include <carousel/cuda/engine.cuh>
 #include <carousel/cuda/ops.cuh>
 #include <carousel/cuda/tensor.cuh>
-#include <carousel/model/weight_source.hpp>
 
 namespace carousel::cuda {
 
@@ -22,7 +22,7 @@ class Linear {
  public:
   Linear() = default;
   /// Loads prefix + "weight" [out, in] (or [out, in, 1, 1] when `conv1x1`) and, when `bias`, prefix + "bias".
-  Linear(model::WeightSource& w, const std::string& prefix, std::int64_t in, std::int64_t out, DType dtype,
+  Linear(checkpoint::WeightSource& w, const std::string& prefix, std::int64_t in, std::int64_t out, DType dtype,
          bool bias = true, bool conv1x1 = false) {
     const auto values = conv1x1 ? w.take(prefix + "weight", {out, in, 1, 1}) : w.take(prefix + "weight", {out, in});
     weight_ = upload_weight(values, {out, in}, dtype);
@@ -52,7 +52,7 @@ class Conv2d {
  public:
   Conv2d() = default;
   /// Loads prefix + "weight" [out, in, k, k] (stored on the device as [out, k, k, in]) and prefix + "bias".
-  Conv2d(model::WeightSource& w, const std::string& prefix, std::int64_t in, std::int64_t out, std::int64_t kernel,
+  Conv2d(checkpoint::WeightSource& w, const std::string& prefix, std::int64_t in, std::int64_t out, std::int64_t kernel,
          DType dtype, std::int64_t stride = 1, std::int64_t pad = -1)
       : kernel_(kernel), stride_(stride), pad_(pad < 0 ? kernel / 2 : pad) {
     const auto oihw = w.take(prefix + "weight", {out, in, kernel, kernel});
@@ -93,7 +93,8 @@ class GroupNorm {
  public:
   GroupNorm() = default;
   /// Loads prefix + "weight" and prefix + "bias" [channels] (kept in float32).
-  GroupNorm(model::WeightSource& w, const std::string& prefix, std::int64_t channels, std::int64_t groups, float eps)
+  GroupNorm(checkpoint::WeightSource& w, const std::string& prefix, std::int64_t channels, std::int64_t groups,
+            float eps)
       : groups_(groups),
         eps_(eps),
         gamma_(upload_weight(w.take(prefix + "weight", {channels}), {channels}, DType::f32)),
@@ -114,7 +115,7 @@ class LayerNorm {
  public:
   LayerNorm() = default;
   /// Loads prefix + "weight" and prefix + "bias" [width].
-  LayerNorm(model::WeightSource& w, const std::string& prefix, std::int64_t width, float eps)
+  LayerNorm(checkpoint::WeightSource& w, const std::string& prefix, std::int64_t width, float eps)
       : eps_(eps),
         gamma_(upload_weight(w.take(prefix + "weight", {width}), {width}, DType::f32)),
         beta_(upload_weight(w.take(prefix + "bias", {width}), {width}, DType::f32)) {}
@@ -152,7 +153,7 @@ class Attention {
   Attention() = default;
   /// Loads prefix + "to_q/to_k/to_v/to_out.0" for query width `dim` and key/value input width `context_dim`
   /// (`self_attention`: context is the input itself, context_dim == dim).
-  Attention(model::WeightSource& w, const std::string& prefix, std::int64_t dim, std::int64_t context_dim,
+  Attention(checkpoint::WeightSource& w, const std::string& prefix, std::int64_t dim, std::int64_t context_dim,
             std::int64_t heads, bool qkv_bias, bool self_attention, DType dtype, const AttentionNames& names = {})
       : dim_(dim), heads_(heads), self_(self_attention), dtype_(dtype) {
     auto weight = [&](const std::string& name, std::int64_t in) {
@@ -209,7 +210,7 @@ class ResnetBlock2D {
  public:
   ResnetBlock2D() = default;
   /// Loads norm1, conv1, [time_emb_proj when temb_channels > 0], norm2, conv2, [conv_shortcut when in != out].
-  ResnetBlock2D(model::WeightSource& w, const std::string& prefix, std::int64_t in, std::int64_t out,
+  ResnetBlock2D(checkpoint::WeightSource& w, const std::string& prefix, std::int64_t in, std::int64_t out,
                 std::int64_t temb_channels, std::int64_t groups, float eps, DType dtype)
       : norm1_(w, prefix + "norm1.", in, groups, eps),
         conv1_(w, prefix + "conv1.", in, out, 3, dtype),

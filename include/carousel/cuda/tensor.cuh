@@ -17,16 +17,16 @@
 
 #include <carousel/cuda/allocator.cuh>
 #include <carousel/cuda/check.cuh>
-#include <carousel/model/host_tensor.hpp>
+#include <carousel/tensor/host_tensor.hpp>
 
 namespace carousel::cuda {
 
-using model::Shape;
-using model::shape_numel;
-using model::shape_string;
+using tensor::Shape;
+using tensor::shape_numel;
+using tensor::shape_string;
 /// The float32 host tensor at the backend's boundary (images NCHW, token sequences [B, L, C]): the same type as
 /// cpu::Tensor, so it satisfies the diffusion Pipeline's tensor requirements.
-using HostTensor = model::HostTensor;
+using HostTensor = tensor::HostTensor;
 
 /// Element type of a DeviceTensor.
 enum class DType : std::uint8_t {

@@ -1,7 +1,7 @@
 #pragma once
 /// \file
 /// carousel::cuda::UNet2DConditionModel — diffusers' UNet2DConditionModel (Stable Diffusion 1.x/2.x family) on the
-/// GPU, with the same module tree and key-schema walk as the CPU backend's, built from a model::UNetConfig.
+/// GPU, with the same module tree and key-schema walk as the CPU backend's, built from a checkpoint::UNetConfig.
 
 #include <cstdint>
 #include <span>
@@ -10,13 +10,13 @@
 #include <utility>
 #include <vector>
 
+#include <carousel/checkpoint/format_error.hpp>
+#include <carousel/checkpoint/unet_config.hpp>
+#include <carousel/checkpoint/weight_source.hpp>
 #include <carousel/cuda/engine.cuh>
 #include <carousel/cuda/layers.cuh>
 #include <carousel/cuda/ops.cuh>
 #include <carousel/cuda/tensor.cuh>
-#include <carousel/model/format_error.hpp>
-#include <carousel/model/unet_config.hpp>
-#include <carousel/model/weight_source.hpp>
 
 namespace carousel::cuda {
 
@@ -25,7 +25,7 @@ namespace detail {
 // diffusers' BasicTransformerBlock: h += attn1(LN1 h); h += attn2(LN2 h, ctx); h += FF(LN3 h) (GEGLU).
 class BasicTransformerBlock {
  public:
-  BasicTransformerBlock(model::WeightSource& w, const std::string& p, std::int64_t dim, std::int64_t context_dim,
+  BasicTransformerBlock(checkpoint::WeightSource& w, const std::string& p, std::int64_t dim, std::int64_t context_dim,
                         std::int64_t heads, DType dtype)
       : norm1_(w, p + "norm1.", dim, 1e-5f),
         attn1_(w, p + "attn1.", dim, dim, heads, false, true, dtype),
@@ -56,7 +56,7 @@ class BasicTransformerBlock {
 // are the same matrix.
 class Transformer2D {
  public:
-  Transformer2D(model::WeightSource& w, const std::string& p, std::int64_t channels, std::int64_t heads,
+  Transformer2D(checkpoint::WeightSource& w, const std::string& p, std::int64_t channels, std::int64_t heads,
                 std::int64_t context_dim, std::int64_t layers, std::int64_t groups, bool linear_projection, DType dtype)
       : norm_(w, p + "norm.", channels, groups, 1e-6f),
         proj_in_(w, p + "proj_in.", channels, channels, dtype, true, !linear_projection) {
@@ -97,13 +97,13 @@ struct UNetBlock {
 class UNet2DConditionModel {
  public:
   /// Builds the model for `config` with parameters from `w` in `dtype` (f16: tensor cores, fp32 accumulation).
-  /// \throws model::FormatError for what the backend does not implement (downsample_padding != 1); whatever `w`
+  /// \throws checkpoint::FormatError for what the backend does not implement (downsample_padding != 1); whatever `w`
   /// throws for a bad tensor; CudaError.
-  UNet2DConditionModel(const model::UNetConfig& config, model::WeightSource& w, DType dtype)
+  UNet2DConditionModel(const checkpoint::UNetConfig& config, checkpoint::WeightSource& w, DType dtype)
       : config_(config), dtype_(dtype) {
     if (config.downsample_padding != 1)
-      throw model::FormatError("UNet config: downsample_padding = " + std::to_string(config.downsample_padding) +
-                               " is not supported by the CUDA backend (only 1)");
+      throw checkpoint::FormatError("UNet config: downsample_padding = " + std::to_string(config.downsample_padding) +
+                                    " is not supported by the CUDA backend (only 1)");
     const auto& ch = config.block_out_channels;
     const std::int64_t c0 = ch[0], temb = 4 * c0, groups = config.norm_num_groups, ctx = config.cross_attention_dim;
     const auto eps = static_cast<float>(config.norm_eps);
@@ -219,12 +219,12 @@ class UNet2DConditionModel {
   }
 
   /// The configuration the model was built from.
-  const model::UNetConfig& config() const noexcept { return config_; }
+  const checkpoint::UNetConfig& config() const noexcept { return config_; }
   /// The element type of weights and activations.
   DType dtype() const noexcept { return dtype_; }
 
  private:
-  model::UNetConfig config_;
+  checkpoint::UNetConfig config_;
   DType dtype_;
   Conv2d conv_in_;
   Linear time_1_, time_2_;

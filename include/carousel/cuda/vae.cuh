@@ -9,12 +9,12 @@
 #include <string>
 #include <vector>
 
+#include <carousel/checkpoint/vae_config.hpp>
+#include <carousel/checkpoint/weight_source.hpp>
 #include <carousel/cuda/engine.cuh>
 #include <carousel/cuda/layers.cuh>
 #include <carousel/cuda/ops.cuh>
 #include <carousel/cuda/tensor.cuh>
-#include <carousel/model/vae_config.hpp>
-#include <carousel/model/weight_source.hpp>
 
 namespace carousel::cuda {
 
@@ -22,11 +22,12 @@ namespace carousel::cuda {
 class VaeDecoder {
  public:
   /// Loads post_quant_conv.* (when used) and decoder.* from `w` in `dtype`.
-  VaeDecoder(const model::VaeConfig& config, model::WeightSource& w, DType dtype) : config_(config), dtype_(dtype) {
+  VaeDecoder(const checkpoint::VaeConfig& config, checkpoint::WeightSource& w, DType dtype)
+      : config_(config), dtype_(dtype) {
     const auto& ch = config.block_out_channels;
     if (ch.empty()) throw std::invalid_argument("carousel::cuda::VaeDecoder: block_out_channels is empty");
     const std::int64_t n = static_cast<std::int64_t>(ch.size()), groups = config.norm_num_groups, top = ch.back();
-    const float eps = static_cast<float>(model::VaeConfig::norm_eps);
+    const float eps = static_cast<float>(checkpoint::VaeConfig::norm_eps);
     if (config.use_post_quant_conv)
       post_quant_conv_ = Conv2d(w, "post_quant_conv.", config.latent_channels, config.latent_channels, 1, dtype, 1, 0);
     conv_in_ = Conv2d(w, "decoder.conv_in.", config.latent_channels, top, 3, dtype);
@@ -73,7 +74,7 @@ class VaeDecoder {
   }
 
   /// The configuration.
-  const model::VaeConfig& config() const noexcept { return config_; }
+  const checkpoint::VaeConfig& config() const noexcept { return config_; }
   /// Element type of weights and activations.
   DType dtype() const noexcept { return dtype_; }
 
@@ -82,7 +83,7 @@ class VaeDecoder {
     std::vector<ResnetBlock2D> resnets;
     std::vector<Conv2d> upsampler;
   };
-  model::VaeConfig config_;
+  checkpoint::VaeConfig config_;
   DType dtype_;
   Conv2d post_quant_conv_;
   Conv2d conv_in_;

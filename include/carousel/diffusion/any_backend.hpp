@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "carousel/diffusion/pipeline.hpp"
-#include "carousel/model/host_tensor.hpp"
+#include "carousel/tensor/host_tensor.hpp"
 
 namespace carousel::diffusion {
 
@@ -45,13 +45,13 @@ struct AnyBackendModel;
 /// A DiffusionBackend that holds any other DiffusionBackend chosen at run time, plus a short device name.
 ///
 /// \code
-///   const auto folder = model::DiffusersFolder::open(dir);
+///   const auto folder = checkpoint::DiffusersFolder::open(dir);
 ///   diffusion::AnyBackend backend("cpu", cpu::Backend(folder));        // a movable backend, by value
 ///   // or, in a .cu file: auto backend = diffusion::AnyBackend::make<cuda::Backend>("cuda", folder);
 ///   diffusion::Pipeline<diffusion::AnyBackend> pipeline(backend, diffusion::pipeline_scheduler_config(folder));
 /// \endcode
 ///
-/// Its tensor type is `model::HostTensor`, which both reference backends use, so their tensors pass through
+/// Its tensor type is `tensor::HostTensor`, which both reference backends use, so their tensors pass through
 /// untouched; a backend with another tensor type (a ShapedHostTensor) gets copies in and out (host memory copies,
 /// small next to a UNet evaluation). Either way a Pipeline over an AnyBackend makes bitwise the images of a Pipeline
 /// over the wrapped backend. Exceptions of the wrapped backend propagate unchanged.
@@ -62,9 +62,9 @@ struct AnyBackendModel;
 /// moved-from AnyBackend holds nothing; calling it is a precondition violation (checked: std::logic_error).
 class AnyBackend {
  public:
-  /// The host tensor at AnyBackend's boundary: model::HostTensor, the tensor type of both reference backends (a
+  /// The host tensor at AnyBackend's boundary: tensor::HostTensor, the tensor type of both reference backends (a
   /// dense row-major float32 tensor; images NCHW, token sequences [B, L, C]).
-  using Tensor = model::HostTensor;
+  using Tensor = tensor::HostTensor;
 
   /// The wrapped backend's tokenizer, erased: `encode(text)` gives the token ids `encode_text` expects. A handle:
   /// valid while the AnyBackend it came from (or a copy of it) lives.
@@ -150,7 +150,7 @@ struct AnyBackendModel final : AnyBackendConcept {
   template <class... Args>
   explicit AnyBackendModel(std::in_place_t, Args&&... args) : backend(std::forward<Args>(args)...) {}
 
-  // The wrapped backend's tensors: passed through when they are model::HostTensor (cpu::Backend, cuda::Backend),
+  // The wrapped backend's tensors: passed through when they are tensor::HostTensor (cpu::Backend, cuda::Backend),
   // copied otherwise.
   static decltype(auto) to_native(const AnyBackend::Tensor& t) {
     if constexpr (std::same_as<Native, AnyBackend::Tensor>) {

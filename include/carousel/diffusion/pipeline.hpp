@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include "carousel/checkpoint/diffusers_folder.hpp"
+#include "carousel/checkpoint/unet_config.hpp"
 #include "carousel/diffusion/guidance.hpp"
 #include "carousel/diffusion/image.hpp"
 #include "carousel/diffusion/job.hpp"
@@ -25,8 +27,6 @@
 #include "carousel/diffusion/scheduler_config.hpp"
 #include "carousel/diffusion/timesteps.hpp"
 #include "carousel/diffusion/update.hpp"
-#include "carousel/model/diffusers_folder.hpp"
-#include "carousel/model/unet_config.hpp"
 
 namespace carousel::diffusion {
 
@@ -61,15 +61,15 @@ struct PipelineOptions {
 };
 
 /// The options of a diffusers folder: the default image size is the UNet's sample_size x the VAE factor.
-inline PipelineOptions pipeline_options(const model::DiffusersFolder& folder, std::int64_t vae_scale_factor) {
+inline PipelineOptions pipeline_options(const checkpoint::DiffusersFolder& folder, std::int64_t vae_scale_factor) {
   PipelineOptions o;
-  const auto unet = model::UNetConfig::load(folder.unet / "config.json");
+  const auto unet = checkpoint::UNetConfig::load(folder.unet / "config.json");
   if (unet.sample_size) o.default_width = o.default_height = static_cast<int>(*unet.sample_size * vae_scale_factor);
   return o;
 }
 
 /// The folder's scheduler configuration with StableDiffusionPipeline's rewrites (steps_offset 1, clip_sample false).
-inline SchedulerConfig pipeline_scheduler_config(const model::DiffusersFolder& folder) {
+inline SchedulerConfig pipeline_scheduler_config(const checkpoint::DiffusersFolder& folder) {
   return SchedulerConfig::load(folder.scheduler / "scheduler_config.json").with_pipeline_defaults();
 }
 

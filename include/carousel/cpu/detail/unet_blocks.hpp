@@ -6,18 +6,18 @@
 #include <string>
 #include <vector>
 
+#include <carousel/checkpoint/weight_source.hpp>
 #include <carousel/cpu/detail/parallel.hpp>
 #include <carousel/cpu/layers.hpp>
 #include <carousel/cpu/ops.hpp>
 #include <carousel/cpu/tensor.hpp>
-#include <carousel/model/weight_source.hpp>
 
 namespace carousel::cpu::detail {
 
 // diffusers' BasicTransformerBlock (layer_norm, self-attention, cross-attention, GEGLU feed-forward).
 class BasicTransformerBlock {
  public:
-  BasicTransformerBlock(model::WeightSource& w, const std::string& p, std::int64_t dim, std::int64_t context_dim,
+  BasicTransformerBlock(checkpoint::WeightSource& w, const std::string& p, std::int64_t dim, std::int64_t context_dim,
                         std::int64_t heads)
       : dim_(dim),
         norm1_(w, p + "norm1.", dim, 1e-5f),
@@ -68,7 +68,7 @@ class BasicTransformerBlock {
 // A 1x1-conv projection and a Linear one are the same token-wise matrix; only the stored shape differs.
 class Transformer2D {
  public:
-  Transformer2D(model::WeightSource& w, const std::string& p, std::int64_t channels, std::int64_t heads,
+  Transformer2D(checkpoint::WeightSource& w, const std::string& p, std::int64_t channels, std::int64_t heads,
                 std::int64_t context_dim, std::int64_t layers, std::int64_t groups, bool linear_projection)
       : channels_(channels),
         norm_(w, p + "norm.", channels, groups, 1e-6f),

@@ -5,16 +5,16 @@
 #include <string>
 #include <vector>
 
+#include <carousel/checkpoint/weight_source.hpp>
 #include <carousel/cpu/layers.hpp>
 #include <carousel/cpu/tensor.hpp>
-#include <carousel/model/weight_source.hpp>
 
 namespace carousel::cpu::detail {
 
 // The VAE mid block's attention: GroupNorm(eps 1e-6) -> single-head attention over H*W tokens -> + x.
 class VaeAttention {
  public:
-  VaeAttention(model::WeightSource& w, const std::string& p, std::int64_t channels, std::int64_t groups)
+  VaeAttention(checkpoint::WeightSource& w, const std::string& p, std::int64_t channels, std::int64_t groups)
       : channels_(channels),
         norm_(w, p + "group_norm.", channels, groups, 1e-6f),
         attn_(w, p, channels, channels, 1, true) {}

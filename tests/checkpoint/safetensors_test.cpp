@@ -1,7 +1,7 @@
-// Tests of carousel::model::SafetensorsFile: the dtype fixture written by tools/make_tiny_models.py (values
+// Tests of carousel::checkpoint::SafetensorsFile: the dtype fixture written by tools/make_tiny_models.py (values
 // compared bit for bit with torch's float32 conversion), every tiny model file, and malformed images built here.
 
-#include <carousel/model/safetensors.hpp>
+#include <carousel/checkpoint/safetensors.hpp>
 
 #include <doctest/doctest.h>
 
@@ -18,10 +18,10 @@
 #include "test_files.hpp"
 
 namespace fs = std::filesystem;
-using carousel::model::DType;
-using carousel::model::FormatError;
-using carousel::model::SafetensorsFile;
-namespace t = carousel::model::test;
+using carousel::checkpoint::DType;
+using carousel::checkpoint::FormatError;
+using carousel::checkpoint::SafetensorsFile;
+namespace t = carousel::checkpoint::test;
 
 namespace {
 

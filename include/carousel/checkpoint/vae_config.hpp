@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// carousel::model::VaeConfig — diffusers' AutoencoderKL config.json.
+/// carousel::checkpoint::VaeConfig — diffusers' AutoencoderKL config.json.
 
 #include <cstddef>
 #include <filesystem>
@@ -10,10 +10,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "carousel/model/detail/config_reader.hpp"
-#include "carousel/model/format_error.hpp"
+#include "carousel/checkpoint/detail/config_reader.hpp"
+#include "carousel/checkpoint/format_error.hpp"
 
-namespace carousel::model {
+namespace carousel::checkpoint {
 
 /// An AutoencoderKL configuration. Field names and defaults are diffusers' (used when a field is absent or null).
 /// Supported: DownEncoderBlock2D / UpDecoderBlock2D blocks, SiLU; parse() rejects anything else naming the field.
@@ -108,4 +108,4 @@ struct VaeConfig {
   }
 };
 
-}  // namespace carousel::model
+}  // namespace carousel::checkpoint

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// carousel::model::WeightSource — where a module's parameters come from while a backend builds it: a checkpoint
+/// carousel::checkpoint::WeightSource — where a module's parameters come from while a backend builds it: a checkpoint
 /// (StoreWeights, over WeightStore) or deterministic random values (RandomWeights, for benchmarks and tests of shapes
 /// that have no file). Backend-neutral: the CPU and CUDA backends walk their module trees over the same source, so
 /// RandomWeights(seed) gives both backends the same model.
@@ -13,9 +13,9 @@
 #include <string_view>
 #include <vector>
 
-#include "carousel/model/weights.hpp"
+#include "carousel/checkpoint/weights.hpp"
 
-namespace carousel::model {
+namespace carousel::checkpoint {
 
 /// Supplies each parameter tensor by its checkpoint name ("down_blocks.0.resnets.1.conv1.weight") and expected
 /// shape. Modules walk their tree and ask for every parameter exactly once.
@@ -33,15 +33,15 @@ class WeightSource {
 class StoreWeights final : public WeightSource {
  public:
   /// Reads from `store`, which must outlive this object.
-  explicit StoreWeights(model::WeightStore& store) : store_(store) {}
+  explicit StoreWeights(checkpoint::WeightStore& store) : store_(store) {}
 
-  /// The stored tensor. \throws model::FormatError naming the tensor when missing or mis-shaped.
+  /// The stored tensor. \throws checkpoint::FormatError naming the tensor when missing or mis-shaped.
   std::vector<float> take(std::string_view name, std::initializer_list<std::int64_t> shape) override {
     return store_.take(name, shape);
   }
 
  private:
-  model::WeightStore& store_;
+  checkpoint::WeightStore& store_;
 };
 
 /// Deterministic pseudo-random parameters: each tensor's values depend only on the seed and the tensor's name.
@@ -106,4 +106,4 @@ auto load_component(const std::filesystem::path& dir, const ComponentLoad& how, 
   return built;
 }
 
-}  // namespace carousel::model
+}  // namespace carousel::checkpoint

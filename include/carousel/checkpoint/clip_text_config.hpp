@@ -1,16 +1,16 @@
 #pragma once
 /// \file
-/// carousel::model::ClipTextConfig — transformers' CLIPTextConfig (text_encoder/config.json).
+/// carousel::checkpoint::ClipTextConfig — transformers' CLIPTextConfig (text_encoder/config.json).
 
 #include <filesystem>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
-#include "carousel/model/detail/config_reader.hpp"
-#include "carousel/model/format_error.hpp"
+#include "carousel/checkpoint/detail/config_reader.hpp"
+#include "carousel/checkpoint/format_error.hpp"
 
-namespace carousel::model {
+namespace carousel::checkpoint {
 
 /// Activation of the CLIP MLP: quick_gelu (x * sigmoid(1.702 x); SD-1.x) or exact erf gelu (SD-2.x).
 enum class ClipActivation { quick_gelu, gelu };
@@ -74,4 +74,4 @@ struct ClipTextConfig {
   }
 };
 
-}  // namespace carousel::model
+}  // namespace carousel::checkpoint

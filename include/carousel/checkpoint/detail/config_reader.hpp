@@ -15,9 +15,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "carousel/model/format_error.hpp"
+#include "carousel/checkpoint/format_error.hpp"
 
-namespace carousel::model::detail {
+namespace carousel::checkpoint::detail {
 
 /// Reads `path` (a config.json, or a folder holding one) as a JSON object.
 /// \throws FormatError naming the file when it is missing or not a JSON object.
@@ -190,4 +190,4 @@ class ConfigReader {
   std::string source_;
 };
 
-}  // namespace carousel::model::detail
+}  // namespace carousel::checkpoint::detail

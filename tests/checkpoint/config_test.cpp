@@ -2,7 +2,7 @@
 // blocks) against what diffusers / transformers built from the same config (tests/data/models/structure.json,
 // written by tools/make_tiny_models.py), SD-1.5 / SD-2 style configs, defaults, and errors that name the field.
 
-#include <carousel/model/config.hpp>
+#include <carousel/checkpoint/config.hpp>
 
 #include <doctest/doctest.h>
 
@@ -18,14 +18,14 @@
 #include "test_files.hpp"
 
 namespace fs = std::filesystem;
-using carousel::model::ClipActivation;
-using carousel::model::ClipTextConfig;
-using carousel::model::DiffusersFolder;
-using carousel::model::FormatError;
-using carousel::model::UNetConfig;
-using carousel::model::VaeConfig;
+using carousel::checkpoint::ClipActivation;
+using carousel::checkpoint::ClipTextConfig;
+using carousel::checkpoint::DiffusersFolder;
+using carousel::checkpoint::FormatError;
+using carousel::checkpoint::UNetConfig;
+using carousel::checkpoint::VaeConfig;
 using nlohmann::json;
-namespace t = carousel::model::test;
+namespace t = carousel::checkpoint::test;
 
 namespace {
 

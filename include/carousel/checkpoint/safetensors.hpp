@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// carousel::model::SafetensorsFile — a validated, memory-mapped reader for the safetensors format
+/// carousel::checkpoint::SafetensorsFile — a validated, memory-mapped reader for the safetensors format
 /// (https://github.com/huggingface/safetensors): an 8-byte little-endian header length N, N bytes of JSON naming each
 /// tensor's dtype, shape and byte range, then the data buffer.
 ///
@@ -30,11 +30,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "carousel/model/detail/half.hpp"
-#include "carousel/model/detail/mapped_file.hpp"
-#include "carousel/model/format_error.hpp"
+#include "carousel/checkpoint/detail/half.hpp"
+#include "carousel/checkpoint/detail/mapped_file.hpp"
+#include "carousel/checkpoint/format_error.hpp"
 
-namespace carousel::model {
+namespace carousel::checkpoint {
 
 /// Element type of a stored tensor (safetensors' dtype strings BOOL, U8, I8, F8_E5M2, F8_E4M3, I16, U16, F16, BF16,
 /// I32, U32, F32, F64, I64, U64).
@@ -336,4 +336,4 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
-}  // namespace carousel::model
+}  // namespace carousel::checkpoint

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// carousel::model::DiffusersFolder — the component layout of a diffusers pipeline folder (model_index.json).
+/// carousel::checkpoint::DiffusersFolder — the component layout of a diffusers pipeline folder (model_index.json).
 
 #include <filesystem>
 #include <initializer_list>
@@ -11,10 +11,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "carousel/model/detail/config_reader.hpp"
-#include "carousel/model/format_error.hpp"
+#include "carousel/checkpoint/detail/config_reader.hpp"
+#include "carousel/checkpoint/format_error.hpp"
 
-namespace carousel::model {
+namespace carousel::checkpoint {
 
 /// Where the components of a Stable-Diffusion-style diffusers folder are. model_index.json maps each component
 /// name to [library, class] (or [null, null] when absent). Required: unet (UNet2DConditionModel), text_encoder
@@ -73,4 +73,4 @@ struct DiffusersFolder {
   }
 };
 
-}  // namespace carousel::model
+}  // namespace carousel::checkpoint

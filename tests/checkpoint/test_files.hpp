@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-namespace carousel::model::test {
+namespace carousel::checkpoint::test {
 
 /// An 8-byte little-endian length, then `header` verbatim, then `data`.
 inline std::vector<std::byte> safetensors_image(const std::string& header, const std::vector<std::byte>& data,
@@ -94,4 +94,4 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-}  // namespace carousel::model::test
+}  // namespace carousel::checkpoint::test

@@ -9,9 +9,9 @@
 #include <iterator>
 #include <string>
 
-#include "carousel/model/detail/unicode_data.hpp"
+#include "carousel/checkpoint/detail/unicode_data.hpp"
 
-namespace carousel::model::detail::unicode {
+namespace carousel::checkpoint::detail::unicode {
 
 template <std::size_t N, std::size_t W>
 bool in_ranges(const std::uint32_t (&table)[N][W], char32_t cp) {
@@ -147,4 +147,4 @@ inline std::u32string nfc(const std::u32string& text) {
   return d;
 }
 
-}  // namespace carousel::model::detail::unicode
+}  // namespace carousel::checkpoint::detail::unicode

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// carousel::model::UNetConfig — diffusers' UNet2DConditionModel config.json, restricted to what this project runs
+/// carousel::checkpoint::UNetConfig — diffusers' UNet2DConditionModel config.json, restricted to what this project runs
 /// (Stable Diffusion 1.x / 2.x style UNets).
 
 #include <cstddef>
@@ -11,10 +11,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "carousel/model/detail/config_reader.hpp"
-#include "carousel/model/format_error.hpp"
+#include "carousel/checkpoint/detail/config_reader.hpp"
+#include "carousel/checkpoint/format_error.hpp"
 
-namespace carousel::model {
+namespace carousel::checkpoint {
 
 /// A UNet2DConditionModel configuration. Field names and defaults are diffusers' (used when a field is absent or
 /// null). Per-block fields that diffusers accepts as an int or a list are stored as one entry per down block.
@@ -192,4 +192,4 @@ struct UNetConfig {
   }
 };
 
-}  // namespace carousel::model
+}  // namespace carousel::checkpoint

@@ -1,11 +1,11 @@
 #pragma once
 /// \file
-/// carousel::model::FormatError — the one exception type of the model-format layer.
+/// carousel::checkpoint::FormatError — the one exception type of the model-format layer.
 
 #include <stdexcept>
 #include <string>
 
-namespace carousel::model {
+namespace carousel::checkpoint {
 
 /// Thrown when a model file or folder cannot be used: a malformed or truncated safetensors file, a missing or
 /// mis-shaped tensor, an unsupported or invalid config.json field, a missing component. The message names the file
@@ -18,4 +18,4 @@ class FormatError : public std::runtime_error {
   explicit FormatError(const std::string& what) : std::runtime_error(what) {}
 };
 
-}  // namespace carousel::model
+}  // namespace carousel::checkpoint

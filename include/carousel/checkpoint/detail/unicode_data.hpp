@@ -6,7 +6,7 @@
 #include <cstdint>
 
 // clang-format off
-namespace carousel::model::detail::unicode {
+namespace carousel::checkpoint::detail::unicode {
 
 /// Inclusive code point ranges of general category L (Lu, Ll, Lt, Lm, Lo), sorted.
 inline constexpr std::uint32_t letter_ranges[][2] = {
@@ -1203,5 +1203,5 @@ inline constexpr std::uint32_t compositions[][3] = {
     {0x11935, 0x11930, 0x11938},
 };
 
-}  // namespace carousel::model::detail::unicode
+}  // namespace carousel::checkpoint::detail::unicode
 // clang-format on

@@ -5,7 +5,7 @@
 #include <bit>
 #include <cstdint>
 
-namespace carousel::model::detail {
+namespace carousel::checkpoint::detail {
 
 /// The float32 with the same value as the IEEE half `h` (subnormals, infinities and NaN payloads preserved).
 inline float half_to_float(std::uint16_t h) noexcept {
@@ -38,4 +38,4 @@ inline float bf16_to_float(std::uint16_t b) noexcept {
   return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16);
 }
 
-}  // namespace carousel::model::detail
+}  // namespace carousel::checkpoint::detail

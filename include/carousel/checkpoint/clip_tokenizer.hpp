@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// carousel::model::ClipTokenizer — CLIP's byte-level BPE tokenizer, giving the ids of transformers'
+/// carousel::checkpoint::ClipTokenizer — CLIP's byte-level BPE tokenizer, giving the ids of transformers'
 /// `CLIPTokenizer(prompt, padding="max_length", max_length=77, truncation=True).input_ids`.
 ///
 /// The pipeline, as transformers (>= 5, the `tokenizers`-backed CLIPTokenizer) runs it:
@@ -36,11 +36,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "carousel/model/detail/unicode.hpp"
-#include "carousel/model/detail/utf8.hpp"
-#include "carousel/model/format_error.hpp"
+#include "carousel/checkpoint/detail/unicode.hpp"
+#include "carousel/checkpoint/detail/utf8.hpp"
+#include "carousel/checkpoint/format_error.hpp"
 
-namespace carousel::model {
+namespace carousel::checkpoint {
 
 /// A CLIP BPE tokenizer loaded from a tokenizer folder (vocab.json, merges.txt, and optionally
 /// tokenizer_config.json / special_tokens_map.json for the special tokens and model_max_length).
@@ -48,7 +48,7 @@ namespace carousel::model {
 /// Move-only. encode() and tokenize() are const and thread-safe (the BPE word cache is guarded by a mutex).
 ///
 /// \code
-///   auto tok = carousel::model::ClipTokenizer::load(folder.tokenizer);
+///   auto tok = carousel::checkpoint::ClipTokenizer::load(folder.tokenizer);
 ///   std::vector<std::int32_t> ids = tok.encode("a photo of a cat");   // 77 ids: 49406, 320, 1125, ...
 /// \endcode
 class ClipTokenizer {
@@ -332,4 +332,4 @@ class ClipTokenizer {
   std::unique_ptr<Cache> cache_;
 };
 
-}  // namespace carousel::model
+}  // namespace carousel::checkpoint

@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-namespace carousel::model::detail {
+namespace carousel::checkpoint::detail {
 
 /// Decodes `text` as UTF-8. \throws std::invalid_argument naming `what`, the problem and the byte offset for
 /// truncated sequences, stray continuation bytes, overlong forms, surrogates and code points above U+10FFFF.
@@ -80,4 +80,4 @@ inline std::string utf8_encode(std::u32string_view text) {
   return out;
 }
 
-}  // namespace carousel::model::detail
+}  // namespace carousel::checkpoint::detail

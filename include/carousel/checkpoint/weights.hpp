@@ -1,12 +1,12 @@
 #pragma once
 /// \file
-/// carousel::model::WeightStore — every tensor of one diffusers / transformers component folder (unet/, vae/,
+/// carousel::checkpoint::WeightStore — every tensor of one diffusers / transformers component folder (unet/, vae/,
 /// text_encoder/), addressed by name, with the bookkeeping a loader needs: shape checks on every read, and a final
 /// check that no tensor of the checkpoint was left unread.
 ///
 /// Example:
 /// \code
-///   auto store = carousel::model::WeightStore::open(folder / "unet");
+///   auto store = carousel::checkpoint::WeightStore::open(folder / "unet");
 ///   std::vector<float> w = store.take("conv_in.weight", {320, 4, 3, 3});
 ///   ...                                 // every parameter of the module tree
 ///   store.require_all_used();          // a tensor nobody read means the tree and the checkpoint disagree
@@ -28,10 +28,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "carousel/model/format_error.hpp"
-#include "carousel/model/safetensors.hpp"
+#include "carousel/checkpoint/format_error.hpp"
+#include "carousel/checkpoint/safetensors.hpp"
 
-namespace carousel::model {
+namespace carousel::checkpoint {
 
 /// All weights of one component folder, name -> tensor, converted to float32 on read.
 ///
@@ -279,4 +279,4 @@ class WeightStore {
   std::vector<std::string> ignored_prefixes_;
 };
 
-}  // namespace carousel::model
+}  // namespace carousel::checkpoint

@@ -1,7 +1,7 @@
-// Tests of carousel::model::WeightStore on the tiny model folders written by tools/make_tiny_models.py and on
+// Tests of carousel::checkpoint::WeightStore on the tiny model folders written by tools/make_tiny_models.py and on
 // folders built here (shards, 1x1-conv attention weights, prefixes, ambiguous variants).
 
-#include <carousel/model/weights.hpp>
+#include <carousel/checkpoint/weights.hpp>
 
 #include <doctest/doctest.h>
 
@@ -12,11 +12,11 @@
 #include "test_files.hpp"
 
 namespace fs = std::filesystem;
-using carousel::model::DType;
-using carousel::model::FormatError;
-using carousel::model::SafetensorsFile;
-using carousel::model::WeightStore;
-namespace t = carousel::model::test;
+using carousel::checkpoint::DType;
+using carousel::checkpoint::FormatError;
+using carousel::checkpoint::SafetensorsFile;
+using carousel::checkpoint::WeightStore;
+namespace t = carousel::checkpoint::test;
 
 namespace {
 

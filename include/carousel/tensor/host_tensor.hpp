@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// carousel::model::HostTensor — a dense float32 host tensor (row-major; images are NCHW) owned by a std::vector: the
+/// carousel::tensor::HostTensor — a dense float32 host tensor (row-major; images are NCHW) owned by a std::vector: the
 /// CPU backend's tensor (`cpu::Tensor`) and the host side of the CUDA backend (`cuda::HostTensor`).
 
 #include <cstddef>
@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-namespace carousel::model {
+namespace carousel::tensor {
 
 /// A shape: extents from the outermost to the innermost dimension.
 using Shape = std::vector<std::int64_t>;
@@ -57,7 +57,7 @@ class HostTensor {
   /// A tensor holding `data`. \throws std::invalid_argument when data.size() differs from the shape's numel.
   HostTensor(Shape shape, std::vector<float> data) : shape_(std::move(shape)), data_(std::move(data)) {
     if (static_cast<std::int64_t>(data_.size()) != shape_numel(shape_))
-      throw std::invalid_argument("carousel::model::HostTensor: " + std::to_string(data_.size()) +
+      throw std::invalid_argument("carousel::tensor::HostTensor: " + std::to_string(data_.size()) +
                                   " values do not fill shape " + shape_string(shape_));
   }
 
@@ -104,4 +104,4 @@ class HostTensor {
   std::vector<float> data_;
 };
 
-}  // namespace carousel::model
+}  // namespace carousel::tensor

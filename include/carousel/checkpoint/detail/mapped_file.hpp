@@ -1,6 +1,7 @@
 #pragma once
 /// \file
-/// carousel::model::detail::MappedFile — a read-only view of a whole file: mmap on POSIX, read into memory elsewhere.
+/// carousel::checkpoint::detail::MappedFile — a read-only view of a whole file: mmap on POSIX, read into memory
+/// elsewhere.
 
 #include <cstddef>
 #include <cstring>
@@ -11,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "carousel/model/format_error.hpp"
+#include "carousel/checkpoint/format_error.hpp"
 
 #if __has_include(<sys/mman.h>) && __has_include(<fcntl.h>) && __has_include(<unistd.h>)
 #include <fcntl.h>
@@ -24,7 +25,7 @@
 #define CAROUSEL_MODEL_HAVE_MMAP 0
 #endif
 
-namespace carousel::model::detail {
+namespace carousel::checkpoint::detail {
 
 /// Owns a read-only mapping (or copy) of a file's bytes. Move-only; the bytes stay at the same address for the
 /// object's lifetime, moves included.
@@ -108,4 +109,4 @@ class MappedFile {
   std::vector<std::byte> copy_;  // used where mmap is unavailable
 };
 
-}  // namespace carousel::model::detail
+}  // namespace carousel::checkpoint::detail

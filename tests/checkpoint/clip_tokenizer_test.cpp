@@ -1,8 +1,8 @@
-// Tests of carousel::model::ClipTokenizer against transformers' CLIPTokenizer: the ids of every prompt in
+// Tests of carousel::checkpoint::ClipTokenizer against transformers' CLIPTokenizer: the ids of every prompt in
 // tests/data/tokenizer/ids.json (written by tools/make_tokenizer_fixtures.py) for the full CLIP vocabulary and the
 // tiny models' 1000-entry one, special tokens, padding configuration, and invalid UTF-8.
 
-#include <carousel/model/clip_tokenizer.hpp>
+#include <carousel/checkpoint/clip_tokenizer.hpp>
 
 #include <doctest/doctest.h>
 
@@ -18,9 +18,9 @@
 #include "test_files.hpp"
 
 namespace fs = std::filesystem;
-using carousel::model::ClipTokenizer;
-using carousel::model::FormatError;
-namespace t = carousel::model::test;
+using carousel::checkpoint::ClipTokenizer;
+using carousel::checkpoint::FormatError;
+namespace t = carousel::checkpoint::test;
 
 namespace {
 
@@ -148,7 +148,7 @@ TEST_CASE("ClipTokenizer.Threads.ConcurrentEncode") {
 }
 
 TEST_CASE("ClipTokenizer.Unicode.NfcMatchesPython") {
-  namespace d = carousel::model::detail;
+  namespace d = carousel::checkpoint::detail;
   int mismatches = 0;
   for (const auto& pair : fixture()["nfc"]) {
     const auto input = pair[0].get<std::string>();
