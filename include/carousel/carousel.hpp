@@ -9,6 +9,7 @@
 
 #include "carousel/errors.hpp"
 #include "carousel/iteration.hpp"
+#include "carousel/load_signal.hpp"
 #include "carousel/manual_clock.hpp"
 #include "carousel/options.hpp"
 #include "carousel/progress.hpp"
