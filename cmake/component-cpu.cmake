@@ -1,6 +1,10 @@
 # carousel::cpu — the reference CPU backend (tensors, ops, CLIP text tower, UNet, VAE decoder) on OpenBLAS.
 set(BLA_VENDOR OpenBLAS)
-find_package(BLAS REQUIRED)
+find_package(BLAS)
+if(NOT BLAS_FOUND)
+  message(FATAL_ERROR "carousel::cpu needs OpenBLAS (Debian: libopenblas-dev); configure with "
+                      "-DCAROUSEL_BUILD_CPU=OFF to build without the CPU backend")
+endif()
 file(GLOB_RECURSE CAROUSEL_CPU_HEADERS CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/include/carousel/cpu/*.hpp")
 add_library(carousel_cpu INTERFACE)
 add_library(carousel::cpu ALIAS carousel_cpu)

@@ -20,6 +20,10 @@ set(CAROUSEL_CUDNN_ROOT "$ENV{CAROUSEL_CUDNN_ROOT}" CACHE PATH "Prefix of a cuDN
 set(CAROUSEL_CUBLAS_ROOT "$ENV{CAROUSEL_CUBLAS_ROOT}" CACHE PATH
     "Prefix of a cuBLAS + cuBLASLt installation when it is not inside the CUDA toolkit (include/, lib/)")
 
+if(CAROUSEL_ENABLE_CUDA AND NOT CAROUSEL_BUILD_DIFFUSION)
+  message(STATUS "carousel: the CUDA backend needs CAROUSEL_BUILD_DIFFUSION; it is not built")
+  set(CAROUSEL_ENABLE_CUDA OFF CACHE BOOL "Build the CUDA backend (carousel::cuda)" FORCE)
+endif()
 if(CAROUSEL_ENABLE_CUDA AND NOT CMAKE_CUDA_COMPILER)
   message(STATUS "carousel: no CUDA compiler found; the CUDA backend is not built")
   set(CAROUSEL_ENABLE_CUDA OFF CACHE BOOL "Build the CUDA backend (carousel::cuda)" FORCE)
