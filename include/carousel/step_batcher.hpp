@@ -53,6 +53,18 @@ class StepBatcher {
   static_assert(SteppableModel<Model, State>,
                 "carousel::StepBatcher: Model needs `void step(std::span<State* const> batch)`");
   static_assert(FinishingModel<Model, State>, "carousel::StepBatcher: Model needs `bool finished(const State&) const`");
+  static_assert(!detail::MisdeclaredAdmit<Model, State>,
+                "carousel::StepBatcher: Model::admit must be `void admit(std::span<State* const> joining)`");
+  static_assert(!detail::MisdeclaredRetire<Model, State>,
+                "carousel::StepBatcher: Model::retire must be `void retire(std::span<State* const> leaving)`");
+  static_assert(!detail::MisdeclaredBatchKey<Model, State>,
+                "carousel::StepBatcher: Model::batch_key must be `Key batch_key(const State&) const` with a copyable, "
+                "equality-comparable Key");
+  static_assert(!detail::MisdeclaredTotalSteps<Model, State>,
+                "carousel::StepBatcher: Model::total_steps must be `std::size_t total_steps(const State&) const`");
+  static_assert(!detail::MisdeclaredCost<Model, State>,
+                "carousel::StepBatcher: Model::cost must be `std::size_t cost(const State&) const`");
+
  public:
   using model_type = Model;
   using state_type = State;

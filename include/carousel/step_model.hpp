@@ -5,6 +5,7 @@
 #include <concepts>
 #include <cstddef>
 #include <span>
+#include <type_traits>
 
 namespace carousel {
 
@@ -31,8 +32,10 @@ concept FinishingModel = requires(const Model& m, const State& s) {
 ///   static_assert(carousel::StepModel<Model, Job>);
 /// \endcode
 /// Optional hooks, detected when present (see the concepts below): `admit`, `retire`, `batch_key`, `total_steps`,
-/// `cost`. `batch_key`, `total_steps` and `cost` must be pure functions of the state: they are called once per request,
-/// at submit, on the submitting thread. All other hooks are called on the thread that drives the batcher.
+/// `cost`. A member function with a hook's name but not its signature is a compile error in `StepBatcher` that names
+/// the hook (a plain, non-overloaded, non-template member function is checked; others are taken at their word).
+/// `batch_key`, `total_steps` and `cost` must be pure functions of the state: they are called once per request, at
+/// submit, on the submitting thread. All other hooks are called on the thread that drives the batcher.
 template <class Model, class State>
 concept StepModel = std::movable<State> && SteppableModel<Model, State> && FinishingModel<Model, State>;
 
@@ -69,5 +72,50 @@ template <class Model, class State>
 concept CostedModel = requires(const Model& m, const State& s) {
   { m.cost(s) } -> std::convertible_to<std::size_t>;
 };
+
+namespace detail {
+
+// A model "declares" a hook when it has a single, non-template member function of the hook's name (its address can be
+// taken). Such a member that does not have the hook's shape is a mistake the batcher refuses to compile, rather than
+// ignore. Overloaded or template members cannot be inspected this way and are taken at their word.
+template <class Model>
+concept DeclaresAdmit = requires {
+  &Model::admit;
+}
+&&std::is_member_function_pointer_v<decltype(&Model::admit)>;
+template <class Model>
+concept DeclaresRetire = requires {
+  &Model::retire;
+}
+&&std::is_member_function_pointer_v<decltype(&Model::retire)>;
+template <class Model>
+concept DeclaresBatchKey = requires {
+  &Model::batch_key;
+}
+&&std::is_member_function_pointer_v<decltype(&Model::batch_key)>;
+template <class Model>
+concept DeclaresTotalSteps = requires {
+  &Model::total_steps;
+}
+&&std::is_member_function_pointer_v<decltype(&Model::total_steps)>;
+template <class Model>
+concept DeclaresCost = requires {
+  &Model::cost;
+}
+&&std::is_member_function_pointer_v<decltype(&Model::cost)>;
+
+// A declared hook whose signature is not the hook's.
+template <class Model, class State>
+concept MisdeclaredAdmit = DeclaresAdmit<Model> && !AdmittingModel<Model, State>;
+template <class Model, class State>
+concept MisdeclaredRetire = DeclaresRetire<Model> && !RetiringModel<Model, State>;
+template <class Model, class State>
+concept MisdeclaredBatchKey = DeclaresBatchKey<Model> && !KeyedModel<Model, State>;
+template <class Model, class State>
+concept MisdeclaredTotalSteps = DeclaresTotalSteps<Model> && !CountingModel<Model, State>;
+template <class Model, class State>
+concept MisdeclaredCost = DeclaresCost<Model> && !CostedModel<Model, State>;
+
+}  // namespace detail
 
 }  // namespace carousel
