@@ -372,6 +372,39 @@ TEST_CASE("StepBatcher.Deadline.ExpiresWhileQueued") {
   CHECK(batcher.stats().expired == 1);
 }
 
+TEST_CASE("StepBatcher.Deadline.SuspendedExpiresWhileQueued") {
+  // A request suspended by preemption is queued again with its deadline: the deadline expires it while it waits, and
+  // it is not re-admitted for one more step first.
+  ManualClock clock;
+  ToyModel model;
+  model.clock = &clock;
+  model.step_cost = 10ms;
+  Batcher batcher{model, {.max_batch_size = 1, .order = carousel::Order::priority, .preempt = true}, clock};
+  int low_steps = 0;
+  auto low = batcher.submit(
+      Job{.total = 10},
+      {.priority = 1, .deadline = clock.now() + 25ms, .on_progress = [&](const carousel::Progress&) { ++low_steps; }});
+  auto early = batcher.submit(Job{.total = 1}, {.priority = 0, .deadline = clock.now() + 5ms});
+  batcher.step_once();  // 0 ms: low runs; early waits
+  batcher.step_once();  // 10 ms: early expires while queued (the queue's deadline bound is spent); low runs
+  CHECK(error_of(early) == Errc::deadline_exceeded);
+  auto high = batcher.submit(Job{.total = 2}, {.priority = 5});
+  batcher.step_once();  // 20 ms: high suspends low
+  CHECK(low.status() == carousel::RequestStatus::suspended);
+  batcher.step_once();  // 30 ms: low's deadline (25 ms) has passed while it was queued
+  REQUIRE(low.ready());
+  try {
+    low.get();
+    FAIL("low did not fail");
+  } catch (const carousel::Error& e) {
+    CHECK(e.code() == Errc::deadline_exceeded);
+    CHECK(std::string(e.what()).find("queued") != std::string::npos);
+  }
+  CHECK(low_steps == 2);
+  CHECK(high.get().done == 2);
+  CHECK(batcher.stats().expired == 2);
+}
+
 TEST_CASE("StepBatcher.Deadline.StopsAtStepBoundary") {
   ManualClock clock;
   ToyModel model;
