@@ -89,7 +89,7 @@ struct Stats {
   std::uint64_t failed = 0;         ///< failed with `model_error`
   std::uint64_t cancelled = 0;      ///< failed with `cancelled`
   std::uint64_t expired = 0;        ///< failed with `deadline_exceeded`
-  std::uint64_t rejected = 0;       ///< refused: `queue_full`, `shut_down` or `deadline_unreachable`
+  std::uint64_t rejected = 0;       ///< refused: `invalid_request`, `queue_full`, `shut_down`, `deadline_unreachable`
   std::uint64_t preempted = 0;      ///< suspensions by preemption
   std::size_t queue_depth = 0;      ///< waiting now (suspended included)
   std::size_t active = 0;           ///< running now (finished ones held for a merged retire included)

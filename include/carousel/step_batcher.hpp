@@ -35,7 +35,7 @@ namespace carousel {
 ///
 /// Thread-safety: `submit`, `stats`, `set_observer` and `Ticket` methods may be called from any thread at any time.
 /// The model is only called from the driving thread (the scheduler thread, or whoever calls `step_once`), except
-/// `batch_key`, `total_steps` and `cost`, which are called from `submit`, and `retire` under
+/// `validate`, `batch_key`, `total_steps` and `cost`, which are called from `submit`, and `retire` under
 /// `Options::concurrent_retire`, which is called from the retire stage.
 /// A throwing model fails only the requests of the throwing call, with `Errc::model_error`; the loop goes on.
 ///
@@ -64,6 +64,8 @@ class StepBatcher {
                 "carousel::StepBatcher: Model::total_steps must be `std::size_t total_steps(const State&) const`");
   static_assert(!detail::MisdeclaredCost<Model, State>,
                 "carousel::StepBatcher: Model::cost must be `std::size_t cost(const State&) const`");
+  static_assert(!detail::MisdeclaredValidate<Model, State>,
+                "carousel::StepBatcher: Model::validate must be `void validate(State&) const`");
 
  public:
   using model_type = Model;
@@ -89,8 +91,10 @@ class StepBatcher {
 
   /// Queues a request; never waits for the model. Thread-safe.
   ///
-  /// The returned ticket is already failed with `queue_full` when `Options::max_queue_size` requests are waiting, and
-  /// with `shut_down` once `stop()` has begun.
+  /// With `Model::validate`, the request is validated first, on the calling thread; if that throws, the returned
+  /// ticket is already failed with `invalid_request` (the model's exception nested). The returned ticket is already
+  /// failed with `queue_full` when `Options::max_queue_size` requests are waiting, and with `shut_down` once `stop()`
+  /// has begun. All three count as `Stats::rejected`.
   Ticket<State> submit(State state, SubmitOptions<Clock> options = {}) {
     return core_->submit(std::move(state), std::move(options));
   }

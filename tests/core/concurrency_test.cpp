@@ -40,6 +40,9 @@ struct StressModel {
     for (Work* w : leaving)
       w->retired->fetch_add(1);
   }
+  void validate(Work& w) const {  // runs on the submitting threads
+    if (w.total <= 0) throw std::invalid_argument("total must be positive");
+  }
   int batch_key(const Work& w) const { return w.total % 2; }
   std::size_t total_steps(const Work& w) const { return static_cast<std::size_t>(w.total); }
 };
@@ -62,6 +65,7 @@ void stress(int threads, carousel::Options options) {
       for (int i = 0; i < per_thread; ++i) {
         Work w{static_cast<int>(rng() % 12) + 1};
         w.poison = rng() % 17 == 0;
+        if (rng() % 23 == 0) w.total = -w.total;  // refused by validate
         w.retired = &retired[static_cast<std::size_t>(t)][static_cast<std::size_t>(i)];
         carousel::SubmitOptions<> so{
             .priority = static_cast<int>(rng() % 3),
@@ -102,7 +106,9 @@ void stress(int threads, carousel::Options options) {
   CHECK(static_cast<std::uint64_t>(tally["model_error"]) == s.failed);
   CHECK(static_cast<std::uint64_t>(tally["cancelled"]) == s.cancelled);
   CHECK(static_cast<std::uint64_t>(tally["deadline_exceeded"]) == s.expired);
-  CHECK(static_cast<std::uint64_t>(tally["queue_full"] + tally["deadline_unreachable"]) == s.rejected);
+  CHECK(static_cast<std::uint64_t>(tally["queue_full"] + tally["deadline_unreachable"] + tally["invalid_request"]) ==
+        s.rejected);
+  CHECK(tally["invalid_request"] > 0);
   CHECK(s.request_steps >= static_cast<std::uint64_t>(progress_calls.load()));  // a failing step() gives no progress
   int retired_total = 0;
   for (auto& row : retired) {

@@ -262,6 +262,65 @@ TEST_CASE("StepBatcher.Options.MaxQueueSize") {
   CHECK(batcher.stats().rejected == 1);
 }
 
+TEST_CASE("StepBatcher.Validate") {
+  using ValidatingBatcher = carousel::StepBatcher<carousel::test::ValidatingToyModel, Job, ManualClock>;
+  carousel::test::ValidatingToyModel model;
+  ValidatingBatcher batcher{model, {.max_batch_size = 2, .max_queue_size = 1}};
+  std::vector<std::optional<Errc>> completions;
+  const auto caller = std::this_thread::get_id();
+  auto record = [&](carousel::RequestId, std::optional<Errc> e) {
+    CHECK(std::this_thread::get_id() == caller);
+    completions.push_back(e);
+  };
+  SUBCASE("an invalid request fails at once with invalid_request, the model's exception nested") {
+    auto bad = batcher.submit(Job{.total = -1}, {.on_complete = record});
+    REQUIRE(bad.ready());
+    CHECK(bad.status() == carousel::RequestStatus::failed);
+    CHECK(bad.error_code() == Errc::invalid_request);
+    CHECK(completions == std::vector<std::optional<Errc>>{Errc::invalid_request});
+    try {
+      bad.get();
+      FAIL("no error");
+    } catch (const carousel::Error& e) {
+      CHECK(e.code() == Errc::invalid_request);
+      CHECK(std::string(e.what()).find("total: must not be negative") != std::string::npos);
+      try {
+        std::rethrow_if_nested(e);
+        FAIL("no nested cause");
+      } catch (const std::invalid_argument& cause) {
+        CHECK(std::string(cause.what()) == "total: must not be negative");
+      }
+    }
+    CHECK_FALSE(batcher.step_once());  // the model never saw it
+    CHECK(model.admit_sizes.empty());
+    const carousel::Stats s = batcher.stats();
+    CHECK(s.submitted == 1);
+    CHECK(s.rejected == 1);
+    CHECK(s.queue_depth == 0);
+  }
+  SUBCASE("validate runs first and may normalise the state: total_steps sees what it left") {
+    std::vector<carousel::Progress> progress;
+    auto t =
+        batcher.submit(Job{.total = 0}, {.on_progress = [&](const carousel::Progress& p) { progress.push_back(p); }});
+    while (batcher.step_once()) {
+    }
+    CHECK(t.get().done == 3);
+    REQUIRE(progress.size() == 3);
+    CHECK(progress.back().total_steps == 3);
+  }
+  SUBCASE("an invalid request is refused as invalid even when the queue is full") {
+    auto queued = batcher.submit(Job{.total = 1});
+    auto full = batcher.submit(Job{.total = 1});
+    auto bad = batcher.submit(Job{.total = -5});
+    CHECK(full.error_code() == Errc::queue_full);
+    CHECK(bad.error_code() == Errc::invalid_request);
+    CHECK(batcher.stats().rejected == 2);
+    while (batcher.step_once()) {
+    }
+    CHECK(queued.get().done == 1);
+  }
+}
+
 TEST_CASE("StepBatcher.Order") {
   ToyModel model;
   auto admitted_order = [&](carousel::Order order, auto submit_all) {

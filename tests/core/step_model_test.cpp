@@ -71,6 +71,21 @@ struct OverloadedAdmit {  // overloads cannot be inspected: taken at their word 
   void admit(std::span<Job* const>) {}
   void admit(int) {}
 };
+struct ValidatesConst {  // validate may take the state as const: it then only checks
+  void step(std::span<Job* const>) {}
+  bool finished(const Job&) const { return true; }
+  void validate(const Job&) const {}
+};
+struct NonConstValidate {  // validate runs concurrently on submitting threads: it must be const
+  void step(std::span<Job* const>) {}
+  bool finished(const Job&) const { return true; }
+  void validate(Job&) {}
+};
+struct ValidateWrongArg {
+  void step(std::span<Job* const>) {}
+  bool finished(const Job&) const { return true; }
+  void validate(int) const {}
+};
 template <class K>
 struct ConstrainedKey {  // a hook switched off by a constraint is absent, not misdeclared
   void step(std::span<Job* const>) {}
@@ -104,6 +119,8 @@ TEST_CASE("StepModel.Hooks.Detection") {
   using carousel::test::MinimalModel;
   using carousel::test::ToyModel;
   SUBCASE("present") {
+    static_assert(carousel::ValidatingModel<carousel::test::ValidatingToyModel, Job>);
+    static_assert(carousel::ValidatingModel<ValidatesConst, Job>);
     static_assert(carousel::AdmittingModel<ToyModel, Job>);
     static_assert(carousel::RetiringModel<ToyModel, Job>);
     static_assert(carousel::CountingModel<ToyModel, Job>);
@@ -116,6 +133,7 @@ TEST_CASE("StepModel.Hooks.Detection") {
     static_assert(!carousel::CountingModel<MinimalModel, Job>);
     static_assert(!carousel::CostedModel<MinimalModel, Job>);
     static_assert(!carousel::KeyedModel<ToyModel, Job>);
+    static_assert(!carousel::ValidatingModel<ToyModel, Job>);
   }
   SUBCASE("wrong shapes are not hooks") {
     static_assert(carousel::StepModel<BadHooks, Job>);
@@ -157,6 +175,9 @@ TEST_CASE("StepModel.Hooks.Misdeclared") {
     static_assert(MisdeclaredBatchKey<BadHooks, Job>);    // key not comparable
     static_assert(MisdeclaredRetire<WrongRetireSpan, Job>);
     static_assert(MisdeclaredTotalSteps<NonConstCounting, Job> && MisdeclaredCost<NonConstCounting, Job>);
+    static_assert(MisdeclaredValidate<NonConstValidate, Job> && MisdeclaredValidate<ValidateWrongArg, Job>);
+    static_assert(!MisdeclaredValidate<ValidatesConst, Job>);
+    static_assert(!MisdeclaredValidate<carousel::test::ValidatingToyModel, Job> && !DeclaresValidate<ToyModel>);
   }
   CHECK(MisdeclaredAdmit<BadHooks, Job>);
 }

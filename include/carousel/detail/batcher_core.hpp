@@ -80,6 +80,20 @@ class BatcherCore final : public CancelTarget, public std::enable_shared_from_th
   // ---- submit, cancel, observe (any thread) --------------------------------------------------------------------
 
   Ticket<State> submit(State&& state, SubmitOptions<Clock>&& so) {
+    if constexpr (ValidatingModel<Model, State>) {
+      try {
+        std::as_const(model_).validate(state);
+      } catch (...) {
+        const std::exception_ptr cause = std::current_exception();
+        std::unique_lock lock(mutex_);
+        ++counters_.submitted;
+        ++counters_.rejected;
+        const RequestId id = next_id_++;
+        lock.unlock();
+        return refused(id, std::move(so), Errc::invalid_request,
+                       make_error(Errc::invalid_request, "Model::validate rejected the request", cause));
+      }
+    }
     std::size_t total = 0, cost = 0;
     [[maybe_unused]] Key key{};
     if constexpr (CountingModel<Model, State>) total = static_cast<std::size_t>(model_.total_steps(state));
@@ -89,18 +103,17 @@ class BatcherCore final : public CancelTarget, public std::enable_shared_from_th
 
     std::unique_lock lock(mutex_);
     const RequestId id = next_id_++;
-    auto control = std::make_shared<RequestControl<State>>(id);
-    control->on_complete = std::move(so.on_complete);
     ++counters_.submitted;
     if (stop_requested_ || (options.max_queue_size != 0 && queue_.size() >= options.max_queue_size)) {
       const Errc code = stop_requested_ ? Errc::shut_down : Errc::queue_full;
       ++counters_.rejected;
       lock.unlock();
-      control->complete_error(code,
-                              make_error(code, code == Errc::shut_down ? "the batcher is stopping"
-                                                                       : "the queue holds max_queue_size requests"));
-      return Ticket<State>(std::move(control));
+      return refused(id, std::move(so), code,
+                     make_error(code, code == Errc::shut_down ? "the batcher is stopping"
+                                                              : "the queue holds max_queue_size requests"));
     }
+    auto control = std::make_shared<RequestControl<State>>(id);
+    control->on_complete = std::move(so.on_complete);
     auto r = std::make_unique<request_type>(id, std::move(state), so.priority, so.deadline, now);
     r->total_steps_ = total;
     r->cost_ = cost;
@@ -115,6 +128,14 @@ class BatcherCore final : public CancelTarget, public std::enable_shared_from_th
     ++generation_;
     lock.unlock();
     wake_.notify_one();
+    return Ticket<State>(std::move(control));
+  }
+
+  // A ticket that failed at submit (called without the mutex: completion runs on_complete).
+  static Ticket<State> refused(RequestId id, SubmitOptions<Clock>&& so, Errc code, std::exception_ptr error) {
+    auto control = std::make_shared<RequestControl<State>>(id);
+    control->on_complete = std::move(so.on_complete);
+    control->complete_error(code, std::move(error));
     return Ticket<State>(std::move(control));
   }
 
