@@ -91,8 +91,20 @@ void stress(int threads, carousel::Options options) {
         tally[k] += v;
     });
   }
+  // A monitor reads the load signal while the scheduler steps the requests it reads (TSan: no race).
+  std::atomic<bool> submitters_done{false};
+  std::thread monitor([&] {
+    while (!submitters_done.load()) {
+      const carousel::Stats s = batcher.stats();
+      CHECK(s.drain_seconds >= 0.0);
+      CHECK(s.remaining_steps <= 12 * (s.queue_depth + s.active));  // at most 12 steps per request
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  });
   for (auto& th : pool)
     th.join();
+  submitters_done.store(true);
+  monitor.join();
   batcher.stop();
   const carousel::Stats s = batcher.stats();
   const auto total = static_cast<std::uint64_t>(threads * per_thread);

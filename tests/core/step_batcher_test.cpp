@@ -21,6 +21,7 @@
 using namespace std::chrono_literals;
 using carousel::Errc;
 using carousel::ManualClock;
+using carousel::Stats;
 using carousel::test::Job;
 using carousel::test::KeyedToyModel;
 using carousel::test::ToyModel;
@@ -742,6 +743,62 @@ TEST_CASE("StepBatcher.Stats") {
   CHECK(*batcher.predicted_step_time(2) == 6ms);
   CHECK(*batcher.predicted_step_time(1) == 5ms);
   CHECK(*batcher.predicted_step_time(3) == 7ms);  // the line through the measured sizes
+}
+
+TEST_CASE("StepBatcher.Stats.RemainingStepsAndDrain") {
+  // t(b) = 4 ms + 1 ms * b and a retire() of 2 ms on the virtual clock; at most 2 requests per iteration.
+  ManualClock clock;
+  ToyModel model;
+  model.clock = &clock;
+  model.step_cost = 4ms;
+  model.per_item_cost = 1ms;
+  model.retire_cost = 2ms;
+  Batcher batcher{model, {.max_batch_size = 2}, clock};
+  CHECK(batcher.stats().remaining_steps == 0);
+  CHECK(batcher.stats().drain_seconds == 0.0);
+  SUBCASE("before any measurement: the steps are known, the time is not") {
+    auto a = batcher.submit(Job{.total = 30});
+    auto b = batcher.submit(Job{.total = 20});
+    CHECK(batcher.stats().remaining_steps == 50);
+    CHECK(batcher.stats().drain_seconds == 0.0);
+  }
+  SUBCASE("with t(1), t(2), d(1), d(2) measured, the estimate is the drain the batcher then takes") {
+    auto w1 = batcher.submit(Job{.total = 1});
+    auto w2 = batcher.submit(Job{.total = 1});
+    batcher.step_once();  // t(2) = 6 ms, d(2) = 2 ms
+    auto w3 = batcher.submit(Job{.total = 1});
+    batcher.step_once();  // t(1) = 5 ms, d(1) = 2 ms
+    REQUIRE(w3.ready());
+    CHECK(batcher.stats().drain_seconds == 0.0);  // idle
+    auto a = batcher.submit(Job{.total = 3});
+    auto b = batcher.submit(Job{.total = 1});
+    auto c = batcher.submit(Job{.total = 2});
+    // a runs [0,3), b [0,1), c takes b's place [1,3): 3 iterations of t(2) = 18 ms, d(1) after the first and d(2)
+    // after the third: 22 ms.
+    Stats s = batcher.stats();
+    CHECK(s.remaining_steps == 6);
+    CHECK(s.drain_seconds == doctest::Approx(0.022));
+    const auto start = clock.now();
+    batcher.step_once();  // a 2 left, b done, c queued (2)
+    s = batcher.stats();
+    CHECK(s.remaining_steps == 4);
+    CHECK(s.drain_seconds == doctest::Approx(0.014));  // a and c together: 2 x t(2) + d(2)
+    while (batcher.step_once()) {
+    }
+    CHECK(clock.now() - start == 22ms);  // what the first estimate said
+    CHECK(batcher.stats().remaining_steps == 0);
+    CHECK(batcher.stats().drain_seconds == 0.0);
+  }
+  SUBCASE("a model without total_steps: every queued or running request counts one step") {
+    carousel::test::MinimalModel minimal;
+    carousel::StepBatcher<carousel::test::MinimalModel, Job> plain{minimal, {.max_batch_size = 2}};
+    auto a = plain.submit(Job{.total = 30});
+    auto b = plain.submit(Job{.total = 30});
+    auto c = plain.submit(Job{.total = 30});
+    plain.step_once();
+    CHECK(plain.stats().remaining_steps == 3);
+    plain.stop(carousel::StopMode::cancel);
+  }
 }
 
 TEST_CASE("StepBatcher.Thread") {

@@ -22,6 +22,7 @@
 #include "carousel/detail/admission_policy.hpp"
 #include "carousel/detail/arrival_estimator.hpp"
 #include "carousel/detail/batch_groups.hpp"
+#include "carousel/detail/drain_estimate.hpp"
 #include "carousel/detail/request.hpp"
 #include "carousel/detail/request_control.hpp"
 #include "carousel/detail/request_queue.hpp"
@@ -163,13 +164,32 @@ class BatcherCore final : public CancelTarget, public std::enable_shared_from_th
   }
 
   Stats stats() const {
-    std::lock_guard lock(mutex_);
-    Stats s = counters_;
-    s.queue_depth = queue_.size();
-    s.active = active_.size() + held_.size();
-    s.retiring = retire_.size();
-    s.mean_batch_size = s.iterations ? static_cast<double>(s.request_steps) / static_cast<double>(s.iterations) : 0.0;
-    s.mean_occupancy = s.iterations ? occupancy_sum_ / static_cast<double>(s.iterations) : 0.0;
+    Stats s;
+    std::vector<std::size_t> remaining;
+    StepTimeModel step_times, retire_times;
+    {
+      std::lock_guard lock(mutex_);
+      s = counters_;
+      s.queue_depth = queue_.size();
+      s.active = active_.size() + held_.size();
+      s.retiring = retire_.size();
+      s.mean_batch_size = s.iterations ? static_cast<double>(s.request_steps) / static_cast<double>(s.iterations) : 0.0;
+      s.mean_occupancy = s.iterations ? occupancy_sum_ / static_cast<double>(s.iterations) : 0.0;
+      remaining.reserve(queue_.size() + active_.size() + held_.size());
+      // In the order the batcher takes them: running (admission order), then queued (queue order).
+      for (const request_type* r : active_)
+        remaining.push_back(steps_left(*r));
+      for (const request_type* r : queue_)
+        remaining.push_back(steps_left(*r));
+      remaining.insert(remaining.end(), held_.size(), 0);  // finished, waiting for a merged retire
+      step_times = step_times_;
+      retire_times = retire_times_;
+    }
+    for (std::size_t left : remaining)
+      s.remaining_steps += left;
+    s.drain_seconds = drain_seconds(
+        remaining, options.max_batch_size, [&](std::size_t b) { return step_times.predict(b); },
+        [&](std::size_t k) { return retire_times.predict(k); }, !concurrent_retire);
     return s;
   }
 
@@ -402,6 +422,16 @@ class BatcherCore final : public CancelTarget, public std::enable_shared_from_th
       r->control_->set_status(RequestStatus::suspended);
       r->control_->queued_entry = r;
       queue_.push(r);
+    }
+  }
+
+  // Steps left as Stats::remaining_steps counts them: by total_steps, or 1 for a model without it. A running
+  // request's steps_done is read while the driver may advance it (a relaxed atomic: the value is a snapshot).
+  static std::size_t steps_left(const request_type& r) {
+    if constexpr (CountingModel<Model, State>) {
+      return r.remaining_steps();
+    } else {
+      return 1;
     }
   }
 
