@@ -505,11 +505,11 @@ class BatcherCore final : public CancelTarget, public std::enable_shared_from_th
     active_.insert(pos, r);
   }
 
-  // The measured retire() time of k requests as cost-aware admission counts it: none when the retire stage runs it
-  // off the loop (the caller holds the mutex).
+  // The retire() time of k requests as the load-aware batch size counts it: none when the retire stage runs it off
+  // the loop; beyond the largest merge measured, no gain from merging (the caller holds the mutex).
   std::optional<double> retire_time(std::size_t k) const {
     if (concurrent_retire) return std::nullopt;
-    return retire_times_.predict(k);
+    return retire_times_.predict_cautious(k);
   }
 
   // Fails every request of `group` with model_error (the hook named `hook` threw `cause`); they leave at the end.
