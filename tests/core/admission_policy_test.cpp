@@ -129,7 +129,7 @@ TEST_CASE("AdmissionPolicy.TargetBatchSize") {
   const Row table[] = {
       {0.5, 1, 8, false, 6},
       {0.5, 1, 5, false, 5},  // the best size within the limit
-      {0.5, 1, 2, false, 2},  // no size keeps up: the largest
+      {0.5, 1, 2, false, 2},  // no size keeps up: the fastest, here the largest (mu(2) = 1.67 > mu(1) = 0.91)
       {0.5, 1, 8, true, 8},
       {0.5, 2, 8, false, 8},  // twice the steps: mu halves; only b >= 7 keeps up (b=7: mu = 2.06), b=8 is best
   };
@@ -139,6 +139,17 @@ TEST_CASE("AdmissionPolicy.TargetBatchSize") {
     const std::size_t got = r.with_retire ? policy::target_batch_size(r.gap, r.steps, r.max, t, half)
                                           : policy::target_batch_size(r.gap, r.steps, r.max, t, unknown());
     CHECK(got == r.target);
+  }
+  SUBCASE("overloaded: the size with the highest service rate, not a larger one that buys nothing") {
+    // t(b) = b (no gain from batching): mu(b) = 1 for every b; at lambda = 2 none keeps up: 1, not 8.
+    CHECK(policy::target_batch_size(0.5, 1, 8, line(0, 1), unknown()) == 1);
+    // t(b) = 0.1 b^2: mu(b) = 10 / b falls with b: 1.
+    const auto superlinear = [](std::size_t b) -> std::optional<double> { return 0.1 * static_cast<double>(b * b); };
+    CHECK(policy::target_batch_size(0.01, 1, 8, superlinear, unknown()) == 1);
+    // t(b) = 1 + 0.1 b: mu(b) = b / t(b) rises with b (mu(8) = 4.44 is 7.9% over mu(7) = 4.12): 8.
+    CHECK(policy::target_batch_size(0.01, 1, 8, t, unknown()) == 8);
+    // t(b) = b + 0.001: mu(b) = b / (b + 0.001) gains under 0.1% past b = 1 (less than min_rate_gain): 1.
+    CHECK(policy::target_batch_size(0.001, 1, 8, line(0.001, 1), unknown()) == 1);
   }
   SUBCASE("unknown arrival rate or curve: 0") {
     CHECK(policy::target_batch_size(-1, 1, 8, t, unknown()) == 0);

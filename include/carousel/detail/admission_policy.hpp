@@ -90,24 +90,36 @@ bool worth_joining(std::size_t remaining, std::span<const std::size_t> running, 
   return a * std::min(longest, r) * (1 + static_cast<double>(waiting_behind)) >= c * overlap;
 }
 
+/// How much more throughput (relative) a larger batch size must promise before an overloaded batcher prefers it:
+/// measured curves are noisy, and a size that buys nothing only makes every step longer.
+inline constexpr double min_rate_gain = 0.01;
+
 /// `Admission::cost_aware`: the batch size in [1, max_batch_size] that minimises the predicted latency
 ///   mean_steps * t(b) + W_q(b)
 /// at the arrival rate 1 / `mean_gap`, with W_q the M/M/1 wait at service rate b / (mean_steps * t(b) + d(b))
-/// (d: `retire`, counted 0 where unknown). 0 while the arrival rate or the step-time curve is unknown;
-/// `max_batch_size` when no size keeps up with the arrivals.
+/// (d: `retire`, counted 0 where unknown). 0 while the arrival rate or the step-time curve is unknown. When no size
+/// keeps up with the arrivals, the size with the highest service rate (a larger size only when it serves at least
+/// `min_rate_gain` more): batching past it buys no throughput, only longer steps — where t(b) = b t(1) and
+/// d(k) = k d(1), that is 1.
 template <CostCurve StepCurve, CostCurve RetireCurve>
 std::size_t target_batch_size(double mean_gap, double mean_steps, std::size_t max_batch_size, const StepCurve& step,
                               const RetireCurve& retire) {
   if (mean_gap <= 0 || mean_steps <= 0) return 0;
   const double lambda = 1.0 / mean_gap;
   double best = std::numeric_limits<double>::infinity();
-  std::size_t best_b = max_batch_size;
+  std::size_t best_b = 0;
+  double fastest = 0;  // the highest service rate, and the smallest size that has it
+  std::size_t fastest_b = 1;
   for (std::size_t b = 1; b <= max_batch_size; ++b) {
     const std::optional<double> t = step(b);
     if (!t) return 0;
     const std::optional<double> d = retire(b);
     const double service = mean_steps * *t + d.value_or(0.0);
     const double mu = static_cast<double>(b) / service;
+    if (mu > fastest * (1 + min_rate_gain)) {
+      fastest = mu;
+      fastest_b = b;
+    }
     if (lambda >= mu) continue;
     const double latency = mean_steps * *t + (lambda / mu) / (mu - lambda);
     if (latency < best) {
@@ -115,7 +127,7 @@ std::size_t target_batch_size(double mean_gap, double mean_steps, std::size_t ma
       best_b = b;
     }
   }
-  return best_b;
+  return best_b != 0 ? best_b : fastest_b;
 }
 
 /// `Admission::cost_aware`: whether to hold `finished` requests (k) for one more iteration so that their `retire()`
