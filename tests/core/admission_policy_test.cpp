@@ -159,8 +159,9 @@ TEST_CASE("AdmissionPolicy.TargetBatchSize") {
 }
 
 TEST_CASE("AdmissionPolicy.HoldRetirement") {
-  // t(b) = b, d(k) = 4 + k: merging k finished with m next finishers saves d(k) + d(m) - d(k+m) = 4 for each of the
-  // (running + waiting) others; it costs each of the k held r iterations of t(running).
+  // t(b) = b, d(k) = 4 + k: merging k finished with the m next finishers of their batch-key group saves
+  // d(k) + d(m) - d(k+m) = 4 for each of the (running + waiting) others; it costs each of the k held r iterations of
+  // t(running). In the first rows the whole batch is the group.
   const auto t = line(0, 1);
   const auto d = line(4, 1);
   struct Row {
@@ -184,10 +185,18 @@ TEST_CASE("AdmissionPolicy.HoldRetirement") {
     CAPTURE(r.finished);
     CAPTURE(r.waiting);
     CAPTURE(r.running.size());
-    CHECK(policy::hold_retirement(r.finished, r.running, r.waiting, t, d) == r.hold);
+    CHECK(policy::hold_retirement(r.finished, r.running, r.running.size(), r.waiting, t, d) == r.hold);
+  }
+  SUBCASE("only the group's own running requests can merge with it") {
+    // Nothing of the group runs: never held, however many of other groups run.
+    CHECK_FALSE(policy::hold_retirement(1, std::vector<std::size_t>{}, 3, 5, t, d));
+    // One of 3 running is of the group, 2 steps left: 4 * 3 = 12 > 1 * 2 * t(3) = 6.
+    CHECK(policy::hold_retirement(1, std::vector<std::size_t>{2}, 3, 0, t, d));
+    // ... 5 steps left: 12 < 15.
+    CHECK_FALSE(policy::hold_retirement(1, std::vector<std::size_t>{5}, 3, 0, t, d));
   }
   SUBCASE("an unknown point of either curve: no hold") {
-    CHECK_FALSE(policy::hold_retirement(1, std::vector<std::size_t>{2}, 0, unknown(), d));
-    CHECK_FALSE(policy::hold_retirement(1, std::vector<std::size_t>{2}, 0, t, unknown()));
+    CHECK_FALSE(policy::hold_retirement(1, std::vector<std::size_t>{2}, 1, 0, unknown(), d));
+    CHECK_FALSE(policy::hold_retirement(1, std::vector<std::size_t>{2}, 1, 0, t, unknown()));
   }
 }

@@ -130,20 +130,21 @@ std::size_t target_batch_size(double mean_gap, double mean_steps, std::size_t ma
   return best_b != 0 ? best_b : fastest_b;
 }
 
-/// `Admission::cost_aware`: whether to hold `finished` requests (k) for one more iteration so that their `retire()`
-/// merges with that of the next running requests to finish: m of them, r iterations from now, r the fewest steps left
-/// among `running` (steps left by `Model::total_steps`; 0 = unknown, never waited for). Merging saves
-/// d(k) + d(m) - d(k+m) of loop time for every request still running or waiting (`running.size() + waiting`), and
-/// costs each held request r iterations of t(running.size()):
+/// `Admission::cost_aware`: whether to hold `finished` requests (k, one batch-key group) for one more iteration so
+/// that their `retire()` merges with that of the next requests of the same group to finish: m of them, r iterations
+/// from now, r the fewest steps left in `group_running` (steps left by `Model::total_steps` of the group's running
+/// requests; 0 = unknown, never waited for). Merging saves d(k) + d(m) - d(k+m) of loop time for every request still
+/// running or waiting (`running + waiting`, all groups: a retire on the loop delays them all), and costs each held
+/// request r iterations of t(running):
 ///   hold when  (d(k) + d(m) - d(k+m)) * (running + waiting)  >  k * r * t(running).
-/// False when nothing is finished or running, no running request has known steps left, or a needed point of either
-/// curve is unknown.
+/// False when nothing is finished, no running request of the group has known steps left (nothing to merge with), or
+/// a needed point of either curve is unknown.
 template <CostCurve StepCurve, CostCurve RetireCurve>
-bool hold_retirement(std::size_t finished, std::span<const std::size_t> running, std::size_t waiting,
-                     const StepCurve& step, const RetireCurve& retire) {
-  if (finished == 0 || running.empty()) return false;
+bool hold_retirement(std::size_t finished, std::span<const std::size_t> group_running, std::size_t running,
+                     std::size_t waiting, const StepCurve& step, const RetireCurve& retire) {
+  if (finished == 0 || group_running.empty() || running == 0) return false;
   std::size_t r = std::numeric_limits<std::size_t>::max(), m = 0;
-  for (std::size_t left : running) {
+  for (std::size_t left : group_running) {
     if (left == 0) continue;
     if (left < r) {
       r = left;
@@ -153,10 +154,10 @@ bool hold_retirement(std::size_t finished, std::span<const std::size_t> running,
   }
   if (m == 0) return false;
   const std::optional<double> dk = retire(finished), dm = retire(m), dkm = retire(finished + m);
-  const std::optional<double> t = step(running.size());
+  const std::optional<double> t = step(running);
   if (!dk || !dm || !dkm || !t) return false;
   const double saving = *dk + *dm - *dkm;
-  const auto others = static_cast<double>(running.size() + waiting);
+  const auto others = static_cast<double>(running + waiting);
   return saving * others > static_cast<double>(finished) * static_cast<double>(r) * *t;
 }
 

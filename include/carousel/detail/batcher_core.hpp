@@ -336,14 +336,14 @@ class BatcherCore final : public CancelTarget, public std::enable_shared_from_th
     std::vector<request_type*> batch;     // running: Model::step
     std::vector<request_type*> held;      // finished in an earlier iteration, retire() deferred
     std::vector<request_type*> leaving;   // finished in this iteration: Model::retire
-    std::vector<request_type*> retiring;  // held + leaving, when retired or handed off
+    std::vector<request_type*> retiring;  // held + leaving, retired now or handed off
+    std::vector<request_type*> kept;      // held + leaving, held one more iteration (cost-aware retirement)
     typename Retirer::Measurements retire_measured;
     observer_type observer;
     std::uint64_t index = 0;
     std::size_t stepped = 0;
     double model_seconds = 0;
     bool dropped = false;  // some running request failed
-    bool hold = false;     // `retiring` waits one more iteration (cost-aware retirement)
     bool handoff = false;  // `retiring` goes to the retire stage
   };
 
@@ -592,46 +592,69 @@ class BatcherCore final : public CancelTarget, public std::enable_shared_from_th
   }
 
   // 5. The requests that finished in this iteration, with those held from earlier ones, retire together — unless
-  // cost-aware retirement holds them all one more iteration, or the retire stage takes them.
+  // cost-aware retirement holds a batch-key group of them one more iteration, or the retire stage takes them.
   void retire(Pass& p) {
     if (p.held.empty() && p.leaving.empty()) return;
     p.retiring = p.held;
     p.retiring.insert(p.retiring.end(), p.leaving.begin(), p.leaving.end());
     if constexpr (RetiringModel<Model, State>) {
-      if (options.admission == Admission::cost_aware) p.hold = hold_retirement(p);
+      if (options.admission == Admission::cost_aware && !concurrent_retire) hold_for_merge(p);
     }
     p.handoff = concurrent_retire;
-    if (!p.hold && !p.handoff) retire_.retire(p.retiring, states_, p.out, p.retire_measured);
+    if (!p.handoff && !p.retiring.empty()) retire_.retire(p.retiring, states_, p.out, p.retire_measured);
   }
 
-  // Cost-aware retirement: asks the policy whether to hold `p.retiring` for the next finishers.
-  bool hold_retirement(const Pass& p) {
-    if (concurrent_retire) return false;
-    hold_remaining_.clear();
-    for (const request_type* r : p.batch) {
-      if (!r->leaving_) hold_remaining_.push_back(r->remaining_steps());
-    }
-    if (hold_remaining_.empty()) return false;
+  // Cost-aware retirement: moves from `p.retiring` to `p.kept` each batch-key group that the policy holds for the
+  // next finishers of the same group (retire() is called per group, so only they can merge with it). A hold is kept
+  // until those finishers arrive: a group of held requests only, with no new finisher, stays held while a request of
+  // its group runs with steps left — the wait already spent is only repaid by the merge — and retires at once when
+  // none does (nothing left to merge with).
+  void hold_for_merge(Pass& p) {
+    std::size_t running = 0;
+    for (const request_type* r : p.batch)
+      running += !r->leaving_;
+    if (running == 0) return;
     std::lock_guard lock(mutex_);
-    if (stop_requested_) return false;
-    return policy::hold_retirement(
-        p.retiring.size(), hold_remaining_, queue_.size(), [this](std::size_t b) { return step_times_.predict(b); },
-        [this](std::size_t k) { return retire_times_.predict(k); });
+    if (stop_requested_) return;
+    const std::size_t waiting = queue_.size();
+    for_each_group(p.retiring, [&](const std::vector<request_type*>& group) {
+      hold_remaining_.clear();
+      for (const request_type* r : p.batch) {
+        if (!r->leaving_ && r->group_ == group.front()->group_) hold_remaining_.push_back(r->remaining_steps());
+      }
+      const bool only_held =
+          std::all_of(group.begin(), group.end(), [](const request_type* r) { return r->awaiting_merge_; });
+      const bool hold = only_held ? std::any_of(hold_remaining_.begin(), hold_remaining_.end(),
+                                                [](std::size_t left) { return left > 0; })
+                                  : policy::hold_retirement(
+                                        group.size(), hold_remaining_, running, waiting,
+                                        [this](std::size_t b) { return step_times_.predict(b); },
+                                        [this](std::size_t k) { return retire_times_.predict(k); });
+      if (hold) {
+        for (request_type* r : group)
+          r->kept_ = r->awaiting_merge_ = true;
+      }
+    });
+    for (request_type* r : p.retiring) {
+      if (r->kept_) p.kept.push_back(r);
+    }
+    if (p.kept.empty()) return;
+    std::erase_if(p.retiring, [](request_type* r) {
+      if (!r->kept_) return false;
+      r->kept_ = false;
+      return true;
+    });
   }
 
   // 5. Publishes the iteration (running list, held list, hand-off, counters, curves) and completes the tickets of
   // the requests that left. Returns whether the iteration did anything.
   bool complete_pass(Pass& p) {
-    const bool did_work = !p.out.empty() || !p.joining.empty() || p.stepped != 0 || p.hold || p.handoff;
+    const bool did_work = !p.out.empty() || !p.joining.empty() || p.stepped != 0 || !p.kept.empty() || p.handoff;
     bool wake_stage = false;
     {
       std::lock_guard lock(mutex_);
       if (p.dropped || !p.leaving.empty()) std::erase_if(active_, [](const request_type* r) { return r->leaving_; });
-      if (p.hold) {
-        held_.insert(held_.end(), p.leaving.begin(), p.leaving.end());
-      } else {
-        held_.clear();
-      }
+      held_ = p.kept;
       if (p.handoff) retire_.hand_off(p.retiring);  // the stage sorts them
       wake_stage = concurrent_retire && (p.handoff || stop_requested_);
       for (const auto& [k, sec] : p.retire_measured)

@@ -58,6 +58,8 @@ class Request final : public RequestSlot<State, Clock> {
   std::size_t group_ = 0;        // index of the request's batch key in the batcher's key registry
   bool admitted_ = false;        // admit() has run for it (a resumed request is not admitted again)
   bool leaving_ = false;         // finished or failed in the current iteration
+  bool kept_ = false;            // held for a merged retire (set and cleared within one iteration)
+  bool awaiting_merge_ = false;  // held for a merged retire since an earlier iteration
   std::function<void(const Progress&)> on_progress_;
   std::shared_ptr<RequestControl<State>> control_;
 };
