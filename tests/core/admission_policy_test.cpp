@@ -151,6 +151,18 @@ TEST_CASE("AdmissionPolicy.TargetBatchSize") {
     // t(b) = b + 0.001: mu(b) = b / (b + 0.001) gains under 0.1% past b = 1 (less than min_rate_gain): 1.
     CHECK(policy::target_batch_size(0.001, 1, 8, line(0.001, 1), unknown()) == 1);
   }
+  SUBCASE("overloaded: full batches where the largest size serves more than one alone") {
+    const auto table_curve = [](std::vector<double> ms) {
+      return [ms](std::size_t b) -> std::optional<double> { return ms[b - 1]; };
+    };
+    // Service rates b / t(b): 1, 1.33, 1.5, 1.82, 1, 0.75, 0.64, 0.57: the largest size serves less than one alone:
+    // the best size, 4.
+    CHECK(policy::target_batch_size(0.001, 1, 8, table_curve({1, 1.5, 2, 2.2, 5, 8, 11, 14}), unknown()) == 4);
+    // Measured by total size over two batch keys (t(2) on one key, larger sizes on both): rates 0.0167, 0.0286,
+    // 0.0158, 0.0194, 0.022, 0.0205, 0.0206, 0.0207 (per ms): 8 serves more than 1, so 8 — not 2, which the key mix of
+    // a long queue cannot form.
+    CHECK(policy::target_batch_size(0.001, 1, 8, table_curve({60, 70, 190, 206, 227, 292, 339, 386}), unknown()) == 8);
+  }
   SUBCASE("unknown arrival rate or curve: 0") {
     CHECK(policy::target_batch_size(-1, 1, 8, t, unknown()) == 0);
     CHECK(policy::target_batch_size(0.5, -1, 8, t, unknown()) == 0);

@@ -97,10 +97,15 @@ inline constexpr double min_rate_gain = 0.01;
 /// `Admission::cost_aware`: the batch size in [1, max_batch_size] that minimises the predicted latency
 ///   mean_steps * t(b) + W_q(b)
 /// at the arrival rate 1 / `mean_gap`, with W_q the M/M/1 wait at service rate b / (mean_steps * t(b) + d(b))
-/// (d: `retire`, counted 0 where unknown). 0 while the arrival rate or the step-time curve is unknown. When no size
-/// keeps up with the arrivals, the size with the highest service rate (a larger size only when it serves at least
-/// `min_rate_gain` more): batching past it buys no throughput, only longer steps — where t(b) = b t(1) and
-/// d(k) = k d(1), that is 1.
+/// (d: `retire`, counted 0 where unknown). 0 while the arrival rate or the step-time curve is unknown.
+///
+/// When no size keeps up with the arrivals: `max_batch_size` if it serves at least `min_rate_gain` more than one
+/// request alone, else the size with the highest service rate (a larger size only when it serves `min_rate_gain`
+/// more). So a curve on which batching gains nothing (t(b) = b t(1), d(k) = k d(1): 1) or loses (super-linear: 1)
+/// does not batch for throughput it cannot get, while one that gains somewhere up to the limit runs full. The ends
+/// are compared rather than the best size taken because t(b) is measured by the total batch size: with several batch
+/// keys a mid-size batch is often measured on one key and a large one on several, each paying its own fixed part,
+/// and the "best" mid size would then be one the queue's key mix cannot form.
 template <CostCurve StepCurve, CostCurve RetireCurve>
 std::size_t target_batch_size(double mean_gap, double mean_steps, std::size_t max_batch_size, const StepCurve& step,
                               const RetireCurve& retire) {
@@ -110,12 +115,15 @@ std::size_t target_batch_size(double mean_gap, double mean_steps, std::size_t ma
   std::size_t best_b = 0;
   double fastest = 0;  // the highest service rate, and the smallest size that has it
   std::size_t fastest_b = 1;
+  double mu_one = 0, mu_max = 0;  // the service rates of 1 and of max_batch_size
   for (std::size_t b = 1; b <= max_batch_size; ++b) {
     const std::optional<double> t = step(b);
     if (!t) return 0;
     const std::optional<double> d = retire(b);
     const double service = mean_steps * *t + d.value_or(0.0);
     const double mu = static_cast<double>(b) / service;
+    if (b == 1) mu_one = mu;
+    if (b == max_batch_size) mu_max = mu;
     if (mu > fastest * (1 + min_rate_gain)) {
       fastest = mu;
       fastest_b = b;
@@ -127,7 +135,8 @@ std::size_t target_batch_size(double mean_gap, double mean_steps, std::size_t ma
       best_b = b;
     }
   }
-  return best_b != 0 ? best_b : fastest_b;
+  if (best_b != 0) return best_b;
+  return mu_max > mu_one * (1 + min_rate_gain) ? max_batch_size : fastest_b;
 }
 
 /// `Admission::cost_aware`: whether to hold `finished` requests (k, one batch-key group) for one more iteration so
