@@ -31,7 +31,9 @@ namespace carousel {
 /// order), then retire the finished ones (`Model::retire`) and complete their tickets. Drive it with `step_once()` on
 /// your own thread, or let `start()` run a scheduler thread that sleeps on a condition variable whenever there is
 /// nothing to do. With `Options::concurrent_retire` the finished requests go to a retire stage instead (a second
-/// thread after `start()`, or `retire_once()`), and the next iteration does not wait for their `retire`.
+/// thread after `start()`, or `retire_once()`), and the next iteration does not wait for their `retire`. The
+/// iteration is `detail::BatcherCore::iterate` (carousel/detail/batcher_core.hpp), whose five calls are the five
+/// steps of docs/data-flow.md.
 ///
 /// Thread-safety: `submit`, `stats`, `set_observer` and `Ticket` methods may be called from any thread at any time.
 /// The model is only called from the driving thread (the scheduler thread, or whoever calls `step_once`), except
