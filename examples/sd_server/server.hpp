@@ -716,6 +716,8 @@ class Server {
         return ApiError(504, e.what(), "timeout_ms", "timeout");
       case Errc::shut_down:
         return ApiError(503, e.what(), "", "shutting_down");
+      case Errc::invalid_request:
+        return ApiError(400, e.what(), "", "invalid_request");
       case Errc::model_error:
         break;
     }

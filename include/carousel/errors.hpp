@@ -17,6 +17,7 @@ enum class Errc {
   deadline_unreachable,  ///< refused at admission: remaining steps x measured step time cannot meet the deadline
   shut_down,             ///< submitted after `stop()` began
   model_error,           ///< the model threw while handling this request; the original exception is nested
+  invalid_request,       ///< refused at submit: `Model::validate` threw; the model's exception is nested
 };
 
 /// The name of an error code, e.g. `"queue_full"`.
@@ -34,13 +35,16 @@ constexpr std::string_view to_string(Errc code) noexcept {
       return "shut_down";
     case Errc::model_error:
       return "model_error";
+    case Errc::invalid_request:
+      return "invalid_request";
   }
   return "unknown";
 }
 
 /// The exception a ticket rethrows from `get()` when its request failed.
 ///
-/// For `Errc::model_error` the model's own exception is nested: recover it with `std::rethrow_if_nested(e)`.
+/// For `Errc::model_error` and `Errc::invalid_request` the model's own exception is nested: recover it with
+/// `std::rethrow_if_nested(e)`.
 class Error : public std::runtime_error {
  public:
   /// An error with a code and a human-readable message; the message is prefixed with the code's name.
@@ -56,7 +60,7 @@ class Error : public std::runtime_error {
 
 namespace detail {
 
-/// An `Error` as an exception_ptr; for `model_error` the exception in flight (`cause`) is nested inside it.
+/// An `Error` as an exception_ptr; a `cause` (the model's exception) is nested inside it.
 inline std::exception_ptr make_error(Errc code, const std::string& what, std::exception_ptr cause = nullptr) {
   if (!cause) return std::make_exception_ptr(Error(code, what));
   try {

@@ -18,11 +18,14 @@ enum class Admission {
   /// to every running request. Pairing two requests pays exactly when a > c; with a queue it batches for throughput.
   /// Besides, it admits up to the load-aware batch size b* that minimises the predicted latency n*t(b) + W_q(b) at
   /// the measured arrival rate (W_q: the M/M/1 wait at service rate b / (n*t(b) + d(b)), n the mean step count, d
-  /// the measured retire() time), so that it keeps up with heavy load. And it batches retirement: a finished request
-  /// may be held until the next running requests finish when merging its `retire()` with theirs saves more loop time
-  /// for everyone still running or waiting than the wait costs the held request.
+  /// the measured retire() time), so that it keeps up with heavy load; when no size keeps up, the size with the
+  /// highest service rate. And it batches retirement: a finished request may be held until the next running requests
+  /// of its batch key finish when merging its `retire()` with theirs saves more loop time for everyone still running
+  /// or waiting than the wait costs the held request; once held, it stays held until that merge (or until no request
+  /// of its key runs any more).
   /// Until two batch sizes are measured it admits like `continuous`. Remaining steps come from `Model::total_steps`
-  /// (without it every request counts as 1).
+  /// (without it every request counts as 1). What it guarantees against static batching and one-at-a-time
+  /// scheduling, and how that is tested, is in docs/data-flow.md ("What cost-aware admission guarantees").
   cost_aware,
 };
 

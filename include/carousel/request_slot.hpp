@@ -2,26 +2,21 @@
 /// \file carousel/request_slot.hpp
 /// The scheduler's record of one request, as observers see it.
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
-#include <cstdint>
-#include <functional>
-#include <memory>
 #include <optional>
 #include <utility>
 
-#include "carousel/detail/request_control.hpp"
 #include "carousel/progress.hpp"
 
 namespace carousel {
 
-template <class Model, class State, class Clock>
-class StepBatcher;
-
 /// The scheduler's record of one request: its state and its scheduling facts.
 ///
 /// Slots are owned by the batcher; observers get const references that are valid during the callback only. A slot's
-/// state is touched only by the thread that drives the batcher.
+/// state is touched only by the thread that drives the batcher. The batcher's own record of a request derives from
+/// this class (`detail::Request`) and adds what only the scheduler reads.
 template <class State, class Clock = std::chrono::steady_clock>
 class RequestSlot {
  public:
@@ -35,7 +30,7 @@ class RequestSlot {
   /// The request's state, as the model last left it.
   const State& state() const noexcept { return state_; }
   /// Steps completed so far.
-  std::size_t steps_done() const noexcept { return steps_done_; }
+  std::size_t steps_done() const noexcept { return steps_done_.load(std::memory_order_relaxed); }
   /// `Model::total_steps` of the request, or 0 when the model does not say.
   std::size_t total_steps() const noexcept { return total_steps_; }
   /// The request's priority (`SubmitOptions::priority`).
@@ -47,29 +42,20 @@ class RequestSlot {
   /// When the request was first admitted; empty while it has never run.
   const std::optional<time_point>& admitted_at() const noexcept { return admitted_at_; }
 
- private:
-  template <class M, class S, class C>
-  friend class StepBatcher;
-
+ protected:
   RequestSlot(RequestId id, State&& state, int priority, std::optional<time_point> deadline, time_point submitted)
       : id_(id), state_(std::move(state)), priority_(priority), deadline_(deadline), submitted_at_(submitted) {}
+  ~RequestSlot() = default;
 
   RequestId id_;
   State state_;
-  std::size_t steps_done_ = 0;
+  // Written only by the driving thread; atomic so that `StepBatcher::stats()` may read a running request's progress.
+  std::atomic<std::size_t> steps_done_{0};
   std::size_t total_steps_ = 0;
-  std::size_t cost_ = 0;
   int priority_;
   std::optional<time_point> deadline_;
   time_point submitted_at_;
   std::optional<time_point> admitted_at_;
-  std::uint64_t seq_ = 0;        // submission order
-  std::uint64_t admit_seq_ = 0;  // admission order, once admitted
-  std::size_t group_ = 0;        // index of the request's batch key in the batcher's key registry
-  bool admitted_ = false;        // admit() has run for it (a resumed request is not admitted again)
-  bool leaving_ = false;         // finished or failed in the current iteration
-  std::function<void(const Progress&)> on_progress_;
-  std::shared_ptr<detail::RequestControl<State>> control_;
 };
 
 }  // namespace carousel

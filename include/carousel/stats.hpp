@@ -89,7 +89,7 @@ struct Stats {
   std::uint64_t failed = 0;         ///< failed with `model_error`
   std::uint64_t cancelled = 0;      ///< failed with `cancelled`
   std::uint64_t expired = 0;        ///< failed with `deadline_exceeded`
-  std::uint64_t rejected = 0;       ///< refused: `queue_full`, `shut_down` or `deadline_unreachable`
+  std::uint64_t rejected = 0;       ///< refused: `invalid_request`, `queue_full`, `shut_down`, `deadline_unreachable`
   std::uint64_t preempted = 0;      ///< suspensions by preemption
   std::size_t queue_depth = 0;      ///< waiting now (suspended included)
   std::size_t active = 0;           ///< running now (finished ones held for a merged retire included)
@@ -101,6 +101,19 @@ struct Stats {
   Histogram queue_wait;             ///< submit -> first admission, seconds
   Histogram latency;                ///< submit -> completion, seconds (successful requests)
   Histogram step_time;              ///< model time of one iteration (all step() calls), seconds
+  /// Request-steps left over the queued, running and held requests: `total_steps - steps_done` of each with
+  /// `Model::total_steps`; without it every queued or running request counts 1 (the least it still needs). The load
+  /// a replica carries, in the unit the model works in (a request with 45 steps left weighs 45, one with 2 weighs 2).
+  std::uint64_t remaining_steps = 0;
+  /// The estimated seconds to finish everything queued and running if nothing else arrived: continuous admission
+  /// replayed on the remaining step counts (running requests first, then the queue in admission order, at most
+  /// `max_batch_size` per iteration, each freed place refilled at once) at the measured step-time curve t(b), plus
+  /// the measured retire time d(k) of the requests that finish in the same iteration (only the last group's under
+  /// `Options::concurrent_retire`). O(n log n); the rule is documented at `detail::drain_seconds`. Exact for
+  /// continuous admission without `max_batch_cost`; static batching and cost-aware pacing take longer. 0 when idle,
+  /// and 0 until the first iteration has been measured (there is no step time to multiply by yet; `remaining_steps`
+  /// shows the work meanwhile). Computed by `stats()` outside the batcher's lock.
+  double drain_seconds = 0;
 };
 
 }  // namespace carousel

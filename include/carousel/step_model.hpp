@@ -5,6 +5,7 @@
 #include <concepts>
 #include <cstddef>
 #include <span>
+#include <type_traits>
 
 namespace carousel {
 
@@ -31,8 +32,12 @@ concept FinishingModel = requires(const Model& m, const State& s) {
 ///   static_assert(carousel::StepModel<Model, Job>);
 /// \endcode
 /// Optional hooks, detected when present (see the concepts below): `admit`, `retire`, `batch_key`, `total_steps`,
-/// `cost`. `batch_key`, `total_steps` and `cost` must be pure functions of the state: they are called once per request,
-/// at submit, on the submitting thread. All other hooks are called on the thread that drives the batcher.
+/// `cost`, `validate`. A member function with a hook's name but not its signature is a compile error in `StepBatcher`
+/// that names the hook (a plain, non-overloaded, non-template member function is checked; others are taken at their
+/// word). `validate`, `batch_key`, `total_steps` and `cost` are called once per request, at submit, on the submitting
+/// thread
+/// (`validate` first); the last three must be pure functions of the state. All other hooks are called on the thread
+/// that drives the batcher.
 template <class Model, class State>
 concept StepModel = std::movable<State> && SteppableModel<Model, State> && FinishingModel<Model, State>;
 
@@ -64,10 +69,53 @@ concept CountingModel = requires(const Model& m, const State& s) {
   { m.total_steps(s) } -> std::convertible_to<std::size_t>;
 };
 
+/// Optional: `validate(State&) const`; checks (and may normalise, e.g. fill defaults) a request on the submitting
+/// thread before it is queued. If it throws, the request is refused at once with `Errc::invalid_request` (the
+/// exception nested), so `admit` and `step` never see it. Called concurrently from every submitting thread.
+template <class Model, class State>
+concept ValidatingModel = requires(const Model& m, State& s) {
+  m.validate(s);
+};
+
 /// Optional: `cost(const State&) const`; budget units for `Options::max_batch_cost`.
 template <class Model, class State>
 concept CostedModel = requires(const Model& m, const State& s) {
   { m.cost(s) } -> std::convertible_to<std::size_t>;
 };
+
+namespace detail {
+
+// A model "declares" a hook when it has a single, non-template member function of the hook's name (its address can be
+// taken; where it cannot, the substitution fails and the concept is false). Such a member that does not have the hook's
+// shape is a mistake the batcher refuses to compile, rather than ignore. Overloaded or template members cannot be
+// inspected this way and are taken at their word.
+template <class Model>
+concept DeclaresAdmit = std::is_member_function_pointer_v<decltype(&Model::admit)>;
+template <class Model>
+concept DeclaresRetire = std::is_member_function_pointer_v<decltype(&Model::retire)>;
+template <class Model>
+concept DeclaresBatchKey = std::is_member_function_pointer_v<decltype(&Model::batch_key)>;
+template <class Model>
+concept DeclaresTotalSteps = std::is_member_function_pointer_v<decltype(&Model::total_steps)>;
+template <class Model>
+concept DeclaresCost = std::is_member_function_pointer_v<decltype(&Model::cost)>;
+template <class Model>
+concept DeclaresValidate = std::is_member_function_pointer_v<decltype(&Model::validate)>;
+
+// A declared hook whose signature is not the hook's.
+template <class Model, class State>
+concept MisdeclaredAdmit = DeclaresAdmit<Model> && !AdmittingModel<Model, State>;
+template <class Model, class State>
+concept MisdeclaredRetire = DeclaresRetire<Model> && !RetiringModel<Model, State>;
+template <class Model, class State>
+concept MisdeclaredBatchKey = DeclaresBatchKey<Model> && !KeyedModel<Model, State>;
+template <class Model, class State>
+concept MisdeclaredTotalSteps = DeclaresTotalSteps<Model> && !CountingModel<Model, State>;
+template <class Model, class State>
+concept MisdeclaredCost = DeclaresCost<Model> && !CostedModel<Model, State>;
+template <class Model, class State>
+concept MisdeclaredValidate = DeclaresValidate<Model> && !ValidatingModel<Model, State>;
+
+}  // namespace detail
 
 }  // namespace carousel

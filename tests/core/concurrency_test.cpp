@@ -40,6 +40,9 @@ struct StressModel {
     for (Work* w : leaving)
       w->retired->fetch_add(1);
   }
+  void validate(Work& w) const {  // runs on the submitting threads
+    if (w.total <= 0) throw std::invalid_argument("total must be positive");
+  }
   int batch_key(const Work& w) const { return w.total % 2; }
   std::size_t total_steps(const Work& w) const { return static_cast<std::size_t>(w.total); }
 };
@@ -62,6 +65,7 @@ void stress(int threads, carousel::Options options) {
       for (int i = 0; i < per_thread; ++i) {
         Work w{static_cast<int>(rng() % 12) + 1};
         w.poison = rng() % 17 == 0;
+        if (rng() % 23 == 0) w.total = -w.total;  // refused by validate
         w.retired = &retired[static_cast<std::size_t>(t)][static_cast<std::size_t>(i)];
         carousel::SubmitOptions<> so{
             .priority = static_cast<int>(rng() % 3),
@@ -87,8 +91,20 @@ void stress(int threads, carousel::Options options) {
         tally[k] += v;
     });
   }
+  // A monitor reads the load signal while the scheduler steps the requests it reads (TSan: no race).
+  std::atomic<bool> submitters_done{false};
+  std::thread monitor([&] {
+    while (!submitters_done.load()) {
+      const carousel::Stats s = batcher.stats();
+      CHECK(s.drain_seconds >= 0.0);
+      CHECK(s.remaining_steps <= 12 * (s.queue_depth + s.active));  // at most 12 steps per request
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  });
   for (auto& th : pool)
     th.join();
+  submitters_done.store(true);
+  monitor.join();
   batcher.stop();
   const carousel::Stats s = batcher.stats();
   const auto total = static_cast<std::uint64_t>(threads * per_thread);
@@ -102,7 +118,9 @@ void stress(int threads, carousel::Options options) {
   CHECK(static_cast<std::uint64_t>(tally["model_error"]) == s.failed);
   CHECK(static_cast<std::uint64_t>(tally["cancelled"]) == s.cancelled);
   CHECK(static_cast<std::uint64_t>(tally["deadline_exceeded"]) == s.expired);
-  CHECK(static_cast<std::uint64_t>(tally["queue_full"] + tally["deadline_unreachable"]) == s.rejected);
+  CHECK(static_cast<std::uint64_t>(tally["queue_full"] + tally["deadline_unreachable"] + tally["invalid_request"]) ==
+        s.rejected);
+  CHECK(tally["invalid_request"] > 0);
   CHECK(s.request_steps >= static_cast<std::uint64_t>(progress_calls.load()));  // a failing step() gives no progress
   int retired_total = 0;
   for (auto& row : retired) {

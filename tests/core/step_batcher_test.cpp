@@ -21,6 +21,7 @@
 using namespace std::chrono_literals;
 using carousel::Errc;
 using carousel::ManualClock;
+using carousel::Stats;
 using carousel::test::Job;
 using carousel::test::KeyedToyModel;
 using carousel::test::ToyModel;
@@ -262,6 +263,65 @@ TEST_CASE("StepBatcher.Options.MaxQueueSize") {
   CHECK(batcher.stats().rejected == 1);
 }
 
+TEST_CASE("StepBatcher.Validate") {
+  using ValidatingBatcher = carousel::StepBatcher<carousel::test::ValidatingToyModel, Job, ManualClock>;
+  carousel::test::ValidatingToyModel model;
+  ValidatingBatcher batcher{model, {.max_batch_size = 2, .max_queue_size = 1}};
+  std::vector<std::optional<Errc>> completions;
+  const auto caller = std::this_thread::get_id();
+  auto record = [&](carousel::RequestId, std::optional<Errc> e) {
+    CHECK(std::this_thread::get_id() == caller);
+    completions.push_back(e);
+  };
+  SUBCASE("an invalid request fails at once with invalid_request, the model's exception nested") {
+    auto bad = batcher.submit(Job{.total = -1}, {.on_complete = record});
+    REQUIRE(bad.ready());
+    CHECK(bad.status() == carousel::RequestStatus::failed);
+    CHECK(bad.error_code() == Errc::invalid_request);
+    CHECK(completions == std::vector<std::optional<Errc>>{Errc::invalid_request});
+    try {
+      bad.get();
+      FAIL("no error");
+    } catch (const carousel::Error& e) {
+      CHECK(e.code() == Errc::invalid_request);
+      CHECK(std::string(e.what()).find("total: must not be negative") != std::string::npos);
+      try {
+        std::rethrow_if_nested(e);
+        FAIL("no nested cause");
+      } catch (const std::invalid_argument& cause) {
+        CHECK(std::string(cause.what()) == "total: must not be negative");
+      }
+    }
+    CHECK_FALSE(batcher.step_once());  // the model never saw it
+    CHECK(model.admit_sizes.empty());
+    const carousel::Stats s = batcher.stats();
+    CHECK(s.submitted == 1);
+    CHECK(s.rejected == 1);
+    CHECK(s.queue_depth == 0);
+  }
+  SUBCASE("validate runs first and may normalise the state: total_steps sees what it left") {
+    std::vector<carousel::Progress> progress;
+    auto t =
+        batcher.submit(Job{.total = 0}, {.on_progress = [&](const carousel::Progress& p) { progress.push_back(p); }});
+    while (batcher.step_once()) {
+    }
+    CHECK(t.get().done == 3);
+    REQUIRE(progress.size() == 3);
+    CHECK(progress.back().total_steps == 3);
+  }
+  SUBCASE("an invalid request is refused as invalid even when the queue is full") {
+    auto queued = batcher.submit(Job{.total = 1});
+    auto full = batcher.submit(Job{.total = 1});
+    auto bad = batcher.submit(Job{.total = -5});
+    CHECK(full.error_code() == Errc::queue_full);
+    CHECK(bad.error_code() == Errc::invalid_request);
+    CHECK(batcher.stats().rejected == 2);
+    while (batcher.step_once()) {
+    }
+    CHECK(queued.get().done == 1);
+  }
+}
+
 TEST_CASE("StepBatcher.Order") {
   ToyModel model;
   auto admitted_order = [&](carousel::Order order, auto submit_all) {
@@ -370,6 +430,39 @@ TEST_CASE("StepBatcher.Deadline.ExpiresWhileQueued") {
   }
   CHECK(running.get().done == 5);
   CHECK(batcher.stats().expired == 1);
+}
+
+TEST_CASE("StepBatcher.Deadline.SuspendedExpiresWhileQueued") {
+  // A request suspended by preemption is queued again with its deadline: the deadline expires it while it waits, and
+  // it is not re-admitted for one more step first.
+  ManualClock clock;
+  ToyModel model;
+  model.clock = &clock;
+  model.step_cost = 10ms;
+  Batcher batcher{model, {.max_batch_size = 1, .order = carousel::Order::priority, .preempt = true}, clock};
+  int low_steps = 0;
+  auto low = batcher.submit(
+      Job{.total = 10},
+      {.priority = 1, .deadline = clock.now() + 25ms, .on_progress = [&](const carousel::Progress&) { ++low_steps; }});
+  auto early = batcher.submit(Job{.total = 1}, {.priority = 0, .deadline = clock.now() + 5ms});
+  batcher.step_once();  // 0 ms: low runs; early waits
+  batcher.step_once();  // 10 ms: early expires while queued (the queue's deadline bound is spent); low runs
+  CHECK(error_of(early) == Errc::deadline_exceeded);
+  auto high = batcher.submit(Job{.total = 2}, {.priority = 5});
+  batcher.step_once();  // 20 ms: high suspends low
+  CHECK(low.status() == carousel::RequestStatus::suspended);
+  batcher.step_once();  // 30 ms: low's deadline (25 ms) has passed while it was queued
+  REQUIRE(low.ready());
+  try {
+    low.get();
+    FAIL("low did not fail");
+  } catch (const carousel::Error& e) {
+    CHECK(e.code() == Errc::deadline_exceeded);
+    CHECK(std::string(e.what()).find("queued") != std::string::npos);
+  }
+  CHECK(low_steps == 2);
+  CHECK(high.get().done == 2);
+  CHECK(batcher.stats().expired == 2);
 }
 
 TEST_CASE("StepBatcher.Deadline.StopsAtStepBoundary") {
@@ -650,6 +743,62 @@ TEST_CASE("StepBatcher.Stats") {
   CHECK(*batcher.predicted_step_time(2) == 6ms);
   CHECK(*batcher.predicted_step_time(1) == 5ms);
   CHECK(*batcher.predicted_step_time(3) == 7ms);  // the line through the measured sizes
+}
+
+TEST_CASE("StepBatcher.Stats.RemainingStepsAndDrain") {
+  // t(b) = 4 ms + 1 ms * b and a retire() of 2 ms on the virtual clock; at most 2 requests per iteration.
+  ManualClock clock;
+  ToyModel model;
+  model.clock = &clock;
+  model.step_cost = 4ms;
+  model.per_item_cost = 1ms;
+  model.retire_cost = 2ms;
+  Batcher batcher{model, {.max_batch_size = 2}, clock};
+  CHECK(batcher.stats().remaining_steps == 0);
+  CHECK(batcher.stats().drain_seconds == 0.0);
+  SUBCASE("before any measurement: the steps are known, the time is not") {
+    auto a = batcher.submit(Job{.total = 30});
+    auto b = batcher.submit(Job{.total = 20});
+    CHECK(batcher.stats().remaining_steps == 50);
+    CHECK(batcher.stats().drain_seconds == 0.0);
+  }
+  SUBCASE("with t(1), t(2), d(1), d(2) measured, the estimate is the drain the batcher then takes") {
+    auto w1 = batcher.submit(Job{.total = 1});
+    auto w2 = batcher.submit(Job{.total = 1});
+    batcher.step_once();  // t(2) = 6 ms, d(2) = 2 ms
+    auto w3 = batcher.submit(Job{.total = 1});
+    batcher.step_once();  // t(1) = 5 ms, d(1) = 2 ms
+    REQUIRE(w3.ready());
+    CHECK(batcher.stats().drain_seconds == 0.0);  // idle
+    auto a = batcher.submit(Job{.total = 3});
+    auto b = batcher.submit(Job{.total = 1});
+    auto c = batcher.submit(Job{.total = 2});
+    // a runs [0,3), b [0,1), c takes b's place [1,3): 3 iterations of t(2) = 18 ms, d(1) after the first and d(2)
+    // after the third: 22 ms.
+    Stats s = batcher.stats();
+    CHECK(s.remaining_steps == 6);
+    CHECK(s.drain_seconds == doctest::Approx(0.022));
+    const auto start = clock.now();
+    batcher.step_once();  // a 2 left, b done, c queued (2)
+    s = batcher.stats();
+    CHECK(s.remaining_steps == 4);
+    CHECK(s.drain_seconds == doctest::Approx(0.014));  // a and c together: 2 x t(2) + d(2)
+    while (batcher.step_once()) {
+    }
+    CHECK(clock.now() - start == 22ms);  // what the first estimate said
+    CHECK(batcher.stats().remaining_steps == 0);
+    CHECK(batcher.stats().drain_seconds == 0.0);
+  }
+  SUBCASE("a model without total_steps: every queued or running request counts one step") {
+    carousel::test::MinimalModel minimal;
+    carousel::StepBatcher<carousel::test::MinimalModel, Job> plain{minimal, {.max_batch_size = 2}};
+    auto a = plain.submit(Job{.total = 30});
+    auto b = plain.submit(Job{.total = 30});
+    auto c = plain.submit(Job{.total = 30});
+    plain.step_once();
+    CHECK(plain.stats().remaining_steps == 3);
+    plain.stop(carousel::StopMode::cancel);
+  }
 }
 
 TEST_CASE("StepBatcher.Thread") {

@@ -2,8 +2,10 @@
 
 #include <doctest/doctest.h>
 
+#include <cstddef>
 #include <span>
 #include <string>
+#include <type_traits>
 
 #include "toy_models.hpp"
 
@@ -36,7 +38,7 @@ struct ImmovableModel {
   void step(std::span<Immovable* const>) {}
   bool finished(const Immovable&) const { return true; }
 };
-struct BadHooks {  // hooks with the wrong shapes are not detected as hooks
+struct BadHooks {  // hooks with the wrong shapes: not hooks, and a StepBatcher over this model does not compile
   void step(std::span<Job* const>) {}
   bool finished(const Job&) const { return true; }
   void admit(int) {}
@@ -44,6 +46,51 @@ struct BadHooks {  // hooks with the wrong shapes are not detected as hooks
   std::string total_steps(const Job&) const { return {}; }
   struct NotComparable {};
   NotComparable batch_key(const Job&) const { return {}; }
+};
+
+struct WrongRetireSpan {  // retire takes the states by value
+  void step(std::span<Job* const>) {}
+  bool finished(const Job&) const { return true; }
+  void retire(std::span<Job>) {}
+};
+struct NonConstCounting {  // total_steps and cost must be callable on a const model
+  void step(std::span<Job* const>) {}
+  bool finished(const Job&) const { return true; }
+  std::size_t total_steps(const Job&) { return 1; }
+  std::size_t cost(const Job&) { return 1; }
+};
+struct HookNamedData {  // data members with a hook's name are not hooks and not mistakes
+  void step(std::span<Job* const>) {}
+  bool finished(const Job&) const { return true; }
+  int cost = 0;
+  bool admit = false;
+};
+struct OverloadedAdmit {  // overloads cannot be inspected: taken at their word (the right one is found)
+  void step(std::span<Job* const>) {}
+  bool finished(const Job&) const { return true; }
+  void admit(std::span<Job* const>) {}
+  void admit(int) {}
+};
+struct ValidatesConst {  // validate may take the state as const: it then only checks
+  void step(std::span<Job* const>) {}
+  bool finished(const Job&) const { return true; }
+  void validate(const Job&) const {}
+};
+struct NonConstValidate {  // validate runs concurrently on submitting threads: it must be const
+  void step(std::span<Job* const>) {}
+  bool finished(const Job&) const { return true; }
+  void validate(Job&) {}
+};
+struct ValidateWrongArg {
+  void step(std::span<Job* const>) {}
+  bool finished(const Job&) const { return true; }
+  void validate(int) const {}
+};
+template <class K>
+struct ConstrainedKey {  // a hook switched off by a constraint is absent, not misdeclared
+  void step(std::span<Job* const>) {}
+  bool finished(const Job&) const { return true; }
+  K batch_key(const Job&) const requires std::is_integral_v<K> { return K{}; }
 };
 
 }  // namespace
@@ -72,6 +119,8 @@ TEST_CASE("StepModel.Hooks.Detection") {
   using carousel::test::MinimalModel;
   using carousel::test::ToyModel;
   SUBCASE("present") {
+    static_assert(carousel::ValidatingModel<carousel::test::ValidatingToyModel, Job>);
+    static_assert(carousel::ValidatingModel<ValidatesConst, Job>);
     static_assert(carousel::AdmittingModel<ToyModel, Job>);
     static_assert(carousel::RetiringModel<ToyModel, Job>);
     static_assert(carousel::CountingModel<ToyModel, Job>);
@@ -84,6 +133,7 @@ TEST_CASE("StepModel.Hooks.Detection") {
     static_assert(!carousel::CountingModel<MinimalModel, Job>);
     static_assert(!carousel::CostedModel<MinimalModel, Job>);
     static_assert(!carousel::KeyedModel<ToyModel, Job>);
+    static_assert(!carousel::ValidatingModel<ToyModel, Job>);
   }
   SUBCASE("wrong shapes are not hooks") {
     static_assert(carousel::StepModel<BadHooks, Job>);
@@ -93,4 +143,41 @@ TEST_CASE("StepModel.Hooks.Detection") {
     static_assert(!carousel::KeyedModel<BadHooks, Job>);
   }
   CHECK(carousel::AdmittingModel<ToyModel, Job>);
+}
+
+TEST_CASE("StepModel.Hooks.Misdeclared") {
+  using namespace carousel::detail;
+  using carousel::test::KeyedToyModel;
+  using carousel::test::MinimalModel;
+  using carousel::test::ToyModel;
+  SUBCASE("a member function with a hook's name is a declared hook") {
+    static_assert(DeclaresAdmit<ToyModel> && DeclaresRetire<ToyModel> && DeclaresTotalSteps<ToyModel> &&
+                  DeclaresCost<ToyModel> && DeclaresBatchKey<KeyedToyModel>);
+    static_assert(DeclaresAdmit<BadHooks> && DeclaresRetire<BadHooks> && DeclaresTotalSteps<BadHooks> &&
+                  DeclaresBatchKey<BadHooks>);
+    static_assert(!DeclaresAdmit<MinimalModel> && !DeclaresRetire<MinimalModel> && !DeclaresBatchKey<ToyModel>);
+    static_assert(!DeclaresCost<HookNamedData> && !DeclaresAdmit<HookNamedData>);
+    static_assert(!DeclaresAdmit<OverloadedAdmit>);
+    static_assert(DeclaresBatchKey<ConstrainedKey<int>> && !DeclaresBatchKey<ConstrainedKey<double>>);
+  }
+  SUBCASE("right shapes are not misdeclared") {
+    static_assert(!MisdeclaredAdmit<ToyModel, Job> && !MisdeclaredRetire<ToyModel, Job>);
+    static_assert(!MisdeclaredTotalSteps<ToyModel, Job> && !MisdeclaredCost<ToyModel, Job>);
+    static_assert(!MisdeclaredBatchKey<KeyedToyModel, Job> && !MisdeclaredBatchKey<ToyModel, Job>);
+    static_assert(!MisdeclaredAdmit<MinimalModel, Job> && !MisdeclaredCost<HookNamedData, Job>);
+    static_assert(!MisdeclaredAdmit<OverloadedAdmit, Job> && carousel::AdmittingModel<OverloadedAdmit, Job>);
+    static_assert(!MisdeclaredBatchKey<ConstrainedKey<int>, Job> && !MisdeclaredBatchKey<ConstrainedKey<double>, Job>);
+  }
+  SUBCASE("wrong shapes are misdeclared: StepBatcher's static_assert names the hook") {
+    static_assert(MisdeclaredAdmit<BadHooks, Job>);       // admit(int)
+    static_assert(MisdeclaredRetire<BadHooks, Job>);      // retire(std::span<int* const>)
+    static_assert(MisdeclaredTotalSteps<BadHooks, Job>);  // returns a string
+    static_assert(MisdeclaredBatchKey<BadHooks, Job>);    // key not comparable
+    static_assert(MisdeclaredRetire<WrongRetireSpan, Job>);
+    static_assert(MisdeclaredTotalSteps<NonConstCounting, Job> && MisdeclaredCost<NonConstCounting, Job>);
+    static_assert(MisdeclaredValidate<NonConstValidate, Job> && MisdeclaredValidate<ValidateWrongArg, Job>);
+    static_assert(!MisdeclaredValidate<ValidatesConst, Job>);
+    static_assert(!MisdeclaredValidate<carousel::test::ValidatingToyModel, Job> && !DeclaresValidate<ToyModel>);
+  }
+  CHECK(MisdeclaredAdmit<BadHooks, Job>);
 }

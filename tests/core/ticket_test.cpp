@@ -79,6 +79,7 @@ TEST_CASE("Ticket.ErrorCarriesCode") {
 TEST_CASE("Errors.Names") {
   CHECK(carousel::to_string(carousel::Errc::queue_full) == "queue_full");
   CHECK(carousel::to_string(carousel::Errc::deadline_unreachable) == "deadline_unreachable");
+  CHECK(carousel::to_string(carousel::Errc::invalid_request) == "invalid_request");
   CHECK(carousel::to_string(carousel::RequestStatus::suspended) == "suspended");
   const carousel::Error e(carousel::Errc::shut_down, "bye");
   CHECK(std::string(e.what()) == "carousel: shut_down: bye");

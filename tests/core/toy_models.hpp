@@ -79,6 +79,14 @@ struct KeyedToyModel : ToyModel {
   int batch_key(const Job& j) const { return j.key; }
 };
 
+// The same, with a validate hook: a negative total is refused; a total of 0 means the default of 3 steps.
+struct ValidatingToyModel : ToyModel {
+  void validate(Job& j) const {
+    if (j.total < 0) throw std::invalid_argument("total: must not be negative");
+    if (j.total == 0) j.total = 3;
+  }
+};
+
 // Only the required members.
 struct MinimalModel {
   void step(std::span<Job* const> batch) {
