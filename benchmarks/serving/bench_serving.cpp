@@ -24,6 +24,7 @@
 //   --replicas N           --routing: replicas behind the router (default 4)
 //   --agent-target S       --routing: the agents' --agent-target-seconds (default 10)
 //   --agent-interval S     --routing: seconds between agent checks, HAProxy's agent-inter (default 1)
+//   --routing-steps A,B,.. --routing: the step counts requests draw from (default 20,30,50)
 //   --wall-requests N      --wallclock: requests per point (default 150)
 //   --wall-modes M@X,...   --wallclock: the modes compared, each on the balanced regime's costs (and static timeout)
 //                          scaled by X (default static@0.05,continuous@0.05,cost_aware@0.05; a policy that reads
@@ -73,6 +74,7 @@ struct Cli {
   std::size_t replicas = 4;
   double agent_target = 10.0;
   double agent_interval = 1.0;
+  std::vector<std::size_t> routing_steps = {20, 30, 50};
   std::size_t wall_requests = 150;
   std::string wall_modes = "static@0.05,continuous@0.05,cost_aware@0.05";
   std::string pipeline;  // --wallclock-pipeline: a diffusers model folder run by the real CPU Pipeline
@@ -116,6 +118,11 @@ Cli parse(int argc, char** argv) {
       cli.agent_target = std::stod(value());
     } else if (arg == "--agent-interval") {
       cli.agent_interval = std::stod(value());
+    } else if (arg == "--routing-steps") {
+      cli.routing_steps.clear();
+      std::stringstream list(value());
+      for (std::string item; std::getline(list, item, ',');)
+        cli.routing_steps.push_back(std::stoul(item));
     } else if (arg == "--wallclock-pipeline") {
       cli.pipeline = value();
       cli.wallclock = true;
@@ -508,7 +515,7 @@ int run_routing(const Cli& cli) {
   spec.agent_target = cli.agent_target;
   spec.agent_interval = cli.agent_interval;
   Workload mix;
-  mix.step_mix = {20, 30, 50};
+  mix.step_mix = cli.routing_steps;
   mix.keys = 2;
   mix.high_priority_fraction = 0;
   Workload backlog = mix;
@@ -517,10 +524,13 @@ int run_routing(const Cli& cli) {
   backlog.seed = cli.seed;
   const double per_replica = summarize(simulate(regime, spec.options, backlog), regime).throughput;
   const double saturation = per_replica * static_cast<double>(spec.replicas);
+  std::string steps;
+  for (std::size_t n : mix.step_mix)
+    steps += (steps.empty() ? "" : "/") + std::to_string(n);
   std::printf(
-      "# routing: %zu replicas, max batch %zu, regime %s, steps 20/30/50, 2 resolutions, "
+      "# routing: %zu replicas, max batch %zu, regime %s, steps %s, 2 resolutions, "
       "saturation %.2f req/s (%.2f per replica)\n",
-      spec.replicas, spec.options.max_batch_size, regime.name.c_str(), saturation, per_replica);
+      spec.replicas, spec.options.max_batch_size, regime.name.c_str(), steps.c_str(), saturation, per_replica);
 
   const std::vector<double> loads = {0.5, 0.8, 0.9};
   const std::vector<Router> routers = {Router::round_robin, Router::least_connections, Router::drain_aware};
