@@ -114,7 +114,7 @@ wait_for() {
 for i in $(seq 1 "$replicas"); do
   setsid bash -c '"$@" > "$0.log" 2>&1 & echo $! > "$0.pid"; wait $!; echo $? > "$0.rc"' \
     "$run_dir/replica$i" "$server" --host 127.0.0.1 --port $((port + 100 + i)) --agent-port $((port + 200 + i)) \
-    ${server_args[@]+"${server_args[@]}"} < /dev/null &
+    ${server_args[@]+"${server_args[@]}"} < /dev/null > /dev/null 2>&1 &
 done
 for i in $(seq 1 "$replicas"); do
   for _ in $(seq 1 50); do [ -s "$run_dir/replica$i.pid" ] && break; sleep 0.1; done
