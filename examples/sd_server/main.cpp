@@ -4,7 +4,7 @@
 //                      [--max-queue N] [--admission continuous|static|cost-aware] [--batch-timeout-ms N]
 //                      [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]
 //                      [--concurrent-decode auto|on|off] [--cuda-graphs on|off]
-//                      [--cuda-conv-search heuristic|exhaustive]
+//                      [--cuda-conv-search heuristic|exhaustive] [--cuda-vae f16|f32]
 //                      [--agent-port N] [--agent-target-seconds S] [--drain-timeout S]
 //
 // Without --model it serves the bundled model (models/shapes-32). --device auto (the default) runs on the GPU when
@@ -47,7 +47,8 @@ constexpr const char* usage =
     "                          [--admission continuous|static|cost-aware] [--batch-timeout-ms N]\n"
     "                          [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]\n"
     "                          [--concurrent-decode auto|on|off (auto: on for cuda, off for cpu)]\n"
-    "                          [--cuda-graphs on|off] [--cuda-conv-search heuristic|exhaustive] (cuda only)\n"
+    "                          [--cuda-graphs on|off] [--cuda-conv-search heuristic|exhaustive]\n"
+    "                          [--cuda-vae f16|f32] (cuda only)\n"
     "                          [--agent-port N (HAProxy agent-check)] [--agent-target-seconds S (default 10)]\n"
     "                          [--drain-timeout S (default 120)]\n";
 
