@@ -27,9 +27,10 @@ struct CudaBackendOptions {
   bool vae_f32 = false;                 ///< BackendOptions::vae_dtype = f32 instead of the default f16
 };
 
-/// Loads the diffusers folder with `carousel::cuda::Backend` (float16 text encoder, UNet and VAE, and `options`) on device 0, wrapped as an AnyBackend with device name "cuda".
-/// \throws std::runtime_error "built without CUDA" in a build without the CUDA backend, or naming cuda_status() when
-/// no device is present; checkpoint::FormatError for a broken folder; cuda::CudaError from the CUDA runtime.
+/// Loads the diffusers folder with `carousel::cuda::Backend` (float16 text encoder, UNet and VAE, and `options`) on
+/// device 0, wrapped as an AnyBackend with device name "cuda". \throws std::runtime_error "built without CUDA" in a
+/// build without the CUDA backend, or naming cuda_status() when no device is present; checkpoint::FormatError for a
+/// broken folder; cuda::CudaError from the CUDA runtime.
 diffusion::AnyBackend load_cuda_backend(const checkpoint::DiffusersFolder& folder,
                                         const CudaBackendOptions& options = {});
 
