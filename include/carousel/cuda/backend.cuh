@@ -60,14 +60,14 @@ inline VaeDecoder load_vae_decoder(const std::filesystem::path& dir, const check
 
 /// Options of Backend's loading constructor.
 struct BackendOptions {
-  std::string variant;           ///< weight variant, as diffusers' `variant=` ("fp16" or empty)
-  std::int64_t clip_skip = 0;    ///< encode_text uses the hidden state clip_skip layers before the last
-  DType dtype = DType::f16;      ///< text encoder and UNet: f16 (tensor cores) or f32 (the exact reference)
+  std::string variant;         ///< weight variant, as diffusers' `variant=` ("fp16" or empty)
+  std::int64_t clip_skip = 0;  ///< encode_text uses the hidden state clip_skip layers before the last
+  DType dtype = DType::f16;    ///< text encoder and UNet: f16 (tensor cores) or f32 (the exact reference)
   /// VAE decoder: f16 by default, as diffusers' StableDiffusionPipeline decodes SD 1.x / 2.x in the pipeline's dtype
   /// (only its SDXL pipelines upcast, on the VAE config's force_upcast, which SD 1.x / 2.x pipelines ignore); f32 is
   /// the exact reference and costs about twice the time.
   DType vae_dtype = DType::f16;
-  bool cuda_graphs = false;      ///< run the UNet through UNetGraphs (one CUDA graph per batch/shape bucket)
+  bool cuda_graphs = false;  ///< run the UNet through UNetGraphs (one CUDA graph per batch/shape bucket)
   /// How convolution algorithms are chosen on both engines (ConvSearch::exhaustive times them on first use, like
   /// torch.backends.cudnn.benchmark; best with cuda_graphs, whose buckets keep the number of shapes small). Unset:
   /// the Engine's default (heuristic, or CAROUSEL_CUDA_CONV_SEARCH).
