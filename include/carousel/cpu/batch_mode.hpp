@@ -25,13 +25,21 @@ enum class BatchMode {
 
 namespace detail {
 
-// Items that share one GEMM call: 1 in batch_invariant mode; in batched mode as many as fit `max_floats` of scratch at
-// `floats_per_item` each (at least 1, at most `batch`), so that memory stays bounded for large images.
-inline std::int64_t items_per_call(BatchMode mode, std::int64_t batch, std::int64_t floats_per_item,
-                                   std::int64_t max_floats) {
+// Items that share one GEMM call. 1 in batch_invariant mode. In batched mode enough items for the call's batched
+// extent (N columns of a convolution, M rows of a linear layer) to reach `target_extent` — a GEMM that wide already
+// runs near its best rate, and larger calls only push the operands out of cache — as far as `max_floats` of scratch
+// at `floats_per_item` each allows; at least 1, at most `batch`.
+inline std::int64_t items_per_call(BatchMode mode, std::int64_t batch, std::int64_t extent_per_item,
+                                   std::int64_t target_extent, std::int64_t floats_per_item, std::int64_t max_floats) {
   if (mode == BatchMode::batch_invariant || batch <= 1) return 1;
-  return std::clamp<std::int64_t>(max_floats / std::max<std::int64_t>(floats_per_item, 1), 1, batch);
+  const std::int64_t extent = std::max<std::int64_t>(extent_per_item, 1);
+  const std::int64_t wanted = (target_extent + extent - 1) / extent;
+  const std::int64_t fit = max_floats / std::max<std::int64_t>(floats_per_item, 1);
+  return std::clamp<std::int64_t>(std::min(wanted, fit), 1, batch);
 }
+
+// The batched extent that items_per_call aims for: 1024 columns or rows (one 32x32 feature map).
+inline constexpr std::int64_t batched_gemm_extent = 1024;
 
 }  // namespace detail
 

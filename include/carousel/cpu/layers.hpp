@@ -174,7 +174,7 @@ class ResnetBlock2D {
     Tensor h = conv1_.forward(norm1_.forward(x, true), mode);
     if (has_temb_ && temb_silu) {
       const std::int64_t batch = h.dim(0), spatial = h.sample_numel() / out_;
-      const std::int64_t group = detail::items_per_call(mode, batch, out_, batch * out_);
+      const std::int64_t group = detail::items_per_call(mode, batch, 1, batch, out_, batch * out_);
       std::vector<float> proj(static_cast<std::size_t>(batch * out_));
       for (std::int64_t b = 0; b < batch; b += group)
         time_emb_proj_.forward(temb_silu->sample(b), std::min(group, batch - b), proj.data() + b * out_);

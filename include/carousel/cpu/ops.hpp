@@ -43,8 +43,9 @@ inline void linear_rows(const float* x, std::int64_t rows, std::int64_t in, cons
 ///
 /// `mode` batch_invariant: one sgemm per item (per band of output rows); im2col runs over bands of output rows so
 /// that its buffer holds at most about `max_col_floats` values (at least one output row).
-/// `mode` batched: the im2col columns of several items side by side, so one sgemm covers as many whole items as fit
-/// `max_col_floats` of scratch (im2col plus the product before it is scattered to NCHW); when not even two items fit,
+/// `mode` batched: the im2col columns of several items side by side, so that one sgemm covers whole items and about
+/// 1024 output pixels (small feature maps, where a per-item GEMM is narrow and re-reads the weights for every item),
+/// within `max_col_floats` of scratch (im2col plus the product before it is scattered to NCHW); when that is one item
 /// it runs as batch_invariant.
 /// \throws std::invalid_argument when x is not 4-D or has a channel count other than cin.
 inline Tensor conv2d(const Tensor& x, const float* w, const float* bias, std::int64_t cin, std::int64_t cout,
@@ -67,7 +68,8 @@ inline Tensor conv2d(const Tensor& x, const float* w, const float* bias, std::in
         std::fill(c + ch * ld, c + ch * ld + n, bias[ch]);
     });
   };
-  const std::int64_t group = detail::items_per_call(mode, batch, (kk + cout) * hw_out, max_col_floats);
+  const std::int64_t group =
+      detail::items_per_call(mode, batch, hw_out, detail::batched_gemm_extent, (kk + cout) * hw_out, max_col_floats);
   if (group > 1) {
     std::vector<float> col(static_cast<std::size_t>(kk * group * hw_out)),
         prod(static_cast<std::size_t>(cout * group * hw_out));

@@ -177,7 +177,7 @@ class UNet2DConditionModel {
     const std::int64_t c0 = spec_.block_out_channels[0];
     const Tensor t_emb = timestep_embedding(timesteps, c0, spec_.flip_sin_to_cos, spec_.freq_shift);
     Tensor hidden({batch, 4 * c0}), temb({batch, 4 * c0});
-    const std::int64_t group = detail::items_per_call(mode, batch, 1, batch);
+    const std::int64_t group = detail::items_per_call(mode, batch, 1, batch, 1, batch);
     for (std::int64_t b = 0; b < batch; b += group)
       time_1_.forward(t_emb.sample(b), std::min(group, batch - b), hidden.sample(b));
     silu_inplace(hidden.values());

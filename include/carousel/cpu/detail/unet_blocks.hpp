@@ -83,12 +83,14 @@ class Transformer2D {
   }
 
   // x [B, channels, H, W], context [B, lk, context_dim]. `mode` batched runs groups of items through the linear
-  // layers together, as many as keep the feed-forward's widest buffer (8 * channels per token) near 32 Mi floats.
+  // layers together (about batched_gemm_extent token rows per call, the feed-forward's widest buffer, 8 * channels
+  // per token, within 32 Mi floats).
   Tensor forward(const Tensor& x, const Tensor& context, BatchMode mode) const {
     const Tensor normed = norm_.forward(x);
     Tensor y(x.shape());
     const std::int64_t batch = x.dim(0), spatial = x.sample_numel() / channels_, lk = context.dim(1);
-    const std::int64_t group = items_per_call(mode, batch, 8 * spatial * channels_, std::int64_t{32} << 20);
+    const std::int64_t group =
+        items_per_call(mode, batch, spatial, batched_gemm_extent, 8 * spatial * channels_, std::int64_t{32} << 20);
     const std::int64_t item_floats = spatial * channels_;
     std::vector<float> tokens(static_cast<std::size_t>(group * item_floats)), h(tokens.size());
     for (std::int64_t b0 = 0; b0 < batch; b0 += group) {
