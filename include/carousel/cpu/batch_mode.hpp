@@ -9,17 +9,19 @@ namespace carousel::cpu {
 
 /// How a forward pass groups the items of a batch into GEMM calls.
 ///
-/// - `batched` (the default): the rows of all items go into one GEMM (one convolution's im2col spans several
-///   items, a linear layer runs over every item's tokens at once, the time embedding is one B-row product). Faster,
-///   most on small feature maps and small models, but BLAS may round an item's values differently in the last bits
-///   depending on how many rows share the call: an item's result can differ, by a few ulps, with its batch neighbours.
+/// - `batched` (the default): the rows of several items share a GEMM (a convolution's im2col spans several items, a
+///   linear layer runs over several items' tokens, the time embedding is one B-row product), as many items as make
+///   a narrow per-item GEMM about 1024 columns or rows wide. Faster where per-item GEMMs are narrow (small feature
+///   maps of wide layers, e.g. SD-1.5's 8x8 and 4x4 levels), the same elsewhere; but BLAS may round an item's values
+///   differently in the last bits depending on how many rows share the call: an item's result can differ, by a few
+///   ulps, with its batch neighbours.
 /// - `batch_invariant`: every GEMM runs on one item's rows, with an evaluation order that depends only on the item's
 ///   own shape, so an item's result is bitwise the same in any batch (alone, first, last, in any order). The
 ///   reproducible mode: a request's image then depends only on the request.
 ///
 /// Attention (QK^T, softmax, PV) is per item and per head in both modes.
 enum class BatchMode {
-  batched,          ///< all items' rows in one GEMM per layer (default)
+  batched,          ///< several items' rows per GEMM call (default)
   batch_invariant,  ///< one GEMM per item: bitwise batch-invariant results
 };
 
