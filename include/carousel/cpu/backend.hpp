@@ -20,6 +20,7 @@
 #include <carousel/checkpoint/vae_config.hpp>
 #include <carousel/checkpoint/weight_source.hpp>
 #include <carousel/checkpoint/weights.hpp>
+#include <carousel/cpu/batch_mode.hpp>
 #include <carousel/cpu/clip_text.hpp>
 #include <carousel/cpu/tensor.hpp>
 #include <carousel/cpu/unet.hpp>
@@ -141,9 +142,12 @@ struct BackendOptions {
 /// Move-only (the tokenizer is).
 ///
 /// The interface the diffusion Pipeline uses: encode_text (token ids -> context), unet (one denoising call with a
-/// timestep per batch item), decode (latents -> images in [-1, 1]). Batch items never influence each other: each
-/// item's result is bitwise the same in any batch. All members are const after construction and may be called from
-/// several threads at once (each call uses OpenBLAS's and the backend's own worker threads).
+/// timestep per batch item), decode (latents -> images in [-1, 1]). The UNet runs in batch_mode(): BatchMode::batched
+/// by default (items share GEMM calls: faster, but an item's values may differ in the last bits with its batch
+/// neighbours); set_batch_mode(BatchMode::batch_invariant) makes each item's result bitwise the same in any batch, so
+/// a request's image depends only on the request. Text encoding and decoding are batch-invariant in both modes. The
+/// const members may be called from several threads at once (each call uses OpenBLAS's and the backend's own worker
+/// threads); set_batch_mode may not run concurrently with them.
 class Backend {
  public:
   /// Loads the diffusers folder at `root` (see the other constructor).
@@ -185,8 +189,14 @@ class Backend {
   /// One UNet evaluation: sample [B, latent_channels(), h, w], timesteps[B], context [B, L, context_dim()]
   /// -> model output [B, latent_channels(), h, w]. \throws std::invalid_argument for inconsistent shapes.
   Tensor unet(const Tensor& sample, std::span<const float> timesteps, const Tensor& context) const {
-    return unet_.forward(sample, timesteps, context);
+    return unet_.forward(sample, timesteps, context, batch_mode_);
   }
+
+  /// How unet() groups batch items into GEMM calls (BatchMode::batched unless set).
+  BatchMode batch_mode() const noexcept { return batch_mode_; }
+  /// Sets how unet() groups batch items into GEMM calls; BatchMode::batch_invariant for bitwise reproducible images
+  /// whatever the batch. Not thread-safe against concurrent calls of the other members.
+  void set_batch_mode(BatchMode mode) noexcept { batch_mode_ = mode; }
 
   /// Scaled latents [B, latent_channels(), h, w] -> images [B, 3, h*f, w*f] nominally in [-1, 1] (not clamped),
   /// f = vae_scale_factor(); divides by the VAE's scaling_factor first (and adds shift_factor). Without a VAE the
@@ -226,6 +236,7 @@ class Backend {
   UNet2DConditionModel unet_;
   std::optional<VaeDecoder> vae_;
   std::int64_t clip_skip_ = 0;
+  BatchMode batch_mode_ = BatchMode::batched;
 };
 
 }  // namespace carousel::cpu
