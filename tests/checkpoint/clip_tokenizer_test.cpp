@@ -76,6 +76,41 @@ TEST_CASE("ClipTokenizer.Tiny.MatchesTransformers") {
   check_all_prompts(tok, "tiny");
 }
 
+namespace {
+
+// The fixture's random_word(n): n letters from an LCG (tools/make_tokenizer_fixtures.py).
+std::string random_word(std::size_t n) {
+  std::uint64_t x = 1;
+  std::string out;
+  for (std::size_t i = 0; i < n; ++i) {
+    x = (1103515245 * x + 12345) % (1ull << 31);
+    out.push_back(static_cast<char>('a' + (x >> 16) % 26));
+  }
+  return out;
+}
+
+}  // namespace
+
+// Prompts up to 1 MiB (one word of 1 MiB, 65,536 words): encoded in near-linear time (BPE of one word is
+// O(n log n); words after the cut are not tokenized), so this test takes about a second; with BPE rounds that
+// rescan the word, the 1 MiB random word alone takes hours.
+TEST_CASE("ClipTokenizer.LongPrompts.MatchTransformers") {
+  const auto full = ClipTokenizer::load(data_dir / "tokenizer/clip");
+  const auto tiny = ClipTokenizer::load(data_dir / "models/sd-tiny/tokenizer");
+  const auto& cases = fixture()["long"];
+  REQUIRE(cases.size() >= 6);
+  for (const auto& c : cases) {
+    std::string prompt;
+    if (c.contains("random_letters")) prompt = random_word(c["random_letters"].get<std::size_t>());
+    for (int i = 0; i < c.value("times", 0); ++i)
+      prompt += c["unit"].get<std::string>();
+    CAPTURE(prompt.substr(0, 40));
+    CAPTURE(prompt.size());
+    CHECK(full.encode(prompt) == c["clip"].get<std::vector<std::int32_t>>());
+    CHECK(tiny.encode(prompt) == c["tiny"].get<std::vector<std::int32_t>>());
+  }
+}
+
 TEST_CASE("ClipTokenizer.Tokenize.NoSpecialsNoTruncation") {
   const auto tok = ClipTokenizer::load(data_dir / "tokenizer/clip");
   CHECK(tok.tokenize("a photo of a cat") == std::vector<std::int32_t>{320, 1125, 539, 320, 2368});

@@ -24,9 +24,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <queue>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -94,9 +96,11 @@ class ClipTokenizer {
   ClipTokenizer& operator=(const ClipTokenizer&) = delete;
 
   /// Exactly max_length() ids: bos, the prompt's first max_length() - 2 token ids, eos, then pad ids.
+  /// Words after the cut are not tokenized, so the cost is linear in the prompt's length (BPE of one word is
+  /// O(n log n) in its length).
   /// \throws std::invalid_argument when `prompt` is not valid UTF-8 (the message gives the byte offset).
   std::vector<std::int32_t> encode(std::string_view prompt) const {
-    auto ids = tokenize(prompt);
+    auto ids = tokenize_up_to(prompt, max_length_ - 2);
     if (ids.size() > max_length_ - 2) ids.resize(max_length_ - 2);
     std::vector<std::int32_t> out;
     out.reserve(max_length_);
@@ -110,22 +114,7 @@ class ClipTokenizer {
   /// The prompt's token ids alone: no bos/eos, no truncation, no padding.
   /// \throws std::invalid_argument when `prompt` is not valid UTF-8.
   std::vector<std::int32_t> tokenize(std::string_view prompt) const {
-    const std::u32string text = detail::utf8_decode(prompt, "prompt");
-    std::vector<std::int32_t> ids;
-    std::size_t start = 0;
-    for (std::size_t i = 0; i < text.size();) {
-      const auto* special = special_at(text, i);
-      if (special == nullptr) {
-        ++i;
-        continue;
-      }
-      tokenize_plain(text.substr(start, i - start), ids);
-      ids.push_back(special->second);
-      i += special->first.size();
-      start = i;
-    }
-    tokenize_plain(text.substr(start), ids);
-    return ids;
+    return tokenize_up_to(prompt, std::numeric_limits<std::size_t>::max());
   }
 
   std::int32_t bos_id() const noexcept { return bos_; }  ///< id of the beginning-of-text token
@@ -142,6 +131,30 @@ class ClipTokenizer {
     std::unordered_map<std::string, std::vector<std::int32_t>> words;
   };
   static constexpr std::size_t max_cached_words = 1 << 16;
+  // Longer words are not cached, which bounds the cache at about max_cached_words * max_cached_word_bytes.
+  static constexpr std::size_t max_cached_word_bytes = 256;
+
+  // The prompt's ids, stopping at the first word boundary at or after `limit` ids (later words cannot change
+  // earlier ids, so encode() need not look at them).
+  std::vector<std::int32_t> tokenize_up_to(std::string_view prompt, std::size_t limit) const {
+    const std::u32string text = detail::utf8_decode(prompt, "prompt");
+    std::vector<std::int32_t> ids;
+    std::size_t start = 0;
+    for (std::size_t i = 0; i < text.size() && ids.size() < limit;) {
+      const auto* special = special_at(text, i);
+      if (special == nullptr) {
+        ++i;
+        continue;
+      }
+      tokenize_plain(text.substr(start, i - start), ids, limit);
+      if (ids.size() >= limit) return ids;
+      ids.push_back(special->second);
+      i += special->first.size();
+      start = i;
+    }
+    if (ids.size() < limit) tokenize_plain(text.substr(start), ids, limit);
+    return ids;
+  }
 
   static nlohmann::json read_json(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);
@@ -211,7 +224,7 @@ class ClipTokenizer {
     return best;
   }
 
-  void tokenize_plain(const std::u32string& raw, std::vector<std::int32_t>& ids) const {
+  void tokenize_plain(const std::u32string& raw, std::vector<std::int32_t>& ids, std::size_t limit) const {
     if (raw.empty()) return;
     namespace uc = detail::unicode;
     std::u32string text;
@@ -225,7 +238,7 @@ class ClipTokenizer {
       in_space = false;
       uc::append_lower(cp, text);
     }
-    for (std::size_t i = 0; i < text.size();) {
+    for (std::size_t i = 0; i < text.size() && ids.size() < limit;) {
       const char32_t cp = text[i];
       if (uc::is_space(cp)) {
         ++i;
@@ -288,40 +301,70 @@ class ClipTokenizer {
         return;
       }
     }
-    std::vector<std::string> symbols;
-    for (char c : utf8)
-      symbols.push_back(byte_symbol(static_cast<unsigned char>(c)));
-    symbols.back() += "</w>";
-    while (symbols.size() > 1) {
-      int best = -1;
-      for (std::size_t k = 0; k + 1 < symbols.size(); ++k) {
-        const auto it = ranks_.find(symbols[k] + ' ' + symbols[k + 1]);
-        if (it != ranks_.end() && (best < 0 || it->second < best)) best = it->second;
-      }
-      if (best < 0) break;
-      std::vector<std::string> merged;
-      for (std::size_t k = 0; k < symbols.size(); ++k) {
-        if (k + 1 < symbols.size()) {
-          const auto it = ranks_.find(symbols[k] + ' ' + symbols[k + 1]);
-          if (it != ranks_.end() && it->second == best) {
-            merged.push_back(symbols[k] + symbols[k + 1]);
-            ++k;
-            continue;
-          }
-        }
-        merged.push_back(std::move(symbols[k]));
-      }
-      symbols = std::move(merged);
-    }
+    const auto symbols = merge_word(utf8);
     std::vector<std::int32_t> word_ids;
     for (const auto& s : symbols) {
       const auto it = vocab_.find(s);
       word_ids.push_back(it == vocab_.end() ? unk_ : it->second);
     }
     ids.insert(ids.end(), word_ids.begin(), word_ids.end());
+    if (utf8.size() > max_cached_word_bytes) return;
     std::lock_guard lock(cache_->mutex);
     if (cache_->words.size() >= max_cached_words) cache_->words.clear();
     cache_->words.emplace(utf8, std::move(word_ids));
+  }
+
+  // BPE of one word: starting from its byte symbols (the last with "</w>"), merges the adjacent pair of lowest
+  // rank, leftmost first, until no adjacent pair is in the merges. A heap of candidate pairs keeps this
+  // O(n log n) (as the `tokenizers` library does); a popped candidate whose symbols changed since is skipped.
+  std::vector<std::string> merge_word(const std::string& utf8) const {
+    struct Symbol {
+      std::string text;
+      std::size_t prev, next;  // npos at the ends
+      std::uint32_t version = 0;
+    };
+    struct Candidate {
+      int rank;
+      std::size_t left, right;
+      std::uint32_t left_version, right_version;
+      bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+    };
+    constexpr auto none = std::numeric_limits<std::size_t>::max();
+    std::vector<Symbol> symbols;
+    symbols.reserve(utf8.size());
+    for (std::size_t k = 0; k < utf8.size(); ++k)
+      symbols.push_back({byte_symbol(static_cast<unsigned char>(utf8[k])), k == 0 ? none : k - 1,
+                         k + 1 == utf8.size() ? none : k + 1});
+    symbols.back().text += "</w>";
+    std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> heap;
+    const auto consider = [&](std::size_t left) {
+      if (left == none || symbols[left].next == none) return;
+      const std::size_t right = symbols[left].next;
+      const auto it = ranks_.find(symbols[left].text + ' ' + symbols[right].text);
+      if (it != ranks_.end()) heap.push({it->second, left, right, symbols[left].version, symbols[right].version});
+    };
+    for (std::size_t k = 0; k + 1 < symbols.size(); ++k)
+      consider(k);
+    while (!heap.empty()) {
+      const Candidate c = heap.top();
+      heap.pop();
+      Symbol& left = symbols[c.left];
+      if (left.next != c.right || left.version != c.left_version || symbols[c.right].version != c.right_version)
+        continue;
+      Symbol& right = symbols[c.right];
+      left.text += right.text;
+      ++left.version;
+      ++right.version;  // invalidates candidates that start at the absorbed symbol
+      left.next = right.next;
+      if (right.next != none) symbols[right.next].prev = c.left;
+      right.text.clear();
+      consider(left.prev);
+      consider(c.left);
+    }
+    std::vector<std::string> out;
+    for (std::size_t k = 0; k != none; k = symbols[k].next)
+      out.push_back(std::move(symbols[k].text));
+    return out;
   }
 
   std::unordered_map<std::string, std::int32_t> vocab_;

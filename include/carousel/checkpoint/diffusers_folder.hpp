@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "carousel/checkpoint/clip_text_config.hpp"
+#include "carousel/checkpoint/clip_tokenizer.hpp"
 #include "carousel/checkpoint/detail/config_reader.hpp"
 #include "carousel/checkpoint/format_error.hpp"
 
@@ -70,6 +72,20 @@ struct DiffusersFolder {
     folder.scheduler = *component("scheduler", {}, true);
     folder.vae = component("vae", {"AutoencoderKL"}, false);
     return folder;
+  }
+
+  /// The tokenizer, checked against the text encoder: its max_length() (model_max_length) must not exceed the
+  /// text encoder's max_position_embeddings, or every prompt would fail at encoding time.
+  /// \throws FormatError naming the tokenizer and text-encoder files when they disagree or cannot be read.
+  ClipTokenizer load_tokenizer() const {
+    auto loaded = ClipTokenizer::load(tokenizer);
+    const auto text = ClipTextConfig::load(text_encoder);
+    if (loaded.max_length() > static_cast<std::size_t>(text.max_position_embeddings))
+      throw FormatError("tokenizer '" + tokenizer.string() + "': model_max_length " +
+                        std::to_string(loaded.max_length()) + " exceeds max_position_embeddings " +
+                        std::to_string(text.max_position_embeddings) + " of '" + detail::config_source(text_encoder) +
+                        "'");
+    return loaded;
   }
 };
 

@@ -41,6 +41,8 @@ namespace carousel::checkpoint {
 /// way when a component lacks the variant); without a variant and with none of those present, the single variant
 /// file `base.*.safetensors` if exactly one exists (e.g. a folder that ships only the fp16 weights).
 ///
+/// A sharded index may only name `.safetensors` files in its own folder (a bare file name).
+///
 /// Legacy names: VAE attention tensors saved before diffusers 0.14 (`<...>.attentions.N.query|key|value|proj_attn.*`)
 /// are renamed to `to_q|to_k|to_v|to_out.0` at open when the new name is absent. A rank-2 read ([out, in]) of a
 /// `to_q/to_k/to_v/to_out.0` weight also accepts a stored 1x1-convolution shape [out, in, 1, 1] (same bytes).
@@ -227,7 +229,13 @@ class WeightStore {
     for (const auto& [tensor_name, file] : map->items()) {
       if (!file.is_string())
         throw FormatError("weight index '" + index_path.string() + "': entry '" + tensor_name + "' is not a string");
-      const std::filesystem::path shard = index_path.parent_path() / file.get<std::string>();
+      const auto& name = file.get_ref<const std::string&>();
+      // Shards live beside their index: a path (absolute, "..", or with a separator) could read any file.
+      if (name.empty() || name == "." || name == ".." || name.find_first_of("/\\") != std::string::npos ||
+          name.find('\0') != std::string::npos || !name.ends_with(".safetensors"))
+        throw FormatError("weight index '" + index_path.string() + "': entry '" + tensor_name + "' names '" + name +
+                          "', which is not a .safetensors file name in the index's folder");
+      const std::filesystem::path shard = index_path.parent_path() / name;
       if (std::find(shards.begin(), shards.end(), shard) == shards.end()) shards.push_back(shard);
     }
     return shards;

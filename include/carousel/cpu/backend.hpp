@@ -156,7 +156,7 @@ class Backend {
   /// \throws checkpoint::FormatError naming the folder, file, field or tensor at fault.
   explicit Backend(const checkpoint::DiffusersFolder& folder, const BackendOptions& options = {})
       : folder_(folder),
-        tokenizer_(checkpoint::ClipTokenizer::load(folder.tokenizer)),
+        tokenizer_(folder.load_tokenizer()),
         text_encoder_config_(checkpoint::ClipTextConfig::load(folder.text_encoder / "config.json")),
         unet_config_(checkpoint::UNetConfig::load(folder.unet / "config.json")),
         text_encoder_(load_text_encoder(folder.text_encoder, text_encoder_config_, options.variant)),

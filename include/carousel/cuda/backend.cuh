@@ -87,7 +87,7 @@ class Backend {
   /// vae_scale_factor() is 1). \throws checkpoint::FormatError naming what is at fault; CudaError.
   explicit Backend(const checkpoint::DiffusersFolder& folder, const BackendOptions& options = {})
       : folder_(folder),
-        tokenizer_(checkpoint::ClipTokenizer::load(folder.tokenizer)),
+        tokenizer_(folder.load_tokenizer()),
         text_encoder_config_(checkpoint::ClipTextConfig::load(folder.text_encoder / "config.json")),
         unet_config_(checkpoint::UNetConfig::load(folder.unet / "config.json")),
         text_encoder_(std::make_unique<ClipTextModel>(
