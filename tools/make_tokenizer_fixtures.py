@@ -21,6 +21,10 @@ Writes
       near-linear time. "slow_differs": prompts on which transformers 4's pure-Python
       CLIPTokenizer without ftfy (re-implemented below: BasicTokenizer clean-up, CJK characters split apart,
       whitespace_clean, lower) gives other ids than the fast tokenizer — carousel follows the fast one.
+  tests/data/tokenizer/json-pairs/, tests/data/tokenizer/json-strings/
+      The tiny tokenizer as transformers 5 saves it (tokenizer.json + tokenizer_config.json, no vocab.json or
+      merges.txt), with merges as ["a", "b"] pairs (tokenizers >= 0.20) and as "a b" strings (older tokenizers);
+      both are checked to give transformers the "tiny" ids on every prompt.
   include/carousel/checkpoint/detail/unicode_data.hpp
       Tables generated from Python's unicodedata (Unicode {unidata_version}): general categories L* and N*,
       per-character lowercase mapping, canonical combining classes, canonical decompositions and primary
@@ -354,6 +358,29 @@ def nfc_cases(count=400):
     return cases
 
 
+def write_tokenizer_json():
+    """The tiny tokenizer saved by transformers (tokenizer.json), in both merge spellings, each checked."""
+    from transformers import CLIPTokenizer
+
+    tiny = CLIPTokenizer.from_pretrained(TINY)
+    for style in ("pairs", "strings"):
+        out = ROOT / "tests" / "data" / "tokenizer" / f"json-{style}"
+        tiny.save_pretrained(out)
+        assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json", "tokenizer_config.json"], list(out.iterdir())
+        data = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+        merges = data["model"]["merges"]
+        if style == "strings":
+            data["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in merges]
+        else:
+            data["model"]["merges"] = [m.split(" ") if isinstance(m, str) else m for m in merges]
+        (out / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        reloaded = CLIPTokenizer.from_pretrained(out)
+        for prompt in PROMPTS:
+            want = tiny(prompt, padding="max_length", max_length=77, truncation=True).input_ids
+            assert reloaded(prompt, padding="max_length", max_length=77, truncation=True).input_ids == want, prompt
+        print(f"{out.relative_to(ROOT)}: merges as {style}, same ids as {TINY.relative_to(ROOT)}")
+
+
 def write_ids():
     from transformers import CLIPTokenizer
 
@@ -391,3 +418,4 @@ if __name__ == "__main__":
         raise SystemExit(__doc__)
     write_tables()
     write_ids()
+    write_tokenizer_json()

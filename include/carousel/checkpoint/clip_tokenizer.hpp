@@ -44,7 +44,7 @@
 
 namespace carousel::checkpoint {
 
-/// A CLIP BPE tokenizer loaded from a tokenizer folder (vocab.json, merges.txt, and optionally
+/// A CLIP BPE tokenizer loaded from a tokenizer folder (vocab.json and merges.txt, or tokenizer.json; optionally
 /// tokenizer_config.json / special_tokens_map.json for the special tokens and model_max_length).
 ///
 /// Move-only. encode() and tokenize() are const and thread-safe (the BPE word cache is guarded by a mutex).
@@ -55,14 +55,24 @@ namespace carousel::checkpoint {
 /// \endcode
 class ClipTokenizer {
  public:
-  /// Loads `dir`/vocab.json and `dir`/merges.txt; special tokens from tokenizer_config.json, then
+  /// Loads `dir`/vocab.json and `dir`/merges.txt or, when both are absent, the `model` section of
+  /// `dir`/tokenizer.json (what transformers >= 5 saves: a `tokenizers` BPE model with `vocab` and `merges`, the
+  /// merges as "a b" strings or ["a", "b"] pairs). Special tokens from tokenizer_config.json, then
   /// special_tokens_map.json (later wins), defaulting to CLIPTokenizer's (`<|startoftext|>`, `<|endoftext|>` for
   /// eos, unk and pad); max length from tokenizer_config.json's model_max_length (default 77).
-  /// \throws FormatError naming the file when a file is missing or malformed, or a special token is not in the vocab.
+  /// \throws FormatError naming the file (and field) when a file is missing or malformed, a tokenizer.json holds
+  ///         another kind of tokenizer than CLIP's byte-level BPE, or a special token is not in the vocab.
   static ClipTokenizer load(const std::filesystem::path& dir) {
     ClipTokenizer tok;
-    tok.read_vocab(dir / "vocab.json");
-    tok.read_merges(dir / "merges.txt");
+    namespace fs = std::filesystem;
+    if (!fs::exists(dir / "vocab.json") && !fs::exists(dir / "merges.txt") && !fs::exists(dir / "tokenizer.json"))
+      throw FormatError("tokenizer '" + dir.string() + "': neither vocab.json + merges.txt nor tokenizer.json found");
+    if (!fs::exists(dir / "vocab.json") && !fs::exists(dir / "merges.txt") && fs::exists(dir / "tokenizer.json")) {
+      tok.read_tokenizer_json(dir / "tokenizer.json");
+    } else {
+      tok.read_vocab(read_json(dir / "vocab.json"), dir / "vocab.json");
+      tok.read_merges(dir / "merges.txt");
+    }
     std::string bos = "<|startoftext|>", eos = "<|endoftext|>", unk = "<|endoftext|>", pad = "<|endoftext|>";
     for (const char* file : {"tokenizer_config.json", "special_tokens_map.json"}) {
       const auto path = dir / file;
@@ -180,12 +190,12 @@ class ClipTokenizer {
   std::int32_t special_id(const std::filesystem::path& dir, const char* field, const std::string& token) const {
     const auto it = vocab_.find(token);
     if (it == vocab_.end())
-      throw FormatError("tokenizer '" + dir.string() + "': " + field + " '" + token + "' is not in vocab.json");
+      throw FormatError("tokenizer '" + dir.string() + "': " + field + " '" + token + "' is not in the vocabulary");
     return it->second;
   }
 
-  void read_vocab(const std::filesystem::path& path) {
-    const auto json = read_json(path);
+  void read_vocab(const nlohmann::json& json, const std::filesystem::path& path) {
+    if (!json.is_object()) throw FormatError("tokenizer file '" + path.string() + "': the vocabulary is not an object");
     for (const auto& [token, id] : json.items()) {
       if (!id.is_number_integer() || id.get<std::int64_t>() < 0 ||
           id.get<std::int64_t>() > std::numeric_limits<std::int32_t>::max())
@@ -193,6 +203,54 @@ class ClipTokenizer {
       vocab_.emplace(token, static_cast<std::int32_t>(id.get<std::int64_t>()));
     }
     if (vocab_.empty()) throw FormatError("tokenizer file '" + path.string() + "': empty vocabulary");
+  }
+
+  // The `model` section of a `tokenizers` tokenizer.json, accepted only when it is CLIP's: byte-level BPE with
+  // "</w>" word ends, no subword prefix, no dropout or byte fallback, merges applied to every word, and CLIP's
+  // pre-tokenizer pattern (this class hard-codes CLIP's normalization and pre-tokenization).
+  void read_tokenizer_json(const std::filesystem::path& path) {
+    const auto json = read_json(path);
+    const std::string where = "tokenizer file '" + path.string() + "'";
+    const auto model = json.find("model");
+    if (model == json.end() || !model->is_object()) throw FormatError(where + ": no 'model' object");
+    const auto field = [&](const char* name) -> const nlohmann::json& {
+      static const nlohmann::json null;
+      const auto it = model->find(name);
+      return it == model->end() ? null : *it;
+    };
+    const auto refuse = [&](const std::string& what) {
+      throw FormatError(where + ": " + what + "; only CLIP's byte-level BPE tokenizer is supported");
+    };
+    if (field("type") != "BPE") refuse("model type " + field("type").dump() + " is not BPE");
+    if (field("end_of_word_suffix") != "</w>")
+      refuse("model.end_of_word_suffix " + field("end_of_word_suffix").dump() + " is not \"</w>\"");
+    if (!field("continuing_subword_prefix").is_null() && field("continuing_subword_prefix") != "")
+      refuse("model.continuing_subword_prefix " + field("continuing_subword_prefix").dump() + " is set");
+    if (!field("dropout").is_null()) refuse("model.dropout " + field("dropout").dump() + " is set");
+    if (field("byte_fallback") == true) refuse("model.byte_fallback is true");
+    if (field("ignore_merges") == true) refuse("model.ignore_merges is true");
+    const auto pre = json.find("pre_tokenizer");
+    if (pre == json.end() ||
+        pre->dump().find(R"('s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+)") == std::string::npos)
+      refuse("its pre_tokenizer lacks CLIP's split pattern");
+    read_vocab(field("vocab"), path);
+    const auto& merges = field("merges");
+    if (!merges.is_array()) throw FormatError(where + ": model.merges is not a list");
+    int rank = 0;
+    for (const auto& merge : merges) {
+      std::string line;
+      if (merge.is_string()) {
+        line = merge.get<std::string>();
+      } else if (merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string()) {
+        line = merge[0].get<std::string>() + ' ' + merge[1].get<std::string>();
+      }
+      const auto space = line.find(' ');
+      if (space == std::string::npos || space == 0 || space + 1 == line.size() ||
+          line.find(' ', space + 1) != std::string::npos)
+        throw FormatError(where + ": model.merges entry " + std::to_string(rank) +
+                          " is neither \"left right\" nor [\"left\", \"right\"]");
+      ranks_.emplace(std::move(line), rank++);
+    }
   }
 
   void read_merges(const std::filesystem::path& path) {
