@@ -62,7 +62,8 @@ class ClipTokenizer {
   /// eos, unk and pad); max length from tokenizer_config.json's model_max_length (default 77).
   /// \throws FormatError naming the file (and field) when a file is missing or malformed, a tokenizer.json holds
   ///         another kind of tokenizer than CLIP's byte-level BPE, or a special token is not in the vocab.
-  static ClipTokenizer load(const std::filesystem::path& dir) {
+  /// A non-empty `pad_token` replaces the configured one (e.g. "!" for SD 2.x models, whose tokenizers pad with it).
+  static ClipTokenizer load(const std::filesystem::path& dir, std::string_view pad_token = {}) {
     ClipTokenizer tok;
     namespace fs = std::filesystem;
     if (!fs::exists(dir / "vocab.json") && !fs::exists(dir / "merges.txt") && !fs::exists(dir / "tokenizer.json"))
@@ -86,6 +87,7 @@ class ClipTokenizer {
           it != json.end() && it->is_number_unsigned() && it->get<std::uint64_t>() <= 100'000)
         tok.max_length_ = static_cast<std::size_t>(it->get<std::uint64_t>());
     }
+    if (!pad_token.empty()) pad = pad_token;
     if (tok.max_length_ < 2) throw FormatError("tokenizer '" + dir.string() + "': model_max_length below 2");
     tok.bos_ = tok.special_id(dir, "bos_token", bos);
     tok.eos_ = tok.special_id(dir, "eos_token", eos);

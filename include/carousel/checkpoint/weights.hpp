@@ -62,6 +62,44 @@ class WeightStore {
     return store;
   }
 
+  /// One tensor of a store made by open_renamed(): the stored tensor `stored`, read as `name`; when `rows` > 0 only
+  /// rows [row_begin, row_begin + rows) of its first dimension (a part of a fused tensor, e.g. q of a fused q/k/v).
+  struct Renamed {
+    std::string name;            ///< the name the module tree asks for
+    std::string stored;          ///< the tensor's key in the file
+    std::int64_t row_begin = 0;  ///< first row of the part (with rows > 0)
+    std::int64_t rows = 0;       ///< rows of the part; 0: the whole tensor
+  };
+
+  /// A store over some tensors of one safetensors file under other names (a single-file checkpoint's part, mapped in
+  /// memory, no copy on disk); `where` names the part in errors (e.g. "'sd.safetensors' (unet)").
+  /// \throws FormatError naming the file when it is malformed, a stored tensor is missing, a row range lies outside
+  ///         its tensor, or two entries share a name.
+  static WeightStore open_renamed(const std::filesystem::path& file, const std::vector<Renamed>& tensors,
+                                  const std::string& where) {
+    WeightStore store;
+    store.dir_ = where;
+    store.files_.push_back(SafetensorsFile::open(file));
+    std::map<std::string_view, std::size_t> index;
+    const auto& stored = store.files_[0].tensors();
+    for (std::size_t i = 0; i < stored.size(); ++i)
+      index.emplace(stored[i].name, i);
+    for (const auto& t : tensors) {
+      const auto it = index.find(t.stored);
+      if (it == index.end()) throw FormatError("weights in " + where + ": tensor '" + t.stored + "' is missing");
+      Entry e{0, it->second, false, stored[it->second].shape, t.row_begin, t.rows};
+      if (t.rows > 0) {
+        if (e.shape.empty() || t.row_begin < 0 || t.row_begin + t.rows > e.shape[0])
+          throw FormatError("weights in " + where + ": tensor '" + t.stored + "' has no rows [" +
+                            std::to_string(t.row_begin) + ", " + std::to_string(t.row_begin + t.rows) + ")");
+        e.shape[0] = t.rows;
+      }
+      if (!store.entries_.emplace(t.name, std::move(e)).second)
+        throw FormatError("weights in " + where + ": two tensors map to '" + t.name + "'");
+    }
+    return store;
+  }
+
   /// The safetensors files the store reads (one, or the shards in index order).
   std::vector<std::filesystem::path> files() const {
     std::vector<std::filesystem::path> out;
@@ -82,7 +120,11 @@ class WeightStore {
   }
 
   /// The stored tensor `name` (dtype, shape). \throws FormatError naming the tensor and folder when missing.
+  /// For a part of a fused tensor (open_renamed() with rows) this is the whole stored tensor; shape() is the part's.
   const TensorInfo& info(std::string_view name) const { return tensor(entry(name)); }
+
+  /// The shape take(name) reads. \throws FormatError naming the tensor and folder when missing.
+  const std::vector<std::int64_t>& shape(std::string_view name) const { return entry(name).shape; }
 
   /// The values of tensor `name` as float32, checked to have `expected_shape`, and marks it used.
   /// \throws FormatError naming the tensor, its file, the expected and the actual shape when it is missing,
@@ -90,10 +132,14 @@ class WeightStore {
   std::vector<float> take(std::string_view name, std::span<const std::int64_t> expected_shape) {
     auto& e = entry(name);
     const auto& t = tensor(e);
-    if (!shape_matches(name, t.shape, expected_shape))
+    if (!shape_matches(name, e.shape, expected_shape))
       throw FormatError("tensor '" + std::string(name) + "' in '" + files_[e.file].name() + "': expected shape " +
-                        format_shape(expected_shape) + ", file has " + format_shape(t.shape));
+                        format_shape(expected_shape) + ", file has " + format_shape(e.shape));
     auto values = files_[e.file].to_float(t);
+    if (e.rows > 0) {
+      const auto row = static_cast<std::ptrdiff_t>(t.numel() / t.shape[0]);
+      values = std::vector<float>(values.begin() + e.row_begin * row, values.begin() + (e.row_begin + e.rows) * row);
+    }
     e.used = true;
     return values;
   }
@@ -157,6 +203,9 @@ class WeightStore {
     std::size_t file = 0;
     std::size_t tensor = 0;  // index into files_[file].tensors()
     bool used = false;
+    std::vector<std::int64_t> shape;  // what take() reads: the tensor's, or its row range's
+    std::int64_t row_begin = 0;
+    std::int64_t rows = 0;  // 0: the whole tensor
   };
 
   Entry& entry(std::string_view name) { return const_cast<Entry&>(static_cast<const WeightStore*>(this)->entry(name)); }
@@ -192,7 +241,7 @@ class WeightStore {
     const std::size_t index = files_.size() - 1;
     const auto& tensors = files_.back().tensors();
     for (std::size_t i = 0; i < tensors.size(); ++i) {
-      if (!entries_.emplace(tensors[i].name, Entry{index, i, false}).second)
+      if (!entries_.emplace(tensors[i].name, Entry{index, i, false, tensors[i].shape, 0, 0}).second)
         throw FormatError("weights in '" + dir_.string() + "': tensor '" + tensors[i].name +
                           "' is stored in more than one file (second: '" + path.string() + "')");
     }

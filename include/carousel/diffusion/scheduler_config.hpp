@@ -16,6 +16,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "carousel/checkpoint/diffusers_folder.hpp"
+
 namespace carousel::diffusion {
 
 /// How betas are laid out over the training timesteps (`beta_schedule`).
@@ -199,6 +201,18 @@ struct SchedulerConfig {
       throw std::invalid_argument("scheduler config: `lambda_min_clipped` is not supported with a finite value");
     c.validate();
     return c;
+  }
+
+  /// The scheduler configuration of a model opened as `folder`: its scheduler/scheduler_config.json, or for a
+  /// single-file checkpoint the family's defaults (or its config folder's file). Errors as load().
+  [[nodiscard]] static SchedulerConfig load(const checkpoint::DiffusersFolder& folder) {
+    if (!folder.single_file) return load(folder.scheduler / "scheduler_config.json");
+    const auto [json, source] = folder.scheduler_config_json();
+    try {
+      return from_json(json);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(std::string(e.what()) + " (in " + source + ")");
+    }
   }
 
   /// Loads `scheduler_config.json` from `path`. Throws `std::runtime_error` naming the file when it cannot be read
