@@ -18,6 +18,11 @@ Writes tests/data/models/single-file/:
                                 OpenCLIP (cond_stage_model.model.*, q/k/v fused into attn.in_proj_weight/bias,
                                 text_projection), float32.
 
+  sd15-ldm-shapes.json, sd21-ldm-shapes.json
+                                {LDM name: shape} of real-size SD 1.5 and SD 2.1 single files (from
+                                tests/data/models/reference-configs/*/schema.json; SD 2.1 with OpenCLIP's 24th block),
+                                for the tests of the family detection at real size (no weights).
+
 Checks, for every file: diffusers' own conversion functions (convert_ldm_unet_checkpoint,
 convert_ldm_vae_checkpoint, convert_ldm_clip_checkpoint / convert_open_clip_checkpoint from
 diffusers.loaders.single_file_utils) map the file back to exactly the folder's tensors (cast to the file's dtype),
@@ -211,6 +216,50 @@ def check_with_diffusers(path, folder, open_clip, dtype):
     print(f"  {path.name}: from_single_file(config=folder) loads the folder's UNet and VAE tensors")
 
 
+def write_reference_shapes():
+    """Real-size LDM names and shapes from the reference schemas, checked with diffusers' conversion functions on
+    meta tensors (names and shapes back to the schema)."""
+    from diffusers.loaders import single_file_utils as sfu
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    ref = MODELS / "reference-configs"
+    for name, open_clip in (("sd15", False), ("sd21", True)):
+        schema = json.loads((ref / name / "schema.json").read_text())
+        unet_cfg = json.loads((ref / name / "unet" / "config.json").read_text())
+        vae_cfg = json.loads((ref / name / "vae" / "config.json").read_text())
+        meta = {c: {k: torch.empty(v, device="meta") for k, v in schema[c].items()} for c in schema}
+        out = {"model.diffusion_model." + unet_to_ldm(k, unet_cfg): v for k, v in meta["unet"].items()}
+        for k, v in meta["vae"].items():
+            ldm, value = vae_to_ldm(k, v, vae_cfg)
+            out["first_stage_model." + ldm] = value
+        text = {k: v for k, v in meta["text_encoder"].items() if not k.endswith("position_ids")}
+        if open_clip:
+            layers = CLIPTextConfig.from_pretrained(ref / name / "text_encoder").num_hidden_layers
+            last = f"text_model.encoder.layers.{layers - 1}."
+            extra = {k.replace(last, f"text_model.encoder.layers.{layers}."): v for k, v in text.items() if k.startswith(last)}
+            converted = {k: v for k, v in clip_to_openclip({**text, **extra}).items()}
+            converted["text_projection"] = torch.empty(schema["text_encoder"]["text_model.final_layer_norm.weight"] * 2,
+                                                       device="meta")
+            out.update({"cond_stage_model.model." + k: v for k, v in converted.items()})
+        else:
+            out.update({"cond_stage_model.transformer." + k: v for k, v in text.items()})
+        got_unet = sfu.convert_ldm_unet_checkpoint(out, unet_cfg)
+        got_vae = sfu.convert_ldm_vae_checkpoint(out, vae_cfg)
+        if open_clip:
+            model = CLIPTextModel(CLIPTextConfig.from_pretrained(ref / name / "text_encoder")).to("meta")
+            got_text = {k: v for k, v in sfu.convert_open_clip_checkpoint(model, out).items()
+                        if k != "text_projection.weight"}
+        else:
+            got_text = sfu.convert_ldm_clip_checkpoint(out)
+        for what, got, want in (("unet", got_unet, meta["unet"]), ("vae", got_vae, meta["vae"]), ("text", got_text, text)):
+            assert sorted(got) == sorted(want), (name, what, sorted(set(got) ^ set(want))[:10])
+            for k in want:
+                assert got[k].numel() == want[k].numel(), (name, what, k)
+        path = OUT / f"{name}-ldm-shapes.json"
+        path.write_text(json.dumps({k: list(v.shape) for k, v in sorted(out.items())}) + "\n")
+        print(f"{path.relative_to(ROOT)}: {len(out)} tensors; diffusers' conversion gives the schema back")
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     files = [("sd1-tiny.safetensors", "sd-tiny", False, True, torch.float32),
@@ -223,6 +272,7 @@ def main():
         (OUT / name).chmod(0o644)
         print(f"{(OUT / name).relative_to(ROOT)}: {len(tensors)} tensors from {folder}")
         check_with_diffusers(OUT / name, MODELS / folder, open_clip, dtype)
+    write_reference_shapes()
 
 
 if __name__ == "__main__":

@@ -220,6 +220,18 @@ TEST_CASE("Config.DiffusersFolder.TokenizerFitsTextEncoder") {
   CHECK(message.find((dir.path() / "text_encoder" / "config.json").string()) != std::string::npos);
 }
 
+TEST_CASE("Config.DiffusersFolder.TokenizerJsonOnly") {
+  // A folder as transformers 5 saves it: tokenizer/ holds tokenizer.json and tokenizer_config.json only.
+  t::TempDir dir;
+  fs::copy(models / "sd-tiny", dir.path(), fs::copy_options::recursive);
+  fs::remove_all(dir.path() / "tokenizer");
+  fs::copy(fs::path(CAROUSEL_TEST_DATA_DIR) / "tokenizer/json-pairs", dir.path() / "tokenizer");
+  const auto json_only = DiffusersFolder::open(dir.path()).load_tokenizer();
+  const auto classic = DiffusersFolder::open(models / "sd-tiny").load_tokenizer();
+  for (const char* prompt : {"a photo of a cat", "an astronaut riding a horse on mars, 8k"})
+    CHECK(json_only.encode(prompt) == classic.encode(prompt));
+}
+
 TEST_CASE("Config.UNet.DefaultsAreSd15") {
   const auto c = UNetConfig::parse(json::object());
   CHECK(c.block_out_channels == std::vector<int>{320, 640, 1280, 1280});

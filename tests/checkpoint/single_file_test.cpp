@@ -15,7 +15,11 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -138,6 +142,66 @@ TEST_CASE("SingleFile.Configs.DerivedFromShapes") {
   const auto message = error_of([&] { folder.unet_config(); });
   CHECK(message.find("sd1-tiny.safetensors (unet, derived)': field 'norm_num_groups' = 32 does not divide") !=
         std::string::npos);
+}
+
+// Real-size SD 1.5 and SD 2.1 single files, as names and shapes (tools/make_single_file_fixtures.py writes them from
+// the reference schemas and checks them with diffusers' conversion functions): the family's constants (heads, norm
+// groups, activation, SD 2.x's 23 of 24 OpenCLIP blocks) give diffusers' reference configs, and every mapped name is
+// the reference schema's.
+TEST_CASE("SingleFile.RealSize.ConfigsAndNamesMatchDiffusers") {
+  for (const char* name : {"sd15", "sd21"}) {
+    CAPTURE(std::string(name));
+    const auto shapes = nlohmann::json::parse(std::ifstream(single / (std::string(name) + "-ldm-shapes.json")));
+    std::map<std::string, std::vector<std::int64_t>, std::less<>> map;
+    for (const auto& [key, value] : shapes.items())
+      map.emplace(key, value.get<std::vector<std::int64_t>>());
+    const auto c = cc::SingleFileCheckpoint::from_shapes(std::move(map), std::string(name) + ".safetensors");
+    CHECK(c.family() == (std::string(name) == "sd15" ? cc::SingleFileFamily::sd1 : cc::SingleFileFamily::sd2));
+    const fs::path ref = models / "reference-configs" / name;
+    const auto unet = cc::UNetConfig::parse(c.unet_config());
+    const auto want_unet = cc::UNetConfig::load(ref / "unet");
+    CHECK(unet.block_out_channels == want_unet.block_out_channels);
+    CHECK(unet.layers_per_block == want_unet.layers_per_block);
+    CHECK(unet.down_block_types == want_unet.down_block_types);
+    CHECK(unet.up_block_types == want_unet.up_block_types);
+    CHECK(unet.cross_attention_dim == want_unet.cross_attention_dim);
+    CHECK(unet.use_linear_projection == want_unet.use_linear_projection);
+    CHECK(unet.transformer_layers_per_block == want_unet.transformer_layers_per_block);
+    CHECK(unet.norm_num_groups == want_unet.norm_num_groups);
+    CHECK(unet.sample_size == want_unet.sample_size);
+    for (std::size_t i = 0; i < unet.block_out_channels.size(); ++i) {
+      CHECK(unet.down_block_heads(static_cast<int>(i)) == want_unet.down_block_heads(static_cast<int>(i)));
+      CHECK(unet.up_block_heads(static_cast<int>(i)) == want_unet.up_block_heads(static_cast<int>(i)));
+    }
+    CHECK(unet.mid_block_heads() == want_unet.mid_block_heads());
+    const auto vae = cc::VaeConfig::parse(c.vae_config());
+    const auto want_vae = cc::VaeConfig::load(ref / "vae");
+    CHECK(vae.block_out_channels == want_vae.block_out_channels);
+    CHECK(vae.layers_per_block == want_vae.layers_per_block);
+    CHECK(vae.latent_channels == want_vae.latent_channels);
+    CHECK(vae.norm_num_groups == want_vae.norm_num_groups);
+    CHECK(vae.scaling_factor == want_vae.scaling_factor);
+    const auto text = cc::ClipTextConfig::parse(c.text_encoder_config());
+    const auto want_text = cc::ClipTextConfig::load(ref / "text_encoder");
+    CHECK(text.hidden_size == want_text.hidden_size);
+    CHECK(text.intermediate_size == want_text.intermediate_size);
+    CHECK(text.num_hidden_layers == want_text.num_hidden_layers);
+    CHECK(text.num_attention_heads == want_text.num_attention_heads);
+    CHECK(text.max_position_embeddings == want_text.max_position_embeddings);
+    CHECK(text.vocab_size == want_text.vocab_size);
+    CHECK(text.hidden_act == want_text.hidden_act);
+    const auto schema = nlohmann::json::parse(std::ifstream(ref / "schema.json"));
+    for (const auto& [part, key] : {std::pair{Component::unet, "unet"}, std::pair{Component::vae, "vae"},
+                                    std::pair{Component::text_encoder, "text_encoder"}}) {
+      CAPTURE(std::string(key));
+      std::set<std::string> got, want;
+      for (const auto& n : c.names(part))
+        got.insert(n.name);
+      for (const auto& [n, shape] : schema[key].items())
+        if (!n.ends_with("position_ids")) want.insert(n);
+      CHECK(got == want);
+    }
+  }
 }
 
 TEST_CASE("SingleFile.Ema.FullFileChoosesCopy") {

@@ -58,12 +58,21 @@ class SingleFileCheckpoint {
   /// maps every name. \throws FormatError naming the file for a malformed file, an unsupported family (SDXL,
   /// inpainting, upscaler, ... — the message names what was found), or a layout that does not fit SD 1.x/2.x.
   static SingleFileCheckpoint open(const std::filesystem::path& file, const SingleFileOptions& options = {}) {
+    std::map<std::string, std::vector<std::int64_t>, std::less<>> shapes;
+    const auto stored = SafetensorsFile::open(file);
+    for (const auto& t : stored.tensors())
+      shapes.emplace(t.name, t.shape);
+    return from_shapes(std::move(shapes), file, options);
+  }
+
+  /// As open(), from a checkpoint's tensor names and shapes alone (e.g. to inspect a header): family, names and
+  /// configs; open_weights() then reads `file`. \throws FormatError as open().
+  static SingleFileCheckpoint from_shapes(std::map<std::string, std::vector<std::int64_t>, std::less<>> shapes,
+                                          const std::filesystem::path& file, const SingleFileOptions& options = {}) {
     SingleFileCheckpoint c;
     c.file_ = file;
     c.options_ = options;
-    const auto st = SafetensorsFile::open(file);
-    for (const auto& t : st.tensors())
-      c.shapes_.emplace(t.name, t.shape);
+    c.shapes_ = std::move(shapes);
     c.detect();
     c.map_unet();
     c.map_vae();
