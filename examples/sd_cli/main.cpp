@@ -190,7 +190,8 @@ fs::path numbered(const fs::path& out, std::size_t i) {
 int main(int argc, char** argv) {
   const Args args = parse(argc, argv);
   try {
-    const auto folder = carousel::checkpoint::DiffusersFolder::open(args.model);
+    const auto folder = carousel::checkpoint::DiffusersFolder::open(
+        args.model, {.tokenizer = fs::path(CAROUSEL_DEFAULT_MODEL_DIR) / "tokenizer"});
     const carousel::diffusion::AnyBackend backend = carousel::examples::load_backend(folder, args.device, args.cuda);
     Pipeline pipeline(backend, carousel::diffusion::pipeline_scheduler_config(folder),
                       carousel::diffusion::pipeline_options(folder, backend.vae_scale_factor()));
