@@ -25,26 +25,6 @@ namespace carousel::examples::sd_server {
 using SuccessBody =
     std::function<nlohmann::json(Generation&, const std::vector<diffusion::Job>&, const std::vector<std::string>&)>;
 
-/// The client-facing error of a batcher error.
-inline ApiError error_of(const Error& e) {
-  switch (e.code()) {
-    case Errc::queue_full:
-      return ApiError(429, e.what(), "", "queue_full");
-    case Errc::cancelled:
-      return ApiError(499, e.what(), "", "cancelled");
-    case Errc::deadline_exceeded:
-    case Errc::deadline_unreachable:
-      return ApiError(504, e.what(), "timeout_ms", "timeout");
-    case Errc::shut_down:
-      return ApiError(503, e.what(), "", "shutting_down");
-    case Errc::invalid_request:
-      return ApiError(400, e.what(), "", "invalid_request");
-    case Errc::model_error:
-      break;
-  }
-  return ApiError(500, e.what(), "", "model_error");
-}
-
 /// The finalizer's work for `g`: waits (no polling) until every ticket completed, cancelling them all once if a
 /// cancellation is asked for meanwhile; then writes the result (`body` of the jobs, or the first error), the images
 /// kept for URLs, the status and the last SSE frame, and marks the generation finished.
@@ -70,7 +50,7 @@ inline void finalize(Generation& g, const SuccessBody& body) {
     try {
       jobs.push_back(t.get());
     } catch (const Error& e) {
-      if (!error) error = error_of(e);
+      if (!error) error = error_of(e, g.shape);
     } catch (const std::exception& e) {
       if (!error) error = ApiError(500, e.what(), "", "server_error");
     }

@@ -4,14 +4,17 @@
 /// (`GenerationRequest`), the parsing limits, and the typed field readers and sampler names the per-API parsers
 /// (openai.hpp, a1111.hpp) are written with.
 
+#include <carousel/diffusion/invalid_job.hpp>
 #include <carousel/diffusion/job.hpp>
 #include <carousel/diffusion/sampler.hpp>
+#include <carousel/errors.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <limits>
 #include <optional>
@@ -199,16 +202,41 @@ inline std::vector<diffusion::Job> replicate(const diffusion::Job& base, std::ui
 
 }  // namespace detail
 
-/// The name a validation message from `Pipeline::validate` ("steps: must be ...") starts with, translated to the
-/// field name of the API shape the client used (width/height -> size for OpenAI, guidance_scale -> cfg_scale and
-/// sampler -> sampler_name for A1111).
-inline std::string field_of_validation_message(std::string_view message, ApiShape shape) {
-  const auto colon = message.find(':');
-  std::string field(colon == std::string_view::npos ? std::string_view{} : message.substr(0, colon));
-  if (shape == ApiShape::openai && (field == "width" || field == "height")) return "size";
-  if (shape == ApiShape::a1111 && field == "guidance_scale") return "cfg_scale";
-  if (shape == ApiShape::a1111 && field == "sampler") return "sampler_name";
-  return field;
+/// The request field of the API shape the client used that holds `Job` member `job_field` (as named by
+/// `diffusion::InvalidJob::field()`): width/height -> size for OpenAI, guidance_scale -> cfg_scale and
+/// sampler -> sampler_name for A1111; other names are the same in both.
+inline std::string api_field(std::string_view job_field, ApiShape shape) {
+  if (shape == ApiShape::openai && (job_field == "width" || job_field == "height")) return "size";
+  if (shape == ApiShape::a1111 && job_field == "guidance_scale") return "cfg_scale";
+  if (shape == ApiShape::a1111 && job_field == "sampler") return "sampler_name";
+  return std::string(job_field);
+}
+
+/// The client-facing error of a batcher error; a refused job (`Errc::invalid_request` with a nested
+/// `diffusion::InvalidJob`) becomes 400 naming the field as the client's API `shape` spells it.
+inline ApiError error_of(const Error& e, ApiShape shape) {
+  switch (e.code()) {
+    case Errc::queue_full:
+      return ApiError(429, e.what(), "", "queue_full");
+    case Errc::cancelled:
+      return ApiError(499, e.what(), "", "cancelled");
+    case Errc::deadline_exceeded:
+    case Errc::deadline_unreachable:
+      return ApiError(504, e.what(), "timeout_ms", "timeout");
+    case Errc::shut_down:
+      return ApiError(503, e.what(), "", "shutting_down");
+    case Errc::invalid_request:
+      try {
+        std::rethrow_if_nested(e);
+      } catch (const diffusion::InvalidJob& invalid) {
+        return ApiError(400, invalid.what(), api_field(invalid.field(), shape));
+      } catch (...) {
+      }
+      return ApiError(400, e.what(), "", "invalid_request");
+    case Errc::model_error:
+      break;
+  }
+  return ApiError(500, e.what(), "", "model_error");
 }
 
 }  // namespace carousel::examples::sd_server

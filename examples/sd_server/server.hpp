@@ -390,13 +390,6 @@ class Server {
   // full) or 503 (shutting down).
   // `url_host`: the Host the client reached us by, when it asked for image URLs.
   std::shared_ptr<Generation> launch(GenerationRequest r, const std::string& url_host = "") {
-    for (auto& job : r.jobs) {
-      try {
-        pipeline_.validate(job);
-      } catch (const std::invalid_argument& e) {
-        throw ApiError(400, e.what(), field_of_validation_message(e.what(), r.shape));
-      }
-    }
     auto g = std::make_shared<Generation>();
     g->shape = r.shape;
     g->parameters = std::move(r.parameters);
@@ -407,7 +400,7 @@ class Server {
       g->seeds.push_back(job.seed);
     g->steps_done.assign(r.jobs.size(), 0);
     for (const auto& job : r.jobs)
-      g->total_steps.push_back(pipeline_.total_steps(job));
+      g->total_steps.push_back(planned_steps(job));
     std::optional<Clock::time_point> deadline;
     if (r.timeout_ms) deadline = g->submitted + std::chrono::milliseconds(*r.timeout_ms);
     registry_.add(
@@ -423,7 +416,6 @@ class Server {
   void submit(const std::shared_ptr<Generation>& g, GenerationRequest& r, std::optional<Clock::time_point> deadline) {
     g->events.push_back(
         sse_frame("queued", {{"id", g->id}, {"n", r.jobs.size()}, {"seeds", g->seeds}, {"total", g->total_steps}}));
-    std::optional<Errc> refused;
     for (std::size_t i = 0; i < r.jobs.size(); ++i) {
       std::weak_ptr<Generation> weak = g;
       auto ticket = batcher_.submit(std::move(r.jobs[i]),
@@ -438,19 +430,37 @@ class Server {
                                              gen->changed.notify_all();
                                            }
                                          }});
-      if (ticket.ready() && ticket.error_code() &&
-          (*ticket.error_code() == Errc::queue_full || *ticket.error_code() == Errc::shut_down)) {
-        refused = ticket.error_code();
+      std::optional<ApiError> refused;
+      if (ticket.ready() && ticket.error_code()) {
+        const Errc code = *ticket.error_code();
+        if (code == Errc::shut_down) {
+          refused = ApiError(503, "the server is shutting down", "", "shutting_down");
+        } else if (code == Errc::queue_full) {
+          refused = ApiError(429, "the queue is full (" + std::to_string(options_.max_queue) + " images waiting)", "",
+                             "queue_full");
+        } else if (code == Errc::invalid_request) {
+          try {
+            static_cast<void>(ticket.get());
+          } catch (const Error& e) {
+            refused = error_of(e, r.shape);
+          }
+        }
+      }
+      if (refused) {
+        for (auto& t : g->tickets)
+          t.cancel();
+        throw *refused;
       }
       g->tickets.push_back(std::move(ticket));
-      if (refused) break;
     }
-    if (refused) {
-      for (auto& t : g->tickets)
-        t.cancel();
-      if (*refused == Errc::shut_down) throw ApiError(503, "the server is shutting down", "", "shutting_down");
-      throw ApiError(429, "the queue is full (" + std::to_string(options_.max_queue) + " images waiting)", "",
-                     "queue_full");
+  }
+
+  // The step count of a job for progress reports, before the batcher validated it (0 for a job it will refuse).
+  std::size_t planned_steps(const diffusion::Job& job) const {
+    try {
+      return pipeline_.total_steps(job);
+    } catch (const std::exception&) {
+      return 0;
     }
   }
 

@@ -142,8 +142,9 @@ TEST_CASE("Pipeline.Validate") {
   auto error_of = [&](Job j) -> std::string {
     try {
       m.pipeline.validate(j);
-    } catch (const std::invalid_argument& e) {
-      return e.what();
+    } catch (const carousel::diffusion::InvalidJob& e) {
+      CHECK(std::string(e.what()) == e.field() + ": " + e.message());
+      return e.field() + ": " + e.message();
     }
     return "no error";
   };
@@ -175,4 +176,25 @@ TEST_CASE("Pipeline.Validate") {
   CHECK(with([](Job& j) { j.prompt = std::string("\xff\xfe bad utf-8"); }).starts_with("prompt:"));
   CHECK(with([](Job& j) { j.negative_prompt = std::string(100000, 'a'); }).starts_with("negative_prompt:"));
   CHECK(error_of(ok) == "no error");
+  SUBCASE("the batcher refuses an invalid job at submit, with the InvalidJob nested, and never admits it") {
+    Batcher batcher{m.pipeline, {.max_batch_size = 2}};
+    Job bad = ok;
+    bad.steps = 0;
+    auto t = batcher.submit(std::move(bad));
+    REQUIRE(t.ready());
+    CHECK(t.error_code() == carousel::Errc::invalid_request);
+    std::string field;
+    try {
+      static_cast<void>(t.get());
+    } catch (const carousel::Error& e) {
+      try {
+        std::rethrow_if_nested(e);
+      } catch (const carousel::diffusion::InvalidJob& invalid) {
+        field = invalid.field();
+      }
+    }
+    CHECK(field == "steps");
+    CHECK_FALSE(batcher.step_once());
+    CHECK(batcher.stats().admitted == 0);
+  }
 }

@@ -460,8 +460,9 @@ TEST_CASE("Server.Errors.Fields") {
     check_error(r.client().Get((gen + "/gen-999").c_str()), 404, "id");
     check_error(r.client().Get((gen + "/gen-999/events").c_str()), 404, "id");
   }
-  // Nothing invalid reached the batcher.
-  CHECK(r.server.stats().submitted == 0);
+  // The batcher's validate hook refused every invalid job at submit: none was admitted.
+  CHECK(r.server.stats().admitted == 0);
+  CHECK(r.server.stats().rejected == r.server.stats().submitted);
 }
 
 TEST_CASE("Server.Stream.Events") {
