@@ -6,6 +6,9 @@
 //   carousel-bench-serving                       the simulation grid (virtual time, deterministic, well under a minute)
 //   carousel-bench-serving --wallclock           simulation vs wall clock on scaled regimes (real sleeps, ~1 minute)
 //   carousel-bench-serving --wallclock-pipeline DIR   the same with the real CPU Pipeline on a model folder (tiny)
+//   carousel-bench-serving --routing             replicas behind round robin, least connections and drain-aware
+//                                                routing (virtual time; replicas.hpp), mixed 20/30/50 steps at two
+//                                                resolutions, on the balanced regime or --curve
 //
 // Options:
 //   --csv PATH             where the grid's CSV goes (default: <build folder>/serving.csv, or serving-wallclock.csv)
@@ -18,6 +21,10 @@
 //   --decode-off-loop      the decode runs in the batcher's retire stage (Options::concurrent_retire), not on the step
 //                          loop: replayed on one decode worker in the simulation, a second thread in wall-clock runs
 //   --carousel-max-batch N max_batch_size of the continuous modes (default 8, like static and dynamic batching)
+//   --replicas N           --routing: replicas behind the router (default 4)
+//   --agent-target S       --routing: the agents' --agent-target-seconds (default 10)
+//   --agent-interval S     --routing: seconds between agent checks, HAProxy's agent-inter (default 1)
+//   --routing-steps A,B,.. --routing: the step counts requests draw from (default 20,30,50)
 //   --wall-requests N      --wallclock: requests per point (default 150)
 //   --wall-modes M@X,...   --wallclock: the modes compared, each on the balanced regime's costs (and static timeout)
 //                          scaled by X (default static@0.05,continuous@0.05,cost_aware@0.05; a policy that reads
@@ -25,6 +32,7 @@
 //
 // The last line printed is the summary: carousel's policy over static batching (ratios of mean and p99 latency) at 50%
 // and 90% load of the balanced regime, the worst over every regime and load, and the throughput ratio at saturation.
+#include "replicas.hpp"
 #include "serving_sim.hpp"
 
 #include <algorithm>
@@ -62,6 +70,11 @@ struct Cli {
   std::size_t carousel_max_batch = 8;
   bool decode_off_loop = false;
   bool wallclock = false;
+  bool routing = false;
+  std::size_t replicas = 4;
+  double agent_target = 10.0;
+  double agent_interval = 1.0;
+  std::vector<std::size_t> routing_steps = {20, 30, 50};
   std::size_t wall_requests = 150;
   std::string wall_modes = "static@0.05,continuous@0.05,cost_aware@0.05";
   std::string pipeline;  // --wallclock-pipeline: a diffusers model folder run by the real CPU Pipeline
@@ -97,6 +110,19 @@ Cli parse(int argc, char** argv) {
       cli.decode_off_loop = true;
     } else if (arg == "--wallclock") {
       cli.wallclock = true;
+    } else if (arg == "--routing") {
+      cli.routing = true;
+    } else if (arg == "--replicas") {
+      cli.replicas = std::stoul(value());
+    } else if (arg == "--agent-target") {
+      cli.agent_target = std::stod(value());
+    } else if (arg == "--agent-interval") {
+      cli.agent_interval = std::stod(value());
+    } else if (arg == "--routing-steps") {
+      cli.routing_steps.clear();
+      std::stringstream list(value());
+      for (std::string item; std::getline(list, item, ',');)
+        cli.routing_steps.push_back(std::stoul(item));
     } else if (arg == "--wallclock-pipeline") {
       cli.pipeline = value();
       cli.wallclock = true;
@@ -105,7 +131,9 @@ Cli parse(int argc, char** argv) {
     }
   }
   if (cli.csv.empty())
-    cli.csv = std::string(CAROUSEL_SERVING_OUT_DIR) + (cli.wallclock ? "/serving-wallclock.csv" : "/serving.csv");
+    cli.csv = std::string(CAROUSEL_SERVING_OUT_DIR) + (cli.wallclock ? "/serving-wallclock.csv"
+                                                       : cli.routing ? "/serving-routing.csv"
+                                                                     : "/serving.csv");
   return cli;
 }
 
@@ -471,6 +499,86 @@ int run_pipeline_check(const Cli& cli) {
 }
 #endif
 
+// Replicas behind each router at loads relative to the cluster's saturation (replicas x one replica's throughput on a
+// backlog of the same mix), several seeds per point; the last line compares drain-aware with least connections at 80%.
+int run_routing(const Cli& cli) {
+  Regime regime = Regime::linear("balanced", 20, 15, cli.decode_factor);
+  if (!cli.curve.empty()) {
+    const bool decode_measured = CostCurve::csv_has_column(cli.curve, "decode_ms");
+    const CostCurve step = CostCurve::from_csv(cli.curve);
+    regime = Regime{"measured", step,
+                    decode_measured ? CostCurve::from_csv(cli.curve, "decode_ms") : step.scaled(cli.decode_factor)};
+  }
+  ClusterSpec spec;
+  spec.replicas = cli.replicas;
+  spec.options.max_batch_size = cli.carousel_max_batch;
+  spec.agent_target = cli.agent_target;
+  spec.agent_interval = cli.agent_interval;
+  Workload mix;
+  mix.step_mix = cli.routing_steps;
+  mix.keys = 2;
+  mix.high_priority_fraction = 0;
+  Workload backlog = mix;
+  backlog.pattern = Pattern::backlog;
+  backlog.requests = 800;
+  backlog.seed = cli.seed;
+  const double per_replica = summarize(simulate(regime, spec.options, backlog), regime).throughput;
+  const double saturation = per_replica * static_cast<double>(spec.replicas);
+  std::string steps;
+  for (std::size_t n : mix.step_mix)
+    steps += (steps.empty() ? "" : "/") + std::to_string(n);
+  std::printf(
+      "# routing: %zu replicas, max batch %zu, regime %s, steps %s, 2 resolutions, "
+      "saturation %.2f req/s (%.2f per replica)\n",
+      spec.replicas, spec.options.max_batch_size, regime.name.c_str(), steps.c_str(), saturation, per_replica);
+
+  const std::vector<double> loads = {0.5, 0.8, 0.9};
+  const std::vector<Router> routers = {Router::round_robin, Router::least_connections, Router::drain_aware};
+  constexpr int kSeeds = 5;
+  std::ofstream csv(cli.csv);
+  if (!csv) throw std::runtime_error("cannot write " + cli.csv);
+  csv << "regime,replicas,load,router,seed,count,mean_s,p50_s,p90_s,p99_s,max_s\n";
+  std::map<std::pair<std::string, std::string>, std::vector<Summary>> runs;  // (load, router) -> one per seed
+  for (double load : loads) {
+    for (int seed = 0; seed < kSeeds; ++seed) {
+      Workload w = mix;
+      w.rate = load * saturation;
+      w.requests = cli.requests;
+      w.seed = cli.seed + static_cast<std::uint64_t>(seed);
+      const std::vector<Arrival> trace = generate_trace(w);
+      for (Router router : routers) {
+        const Summary s = summarize(simulate_cluster(regime, spec, router, trace).run, regime);
+        runs[{load_label(load), std::string(router_name(router))}].push_back(s);
+        csv << regime.name << ',' << spec.replicas << ',' << load << ',' << router_name(router) << ',' << w.seed << ','
+            << s.count << ',' << s.mean << ',' << s.p50 << ',' << s.p90 << ',' << s.p99 << ',' << s.max << '\n';
+      }
+    }
+  }
+  auto median = [](std::vector<double> v) { return quantile(v, 0.5); };
+  auto field = [&](const std::string& load, Router router, double Summary::*f) {
+    std::vector<double> v;
+    for (const Summary& s : runs[{load, std::string(router_name(router))}])
+      v.push_back(s.*f);
+    return median(v);
+  };
+  std::printf("%-5s %-18s %8s %8s %8s %8s %9s\n", "load", "router", "mean", "p50", "p90", "p99", "p99/lc");
+  for (double load : loads) {
+    const std::string l = load_label(load);
+    const double lc = field(l, Router::least_connections, &Summary::p99);
+    for (Router router : routers) {
+      const double p99 = field(l, router, &Summary::p99);
+      std::printf("%-5s %-18s %8.3f %8.3f %8.3f %8.3f %9.2f\n", l.c_str(), std::string(router_name(router)).c_str(),
+                  field(l, router, &Summary::mean), field(l, router, &Summary::p50), field(l, router, &Summary::p90),
+                  p99, p99 / lc);
+    }
+  }
+  const double ratio =
+      field("80%", Router::drain_aware, &Summary::p99) / field("80%", Router::least_connections, &Summary::p99);
+  std::printf("(medians of %d seeds, %zu requests each; CSV: %s)\n", kSeeds, cli.requests, cli.csv.c_str());
+  std::printf("routing: drain_aware p99 / least_connections p99 at 80%% load = %.2f (goal <= 0.90)\n", ratio);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -481,6 +589,7 @@ int main(int argc, char** argv) {
 #else
     if (!cli.pipeline.empty()) throw std::invalid_argument("--wallclock-pipeline: built without the CPU backend");
 #endif
+    if (cli.routing) return run_routing(cli);
     return cli.wallclock ? run_wallclock_check(cli) : run_grid(cli);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "carousel-bench-serving: %s\n", e.what());

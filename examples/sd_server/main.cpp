@@ -5,6 +5,7 @@
 //                      [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]
 //                      [--concurrent-decode auto|on|off] [--cuda-graphs on|off]
 //                      [--cuda-conv-search heuristic|exhaustive]
+//                      [--agent-port N] [--agent-target-seconds S] [--drain-timeout S]
 //
 // Without --model it serves the bundled model (models/shapes-32). --device auto (the default) runs on the GPU when
 // the build has the CUDA backend and the machine a CUDA device, else on the CPU; --device cuda where that is not so
@@ -12,13 +13,19 @@
 // UNet step (Options::concurrent_retire); auto (the default) turns it on for cuda (the decode has its own stream) and
 // off for cpu (where both would share the same cores). --cuda-graphs and --cuda-conv-search choose CUDA backend
 // options (common/device.hpp) and matter only on cuda. --port 0 picks a free port. It prints "listening on
-// http://HOST:PORT" once ready. SIGINT/SIGTERM: new requests get 503, admitted ones finish, exit 0.
+// http://HOST:PORT" once ready. --agent-port N answers HAProxy's agent-check on HOST:N (`up NN%` falling as the
+// estimated drain time grows past --agent-target-seconds, default 10; `drain` while shutting down; docs/deploy.md).
+// SIGINT/SIGTERM: /health/ready and new requests get 503, admitted ones finish, exit 0; if they have not finished
+// after --drain-timeout seconds (default 120), or at a second signal, exit 3 at once.
 #include <common/device.hpp>
 #include <sd_server/server.hpp>
 
+#include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -40,7 +47,9 @@ constexpr const char* usage =
     "                          [--admission continuous|static|cost-aware] [--batch-timeout-ms N]\n"
     "                          [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]\n"
     "                          [--concurrent-decode auto|on|off (auto: on for cuda, off for cpu)]\n"
-    "                          [--cuda-graphs on|off] [--cuda-conv-search heuristic|exhaustive] (cuda only)\n";
+    "                          [--cuda-graphs on|off] [--cuda-conv-search heuristic|exhaustive] (cuda only)\n"
+    "                          [--agent-port N (HAProxy agent-check)] [--agent-target-seconds S (default 10)]\n"
+    "                          [--drain-timeout S (default 120)]\n";
 
 int signal_pipe[2] = {-1, -1};
 
@@ -79,6 +88,7 @@ double real(const std::string& flag, const std::string& value, double lo, double
 // The command line: the server's options and the device to run on ("cpu" or "cuda", resolved from --device).
 struct CommandLine {
   ServerOptions options;
+  double drain_timeout = 120;  // seconds a SIGTERM drain may take before the process exits anyway
   std::string device;
   carousel::examples::CudaBackendOptions cuda;
 };
@@ -89,6 +99,7 @@ CommandLine parse(int argc, char** argv) {
   std::optional<std::filesystem::path> model;
   std::optional<double> guidance;
   std::string concurrent_decode = "auto";
+  double drain_timeout = 120;
   carousel::examples::CudaBackendOptions cuda;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
@@ -118,6 +129,12 @@ CommandLine parse(int argc, char** argv) {
       if (value != "auto" && value != "on" && value != "off")
         fail("--concurrent-decode: expected auto, on or off, got '" + value + "'");
       concurrent_decode = value;
+    } else if (flag == "--agent-port") {
+      o.agent_port = static_cast<int>(number(flag, value, 1, 65535));
+    } else if (flag == "--agent-target-seconds") {
+      o.agent_target_seconds = real(flag, value, 0.001, 86400);
+    } else if (flag == "--drain-timeout") {
+      drain_timeout = real(flag, value, 0, 86400);
     } else if (flag == "--default-guidance") {
       guidance = real(flag, value, 0, 100);
     } else if (flag == "--admission") {
@@ -155,13 +172,13 @@ CommandLine parse(int argc, char** argv) {
   o.bundled_model = std::filesystem::equivalent(o.model_dir, bundled, ec);
   // The bundled model was tuned for guidance 2 (docs/bundled-model.md); other models get diffusers' 7.5.
   o.default_guidance = guidance.value_or(o.bundled_model ? 2.0 : 7.5);
-  return {o, device, cuda};
+  return {o, drain_timeout, device, cuda};
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const auto [options, device, cuda] = parse(argc, argv);
+  const auto [options, drain_timeout, device, cuda] = parse(argc, argv);
 
   // SIGINT/SIGTERM may land on any thread (OpenBLAS starts its own before main), so the handler only writes the
   // signal number to a pipe; a dedicated thread reads it and drains the server.
@@ -190,13 +207,42 @@ int main(int argc, char** argv) {
             << (options.concurrent_decode ? " with concurrent decode" : "") << ", max batch " << options.max_batch
             << "\nlistening on http://" << options.host << ':' << server->port() << std::endl;
 
+  // The first signal drains on a thread of its own, which writes a 0 byte to the pipe when done; this thread waits
+  // for that, a second signal or the drain deadline, and exits at once (code 3) on the latter two.
   std::thread signal_thread([&] {
     unsigned char sig = 0;
     while (read(signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
     }
-    if (sig != 0)
-      std::cout << "carousel-sd-server: signal " << int{sig} << ": draining (new requests get 503)" << std::endl;
-    server->shutdown();
+    if (sig == 0) {  // listening failed
+      server->shutdown();
+      return;
+    }
+    std::cout << "carousel-sd-server: signal " << int{sig} << ": draining (new requests get 503; at most "
+              << drain_timeout << " s, a second signal exits at once)" << std::endl;
+    std::thread drainer([&] {
+      server->shutdown();
+      const unsigned char done = 0;
+      static_cast<void>(write(signal_pipe[1], &done, 1));
+    });
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(drain_timeout);
+    for (;;) {
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      pollfd p{signal_pipe[0], POLLIN, 0};
+      const int ready = poll(&p, 1, static_cast<int>(std::clamp<long long>(left.count(), 0, 1'000'000'000)));
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready == 0) {
+        std::cerr << "carousel-sd-server: the drain did not finish within " << drain_timeout << " s: exiting"
+                  << std::endl;
+        std::_Exit(3);
+      }
+      unsigned char next = 0;
+      if (read(signal_pipe[0], &next, 1) < 0) continue;
+      if (next == 0) break;
+      std::cerr << "carousel-sd-server: second signal " << int{next} << ": exiting" << std::endl;
+      std::_Exit(3);
+    }
+    drainer.join();
   });
   const bool ok = server->run();
   if (!ok) {

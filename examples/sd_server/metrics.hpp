@@ -67,6 +67,12 @@ inline void write_stats(std::ostream& out, const Stats& s) {
   metric(out, "carousel_active_requests", "gauge", "Requests running now.", static_cast<double>(s.active));
   metric(out, "carousel_retiring_requests", "gauge", "Finished requests waiting for or in the decode stage.",
          static_cast<double>(s.retiring));
+  metric(out, "carousel_remaining_request_steps", "gauge",
+         "UNet steps left in running and queued requests (each request's total_steps less those done).",
+         static_cast<double>(s.remaining_steps));
+  metric(out, "carousel_drain_seconds", "gauge",
+         "Estimated seconds to finish every running and queued request at the measured step times (0 when idle).",
+         s.drain_seconds);
   metric(out, "carousel_batch_occupancy", "gauge", "Mean batch size / max batch size over all iterations.",
          s.mean_occupancy);
   metric(out, "carousel_mean_batch_size", "gauge", "Mean requests per iteration.", s.mean_batch_size);
@@ -105,8 +111,8 @@ inline std::string endpoint_of(const httplib::Request& req) {
     if (p.ends_with("/events")) return gen + "/{id}/events";
     return p.find("/images/") != std::string::npos ? gen + "/{id}/images/{index}.png" : gen + "/{id}";
   }
-  for (const char* known : {"/", "/health", "/metrics", "/sdapi/v1/txt2img", "/sdapi/v1/progress", "/sdapi/v1/samplers",
-                            "/sdapi/v1/sd-models"}) {
+  for (const char* known : {"/", "/health", "/health/live", "/health/ready", "/metrics", "/sdapi/v1/txt2img",
+                            "/sdapi/v1/progress", "/sdapi/v1/samplers", "/sdapi/v1/sd-models"}) {
     if (p == known) return p;
   }
   return "other";

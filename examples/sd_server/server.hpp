@@ -16,11 +16,13 @@
 #include <carousel/checkpoint/diffusers_folder.hpp>
 #include <carousel/diffusion/any_backend.hpp>
 #include <carousel/diffusion/pipeline.hpp>
+#include <carousel/load_signal.hpp>
 #include <carousel/step_batcher.hpp>
 #include <carousel/version.hpp>
 #include <common/png.hpp>
 #include <nlohmann/json.hpp>
 #include <sd_server/a1111.hpp>
+#include <sd_server/agent.hpp>
 #include <sd_server/connection.hpp>
 #include <sd_server/events.hpp>
 #include <sd_server/finalizer.hpp>
@@ -74,6 +76,10 @@ struct ServerOptions {
   double default_guidance = 7.5;                      ///< guidance scale when a request gives none
   int max_images = 8;                                 ///< most images per request
   std::size_t keep_finished = 256;                    ///< finished generations kept for GET .../{id}
+  /// HAProxy agent-check port on `host` (`up NN%` from the drain estimate, `drain` while shutting down); 0 picks a
+  /// free one (see `Server::agent_port`); none: no agent.
+  std::optional<int> agent_port;
+  double agent_target_seconds = 10.0;  ///< the drain time at which the agent reports 50% (`agent_weight_percent`)
 };
 
 /// The name of an admission policy as the command line spells it: "continuous", "static", "cost-aware".
@@ -154,7 +160,21 @@ class Server {
     if (port_ <= 0) {
       throw std::runtime_error("cannot listen on " + options_.host + ":" + std::to_string(options_.port));
     }
+    if (options_.agent_port && !agent_) {
+      agent_ = std::make_unique<AgentResponder>(options_.host, *options_.agent_port, [this] { return agent_line(); });
+    }
     return port_;
+  }
+
+  /// The HAProxy agent's port (after `bind`, when `ServerOptions::agent_port` asked for one), else 0.
+  int agent_port() const noexcept { return agent_ ? agent_->port() : 0; }
+
+  /// What the agent answers: `drain` once shutting down, else `up NN%` with NN =
+  /// `agent_weight_percent(Stats::drain_seconds, ServerOptions::agent_target_seconds)`.
+  std::string agent_line() const {
+    if (is_draining()) return "drain";
+    return "up " + std::to_string(agent_weight_percent(batcher_.stats().drain_seconds, options_.agent_target_seconds)) +
+           "%";
   }
 
   /// Serves requests until `shutdown()`; call `bind()` first. Returns false if listening failed; returns at once
@@ -177,6 +197,7 @@ class Server {
     while (running_ && !http_.is_running())
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     http_.stop();
+    if (agent_) agent_->stop();
   }
 
   /// The bound port (after `bind`).
@@ -236,6 +257,10 @@ class Server {
 
     http_.Get("/", [](const httplib::Request&, httplib::Response& res) { res.set_content(web_page, "text/html"); });
     http_.Get("/health", [this](const httplib::Request&, httplib::Response& res) { health(res); });
+    http_.Get("/health/live", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content(R"({"status":"live"})", "application/json");
+    });
+    http_.Get("/health/ready", [this](const httplib::Request&, httplib::Response& res) { ready(res); });
     http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) { metrics(res); });
     http_.Post("/v1/images/generations", [this](const httplib::Request& req, httplib::Response& res) {
       guarded(res, [&] { post_openai(req, res); });
@@ -309,6 +334,19 @@ class Server {
         {"version", carousel::version}};
     res.status = draining ? 503 : 200;
     res.set_content(body.dump(), "application/json");
+  }
+
+  // Readiness for a load balancer or Kubernetes: 503 while draining, and while the queue is at its bound (a new
+  // request would get 429 here, another replica may have room).
+  void ready(httplib::Response& res) const {
+    std::string status = "ready";
+    if (is_draining()) {
+      status = "draining";
+    } else if (options_.max_queue > 0 && batcher_.stats().queue_depth >= options_.max_queue) {
+      status = "queue_full";
+    }
+    res.status = status == "ready" ? 200 : 503;
+    res.set_content(nlohmann::json{{"status", status}}.dump(), "application/json");
   }
 
   void metrics(httplib::Response& res) const {
@@ -540,8 +578,9 @@ class Server {
 
   httplib::Server http_;
   int port_ = -1;
-  std::atomic<bool> running_{false};  // run() has begun and not returned
-  Batcher batcher_;  // last: destroyed (stopped) first, while everything it calls back into still exists
+  std::atomic<bool> running_{false};       // run() has begun and not returned
+  Batcher batcher_;                        // destroyed (stopped) before everything above, which it calls back into
+  std::unique_ptr<AgentResponder> agent_;  // reads batcher_: destroyed (stopped) first
 };
 
 }  // namespace carousel::examples::sd_server

@@ -8,12 +8,18 @@
 
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <carousel/cpu/backend.hpp>
+#include <carousel/load_signal.hpp>
 #include <nlohmann/json.hpp>
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -721,4 +727,128 @@ TEST_CASE("Server.Priority.AdmitsHigherFirst") {
   };
   // first_step_ms counts from each request's own arrival, and the low-priority one arrived first.
   CHECK(result(c)["timings"]["first_step_ms"].get<double>() < result(b)["timings"]["first_step_ms"].get<double>());
+}
+
+namespace {
+
+// One answer of the HAProxy agent on `port`: connect, read until the agent closes.
+std::string agent_answer(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<std::uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+  std::string text;
+  char buffer[64];
+  for (ssize_t n; (n = read(fd, buffer, sizeof buffer)) > 0;)
+    text.append(buffer, static_cast<std::size_t>(n));
+  close(fd);
+  return text;
+}
+
+int http_status(const Running& r, const char* path) {
+  auto res = r.client().Get(path);
+  return res ? res->status : -1;
+}
+
+}  // namespace
+
+TEST_CASE("Server.Probes.LiveAndReady") {
+  srv::ServerOptions o;
+  o.max_batch = 1;
+  o.max_queue = 1;
+  auto r = std::make_unique<Running>(o);
+  CHECK(http_status(*r, "/health/live") == 200);
+  CHECK(http_status(*r, "/health/ready") == 200);
+  CHECK(json::parse(r->client().Get("/health/ready")->body)["status"] == "ready");
+
+  SUBCASE("queue full: not ready until there is room again") {
+    const std::string gen = "/v1/images/generations";
+    const std::string a = json::parse(post(*r, gen, {{"prompt", "p"}, {"steps", 900}, {"async", true}})->body)["id"];
+    CHECK(eventually([&] { return status_of(*r, a) == "running"; }));
+    CHECK(http_status(*r, "/health/ready") == 200);  // running, nothing waiting
+    const std::string b = json::parse(post(*r, gen, {{"prompt", "p"}, {"steps", 900}, {"async", true}})->body)["id"];
+    auto full = r->client().Get("/health/ready");
+    REQUIRE(full);
+    CHECK(full->status == 503);
+    CHECK(json::parse(full->body)["status"] == "queue_full");
+    CHECK(http_status(*r, "/health/live") == 200);
+    r->client().Delete((gen + "/" + b).c_str());
+    CHECK(eventually([&] { return http_status(*r, "/health/ready") == 200; }));
+    r->client().Delete((gen + "/" + a).c_str());
+  }
+  SUBCASE("draining: not ready, still live") {
+    std::thread client([&] { post(*r, "/v1/images/generations", {{"prompt", "p"}, {"steps", 150}}); });
+    REQUIRE(eventually([&] { return r->server.stats().active == 1; }));
+    std::thread stopper([&] { r->server.shutdown(); });
+    REQUIRE(eventually([&] { return http_status(*r, "/health/ready") == 503; }));
+    CHECK(json::parse(r->client().Get("/health/ready")->body)["status"] == "draining");
+    CHECK(http_status(*r, "/health/live") == 200);
+    client.join();
+    stopper.join();
+  }
+  r.reset();
+}
+
+TEST_CASE("Server.Agent.WeightFromDrainEstimate") {
+  srv::ServerOptions o;
+  o.max_batch = 1;
+  o.agent_port = 0;
+  o.agent_target_seconds = 0.001;  // any measurable drain time pulls the weight far below 100%
+  auto r = std::make_unique<Running>(o);
+  REQUIRE(r->server.agent_port() > 0);
+  CHECK(agent_answer(r->server.agent_port()) == "up 100%\n");  // idle
+
+  const std::string gen = "/v1/images/generations";
+  const std::string a = json::parse(post(*r, gen, {{"prompt", "p"}, {"steps", 900}, {"async", true}})->body)["id"];
+  std::string loaded;
+  CHECK(eventually([&] {
+    loaded = agent_answer(r->server.agent_port());
+    return r->server.stats().drain_seconds > 0 && loaded != "up 100%\n";
+  }));
+  // The weight is agent_weight_percent(drain, 0.001 s): 1% for any drain time of 0.1 s or more.
+  CHECK(loaded ==
+        "up " + std::to_string(carousel::agent_weight_percent(r->server.stats().drain_seconds, 0.001)) + "%\n");
+
+  std::thread client([&] { post(*r, gen, {{"prompt", "p"}, {"steps", 150}}); });
+  std::thread stopper([&] {
+    eventually([&] { return r->server.stats().submitted == 2; });
+    r->client().Delete((gen + "/" + a).c_str());
+    r->server.shutdown();
+  });
+  CHECK(eventually([&] { return agent_answer(r->server.agent_port()) == "drain\n"; }));
+  client.join();
+  stopper.join();
+  r.reset();
+}
+
+TEST_CASE("Server.Metrics.DrainSignal") {
+  srv::ServerOptions o;
+  o.max_batch = 1;
+  Running r(o);
+  std::string m = metrics_text(r);
+  CHECK(metric(m, "carousel_remaining_request_steps") == 0);
+  CHECK(metric(m, "carousel_drain_seconds") == 0);
+  CHECK(m.find("# TYPE carousel_remaining_request_steps gauge") != std::string::npos);
+  CHECK(m.find("# TYPE carousel_drain_seconds gauge") != std::string::npos);
+
+  const std::string gen = "/v1/images/generations";
+  const std::string a = json::parse(post(r, gen, {{"prompt", "p"}, {"steps", 900}, {"async", true}})->body)["id"];
+  const std::string b = json::parse(post(r, gen, {{"prompt", "p"}, {"steps", 500}, {"async", true}})->body)["id"];
+  // Running 900 steps and 500 queued: between 500 and 1400 steps left, and a positive drain time once measured.
+  CHECK(eventually([&] {
+    m = metrics_text(r);
+    return metric(m, "carousel_drain_seconds") > 0;
+  }));
+  const double left = metric(m, "carousel_remaining_request_steps");
+  CHECK(left > 500);
+  CHECK(left < 1400);
+  r.client().Delete((gen + "/" + a).c_str());
+  r.client().Delete((gen + "/" + b).c_str());
+  CHECK(eventually([&] {
+    m = metrics_text(r);
+    return metric(m, "carousel_remaining_request_steps") == 0 && metric(m, "carousel_drain_seconds") == 0;
+  }));
 }

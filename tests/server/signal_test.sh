@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # SIGTERM on carousel-sd-server: new requests get 503 while it drains, the request in flight completes with 200, the
-# process exits 0 (--device is tested by device_test.sh). Needs curl.
+# process exits 0; a drain that outlasts --drain-timeout, and a second SIGTERM, end the process at once with code 3
+# (--device is tested by device_test.sh). Needs curl.
 #   tests/server/signal_test.sh BINARY MODEL_DIR WORK_DIR
 set -euo pipefail
 binary=$1 model=$2 work=$3
@@ -34,4 +35,38 @@ echo "in-flight request: HTTP $inflight; request during drain: HTTP $refused; ex
 [ "$refused" = 503 ] || { echo "FAIL: a request during the drain was not refused with 503"; exit 1; }
 [ "$rc" = 0 ] || { cat "$work/signal_server.log"; echo "FAIL: exit code $rc"; exit 1; }
 grep -q '"b64_json"' "$work/signal_inflight.json" || { echo "FAIL: no image in the in-flight response"; exit 1; }
+
+# Starts 8 images of 900 steps at max batch 1 (minutes of work), waits until one runs, sends SIGTERM.
+start_endless_and_signal() {
+  curl -s -o /dev/null -X POST "$SERVER_URL/v1/images/generations" -H 'Content-Type: application/json' \
+    -d '{"prompt": "endless", "steps": 900, "n": 8, "async": true}' || true
+  for _ in $(seq 200); do
+    curl -s "$SERVER_URL/metrics" | grep -q '^carousel_active_requests [1-9]' && break
+    sleep 0.05
+  done
+  kill -TERM "$SERVER_PID"
+  SIGNALLED=$(date +%s.%N)
+}
+
+# The drain deadline: --drain-timeout 1 with minutes of work admitted.
+start_server "$binary" "$work/signal_deadline.log" --model "$model" --device cpu --drain-timeout 1 --max-batch 1
+start_endless_and_signal
+rc=0
+wait "$SERVER_PID" || rc=$?
+took=$(echo "$(date +%s.%N) - $SIGNALLED" | bc)
+echo "drain deadline 1 s: exit code $rc after $took s"
+[ "$rc" = 3 ] || { cat "$work/signal_deadline.log"; echo "FAIL: exit code $rc, expected 3"; exit 1; }
+grep -q 'the drain did not finish within 1 s' "$work/signal_deadline.log" || { echo "FAIL: no message"; exit 1; }
+
+# A second signal during the drain.
+start_server "$binary" "$work/signal_twice.log" --model "$model" --device cpu --max-batch 1
+start_endless_and_signal
+sleep 0.5
+kill -0 "$SERVER_PID" || { cat "$work/signal_twice.log"; echo "FAIL: exited before the second signal"; exit 1; }
+kill -TERM "$SERVER_PID"
+rc=0
+wait "$SERVER_PID" || rc=$?
+echo "second SIGTERM: exit code $rc"
+[ "$rc" = 3 ] || { cat "$work/signal_twice.log"; echo "FAIL: exit code $rc, expected 3"; exit 1; }
+grep -q 'second signal 15: exiting' "$work/signal_twice.log" || { echo "FAIL: no message"; exit 1; }
 echo PASS
