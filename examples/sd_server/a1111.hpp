@@ -30,7 +30,7 @@ inline GenerationRequest parse_a1111(std::string_view text, const ApiLimits& lim
   diffusion::Job base;
   base.prompt = get_string(body, "prompt", "");
   base.negative_prompt = get_string(body, "negative_prompt", "");
-  base.steps = static_cast<int>(get_int(body, "steps", limits.default_steps, 1, 10000));
+  base.steps = static_cast<int>(get_int(body, "steps", limits.default_steps, 1, limits.max_steps));
   base.guidance_scale = static_cast<float>(get_number(body, "cfg_scale", limits.default_guidance));
   base.width = static_cast<int>(get_int(body, "width", limits.default_width, 1, 1 << 16));
   base.height = static_cast<int>(get_int(body, "height", limits.default_height, 1, 1 << 16));
@@ -51,7 +51,7 @@ inline GenerationRequest parse_a1111(std::string_view text, const ApiLimits& lim
   const auto seed = get_int(body, "seed", -1, -1, max_seed);
   r.seed = seed < 0 ? random_seed() : static_cast<std::uint64_t>(seed);
   r.jobs = replicate(base, r.seed, static_cast<int>(batch * iters));
-  r.parameters = body;
+  r.parameters = nlohmann::json::object();  // the fields as understood, never the raw body
   r.parameters["prompt"] = base.prompt;
   r.parameters["negative_prompt"] = base.negative_prompt;
   r.parameters["steps"] = base.steps;
@@ -98,6 +98,7 @@ inline nlohmann::json a1111_success_body(Generation& g, const std::vector<diffus
 /// `GET /sdapi/v1/progress`, as AUTOMATIC1111 answers it for its one job at a time: `current` (the oldest unfinished
 /// generation, or null when idle) is "the job" (its share of steps done over all its images, the ETA of its slowest
 /// image at `step_seconds` per step), and job_count counts the `unfinished` generations. Idle: progress 0, job "".
+/// Nothing that identifies a generation (id, prompt, timestamp) is answered: any client may ask.
 inline nlohmann::json a1111_progress_body(const std::shared_ptr<Generation>& current, std::size_t unfinished,
                                           double step_seconds) {
   double progress = 0, eta = 0;
@@ -114,9 +115,7 @@ inline nlohmann::json a1111_progress_body(const std::shared_ptr<Generation>& cur
     }
     progress = total ? static_cast<double>(done) / static_cast<double>(total) : 0.0;
     eta = step_seconds * static_cast<double>(slowest);
-    state["job"] = current->id;
-    state["interrupted"] = current->cancel_requested.load();
-    state["job_timestamp"] = std::to_string(current->created);
+    state["job"] = "txt2img";  // never the id: whoever knows an id may read and cancel that generation
     if (!current->total_steps.empty()) {
       state["sampling_step"] = current->steps_done.front();
       state["sampling_steps"] = current->total_steps.front();

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,14 +24,16 @@ inline std::string sse_frame(const char* event, const nlohmann::json& data) {
 
 /// Answers `res` with the generation's event stream: replays its frames from the first, then follows until done or
 /// error. With `owner` (the client that made the request), a client that hangs up cancels the generation.
+/// `released` (if any) runs once the stream ended, however it ended.
 inline void serve_events(const std::shared_ptr<Generation>& g, const httplib::Request& req, httplib::Response& res,
-                         bool owner) {
+                         bool owner, std::function<void()> released = nullptr) {
   auto probe = std::make_shared<ConnectionProbe>(req.local_port, req.remote_port);
   auto cursor = std::make_shared<std::size_t>(0);
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
   res.set_chunked_content_provider(
-      "text/event-stream", [g, probe, cursor, owner](std::size_t, httplib::DataSink& sink) {
+      "text/event-stream",
+      [g, probe, cursor, owner](std::size_t, httplib::DataSink& sink) {
         std::vector<std::string> frames;
         bool finished = false;
         {
@@ -56,6 +59,9 @@ inline void serve_events(const std::shared_ptr<Generation>& g, const httplib::Re
           return false;
         }
         return true;
+      },
+      [released = std::move(released)](bool) {
+        if (released) released();
       });
 }
 

@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -51,6 +52,7 @@ struct Generation {
   std::mutex mutex;                             ///< guards everything below
   std::condition_variable changed;              ///< events, progress, completions, cancellation, finish
   std::size_t completed = 0;                    ///< tickets completed (counted by their on_complete)
+  std::size_t watchers = 0;                     ///< `GET .../events` streams following it
   std::vector<std::size_t> steps_done;          ///< per image
   std::vector<std::size_t> total_steps;         ///< per image
   std::vector<std::string> events;              ///< SSE frames, in order
@@ -86,7 +88,7 @@ class GenerationRegistry {
            const std::function<void(const std::shared_ptr<Generation>&)>& start) {
     std::lock_guard lock(mutex_);
     if (draining_) throw ApiError(503, "the server is shutting down", "", "shutting_down");
-    g->id = "gen-" + std::to_string(next_id_++);
+    g->id = random_id();
     submit(g);
     generations_[g->id] = g;
     order_.push_back(g->id);
@@ -140,6 +142,19 @@ class GenerationRegistry {
   }
 
  private:
+  // "gen-" and 128 random bits in hex, from the operating system's generator: ids are capabilities (whoever knows
+  // one may read, follow and cancel that generation), so they must not be guessable.
+  std::string random_id() {
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string id = "gen-";
+    for (int word = 0; word < 4; ++word) {
+      std::uint32_t bits = random_();
+      for (int nibble = 0; nibble < 8; ++nibble, bits >>= 4)
+        id += hex[bits & 0xf];
+    }
+    return id;
+  }
+
   // Drops the oldest finished generations beyond keep_finished_ (the caller holds mutex_).
   void evict_finished() {
     std::size_t excess = order_.size() > keep_finished_ ? order_.size() - keep_finished_ : 0;
@@ -165,7 +180,7 @@ class GenerationRegistry {
   mutable std::mutex mutex_;  // guards the members below
   std::map<std::string, std::shared_ptr<Generation>> generations_;
   std::deque<std::string> order_;  // ids, oldest first
-  std::uint64_t next_id_ = 1;
+  std::random_device random_;      // guarded by mutex_
   bool draining_ = false;
 };
 

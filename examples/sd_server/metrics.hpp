@@ -109,7 +109,7 @@ inline std::string endpoint_of(const httplib::Request& req) {
   if (p == gen) return gen;
   if (p.starts_with(gen + "/")) {
     if (p.ends_with("/events")) return gen + "/{id}/events";
-    return p.find("/images/") != std::string::npos ? gen + "/{id}/images/{index}.png" : gen + "/{id}";
+    return p.find("/images/", gen.size()) != std::string::npos ? gen + "/{id}/images/{index}.png" : gen + "/{id}";
   }
   for (const char* known : {"/", "/health", "/health/live", "/health/ready", "/metrics", "/sdapi/v1/txt2img",
                             "/sdapi/v1/progress", "/sdapi/v1/samplers", "/sdapi/v1/sd-models"}) {

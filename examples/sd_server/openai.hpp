@@ -9,6 +9,7 @@
 #include <sd_server/request.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -39,25 +40,23 @@ inline GenerationRequest parse_openai(std::string_view text, const ApiLimits& li
   if (find(body, "size")) {
     const std::string size = get_string(body, "size", "");
     const auto x = size.find('x');
-    std::size_t used_w = 0, used_h = 0;
-    try {
-      if (x == std::string::npos) throw std::invalid_argument("no x");
-      base.width = std::stoi(size.substr(0, x), &used_w);
-      base.height = std::stoi(size.substr(x + 1), &used_h);
-    } catch (const std::exception&) {
-      throw ApiError(400, "size: must be \"WIDTHxHEIGHT\", e.g. \"512x512\", got \"" + size + "\"", "size");
+    const auto w = x == std::string::npos ? std::nullopt : parse_dimension(std::string_view(size).substr(0, x));
+    const auto h = x == std::string::npos ? std::nullopt : parse_dimension(std::string_view(size).substr(x + 1));
+    if (!w || !h) {
+      throw ApiError(
+          400, "size: must be \"WIDTHxHEIGHT\" with positive integers, e.g. \"512x512\", got \"" + size + "\"", "size");
     }
-    if (used_w != x || used_h != size.size() - x - 1) {
-      throw ApiError(400, "size: must be \"WIDTHxHEIGHT\", e.g. \"512x512\", got \"" + size + "\"", "size");
-    }
+    base.width = *w;
+    base.height = *h;
   }
-  base.steps = static_cast<int>(get_int(body, "steps", limits.default_steps, 1, 10000));
+  base.steps = static_cast<int>(get_int(body, "steps", limits.default_steps, 1, limits.max_steps));
   base.guidance_scale = static_cast<float>(get_number(body, "guidance_scale", limits.default_guidance));
   base.sampler = sampler_of(get_string(body, "sampler", "ddim"), "sampler");
   base.eta = static_cast<float>(get_number(body, "eta", 0.0));
   const auto seed = get_int(body, "seed", -1, -1, max_seed);
   r.seed = seed < 0 ? random_seed() : static_cast<std::uint64_t>(seed);
-  r.priority = static_cast<int>(get_int(body, "priority", 0, -1000000, 1000000));
+  const auto priority = static_cast<int>(get_int(body, "priority", 0, -1000000, 1000000));
+  r.priority = limits.allow_priority ? priority : 0;
   if (find(body, "timeout_ms")) r.timeout_ms = get_int(body, "timeout_ms", 0, 1, 86'400'000);
   r.stream = get_bool(body, "stream", false);
   r.async = get_bool(body, "async", false);

@@ -78,6 +78,8 @@ struct ApiLimits {
   int max_images = 8;             ///< most images per request (`n`, `batch_size` x `n_iter`)
   int default_width = 512;        ///< the model's default image size
   int default_height = 512;       ///< the model's default image size
+  int max_steps = 1000;           ///< most sampler steps a request may ask for
+  bool allow_priority = false;    ///< honour the client's `priority` (else it is parsed, then ignored: 0)
 };
 
 namespace detail {
@@ -178,7 +180,39 @@ inline diffusion::SamplerKind sampler_of(const std::string& name, const char* fi
                  field);
 }
 
+/// Deepest nesting of arrays and objects a request body may have; request bodies are flat, and deeper nesting would
+/// only cost stack and memory (nlohmann's parser and serializer recurse).
+inline constexpr int max_json_depth = 16;
+
+/// Whether the JSON text nests arrays/objects deeper than `limit` (brackets inside strings do not count). Linear,
+/// no recursion; run before parsing.
+inline bool nested_deeper_than(std::string_view text, int limit) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > limit) return true;
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+  return false;
+}
+
 inline nlohmann::json parse_object(std::string_view body) {
+  if (nested_deeper_than(body, max_json_depth)) {
+    throw ApiError(400, "body: JSON nested deeper than " + std::to_string(max_json_depth) + " levels", "body");
+  }
   nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
   if (j.is_discarded()) throw ApiError(400, "body: not valid JSON", "body");
   if (!j.is_object()) throw ApiError(400, "body: must be a JSON object", "body");
@@ -191,6 +225,18 @@ constexpr std::int64_t max_seed = std::numeric_limits<std::int32_t>::max();
 inline std::uint64_t random_seed() {
   static thread_local std::mt19937_64 gen{std::random_device{}()};
   return std::uniform_int_distribution<std::uint64_t>(0, static_cast<std::uint64_t>(max_seed))(gen);
+}
+
+/// A positive decimal integer of at most 5 digits, nothing else (no sign, no spaces); nullopt otherwise.
+inline std::optional<int> parse_dimension(std::string_view text) {
+  if (text.empty() || text.size() > 5) return std::nullopt;
+  int v = 0;
+  for (const char c : text) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + (c - '0');
+  }
+  if (v == 0) return std::nullopt;
+  return v;
 }
 
 inline std::vector<diffusion::Job> replicate(const diffusion::Job& base, std::uint64_t seed, int n) {

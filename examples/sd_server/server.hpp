@@ -48,6 +48,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -80,6 +81,18 @@ struct ServerOptions {
   /// free one (see `Server::agent_port`); none: no agent.
   std::optional<int> agent_port;
   double agent_target_seconds = 10.0;  ///< the drain time at which the agent reports 50% (`agent_weight_percent`)
+  /// Largest width or height a request may ask for; 0: twice the model's native size (its default image size).
+  int max_side = 0;
+  /// Most work one request may ask for, in pixel-steps: width x height x steps x images x UNet rows (2 when guided);
+  /// 0: 4000 x the native image's pixels (e.g. 2 guided native-size images of 1000 steps).
+  double max_pixel_steps = 0;
+  bool allow_priority = false;  ///< honour the client's `priority` field (else it is ignored)
+  /// Base of the image URLs answered for `response_format: "url"`, e.g. "https://sd.example.com"; "": the bound
+  /// address, "http://HOST:PORT". Never taken from the request's Host header.
+  std::string public_url;
+  std::size_t max_watchers_per_generation = 4;  ///< `GET .../{id}/events` streams per generation (503 beyond)
+  std::size_t max_watchers = 32;                ///< `GET .../{id}/events` streams in all (503 beyond)
+  std::size_t max_headers = 64;                 ///< requests with more header lines are answered 431
 };
 
 /// The name of an admission policy as the command line spells it: "continuous", "static", "cost-aware".
@@ -122,7 +135,7 @@ class Server {
         folder_(checkpoint::DiffusersFolder::open(options_.model_dir)),
         backend_(checked(std::move(backend))),
         pipeline_(backend_, diffusion::pipeline_scheduler_config(folder_),
-                  diffusion::pipeline_options(folder_, backend_.vae_scale_factor())),
+                  pipeline_options(options_, folder_, backend_.vae_scale_factor())),
         batcher_(pipeline_, Options{.max_batch_size = options_.max_batch,
                                     .max_queue_size = options_.max_queue,
                                     .admission = options_.admission,
@@ -134,6 +147,11 @@ class Server {
     limits_.max_images = options_.max_images;
     limits_.default_width = pipeline_.options().default_width;
     limits_.default_height = pipeline_.options().default_height;
+    limits_.max_steps = pipeline_.options().max_steps;
+    limits_.allow_priority = options_.allow_priority;
+    max_pixel_steps_ = options_.max_pixel_steps > 0
+                           ? options_.max_pixel_steps
+                           : 4000.0 * limits_.default_width * static_cast<double>(limits_.default_height);
     std::signal(SIGPIPE, SIG_IGN);  // a client that hangs up must not kill the server
     batcher_.set_observer([this](const Batcher::iteration_type& it) { last_batch_size_ = it.batch.size(); });
     batcher_.start();
@@ -212,6 +230,14 @@ class Server {
  private:
   using Clock = std::chrono::steady_clock;
 
+  // The folder's pipeline options with the server's largest side (default: twice the native size).
+  static diffusion::PipelineOptions pipeline_options(const ServerOptions& o, const checkpoint::DiffusersFolder& folder,
+                                                     std::int64_t vae_scale_factor) {
+    diffusion::PipelineOptions p = diffusion::pipeline_options(folder, vae_scale_factor);
+    p.max_side = o.max_side > 0 ? o.max_side : 2 * std::max(p.default_width, p.default_height);
+    return p;
+  }
+
   static Backend checked(Backend backend) {
     if (!backend) throw std::invalid_argument("backend: the server needs a loaded model (the AnyBackend is empty)");
     return backend;
@@ -224,6 +250,18 @@ class Server {
         options_.max_batch + (options_.max_queue == 0 ? 64 : options_.max_queue) + 16;  // one per waiting request
     http_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     http_.set_payload_max_length(options_.max_body_bytes);
+    // Header lines arrive before any handler: refuse a request that carries more than max_headers of them.
+    http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (req.headers.size() <= options_.max_headers) return httplib::Server::HandlerResponse::Unhandled;
+      res.status = 431;
+      res.set_header("Connection", "close");
+      res.set_content(ApiError(431, "headers: more than " + std::to_string(options_.max_headers) + " header lines",
+                               "headers", "invalid_request_error")
+                          .body()
+                          .dump(),
+                      "application/json");
+      return httplib::Server::HandlerResponse::Handled;
+    });
     http_.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
       http_counters_.count(req.method, endpoint_of(req), res.status);
     });
@@ -262,9 +300,10 @@ class Server {
     });
     http_.Get("/health/ready", [this](const httplib::Request&, httplib::Response& res) { ready(res); });
     http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) { metrics(res); });
-    http_.Post("/v1/images/generations", [this](const httplib::Request& req, httplib::Response& res) {
-      guarded(res, [&] { post_openai(req, res); });
-    });
+    http_.Post("/v1/images/generations",
+               [this](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+                 guarded(res, [&] { post_openai(req, read_body(req, reader, res), res); });
+               });
     http_.Get(R"(/v1/images/generations/([A-Za-z0-9_-]+))",
               [this](const httplib::Request& req, httplib::Response& res) {
                 guarded(res, [&] { get_generation(req, res); });
@@ -278,11 +317,12 @@ class Server {
         [this](const httplib::Request& req, httplib::Response& res) { guarded(res, [&] { get_image(req, res); }); });
     http_.Get(R"(/v1/images/generations/([A-Za-z0-9_-]+)/events)",
               [this](const httplib::Request& req, httplib::Response& res) {
-                guarded(res, [&] { serve_events(registry_.find(req.matches[1]), req, res, false); });
+                guarded(res, [&] { watch_events(registry_.find(req.matches[1]), req, res); });
               });
-    http_.Post("/sdapi/v1/txt2img", [this](const httplib::Request& req, httplib::Response& res) {
-      guarded(res, [&] { post_a1111(req, res); });
-    });
+    http_.Post("/sdapi/v1/txt2img",
+               [this](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+                 guarded(res, [&] { post_a1111(req, read_body(req, reader, res), res); });
+               });
     http_.Get("/sdapi/v1/progress", [this](const httplib::Request&, httplib::Response& res) { a1111_progress(res); });
     http_.Get("/sdapi/v1/samplers", [](const httplib::Request&, httplib::Response& res) {
       res.set_content(a1111_samplers_body().dump(), "application/json");
@@ -366,15 +406,77 @@ class Server {
     res.set_content(out.str(), "text/plain; version=0.0.4");
   }
 
-  void post_openai(const httplib::Request& req, httplib::Response& res) {
-    GenerationRequest r = parse_openai(req.body, limits_);
-    const bool stream = r.stream, async = r.async;
-    std::string url_host;
-    if (r.url_response) {
-      url_host = req.get_header_value("Host");
-      if (url_host.empty()) url_host = options_.host + ":" + std::to_string(port_);
+  // The body of a POST, read whatever its transfer encoding (Content-Length or chunked), refused with 413 as soon as
+  // it passes max_body_bytes; and 415 unless it is declared JSON, which is also the CORS policy: a cross-origin page
+  // cannot send `application/json` without a preflight, which this server never answers (docs/server.md).
+  std::string read_body(const httplib::Request& req, const httplib::ContentReader& reader, httplib::Response& res) {
+    const std::string type = detail::lower(req.get_header_value("Content-Type"));
+    if (!type.starts_with("application/json")) {
+      res.set_header("Connection", "close");
+      throw ApiError(415, "Content-Type: must be application/json", "Content-Type", "unsupported_media_type");
     }
-    auto g = launch(std::move(r), url_host);
+    std::string body;
+    bool too_large = false;
+    const bool read = reader([&](const char* data, std::size_t size) {
+      if (body.size() + size > options_.max_body_bytes) {
+        too_large = true;
+        return false;
+      }
+      body.append(data, size);
+      return true;
+    });
+    if (too_large || res.status == 413) {  // httplib sets 413 itself for a Content-Length over the limit
+      res.set_header("Connection", "close");
+      throw ApiError(413, "body: larger than " + std::to_string(options_.max_body_bytes) + " bytes", "body");
+    }
+    if (!read) throw ApiError(400, "body: could not be read", "body");
+    return body;
+  }
+
+  // Follows a generation's events for a client other than its owner, within the watcher caps (503 beyond).
+  void watch_events(const std::shared_ptr<Generation>& g, const httplib::Request& req, httplib::Response& res) {
+    {
+      std::lock_guard lock(g->mutex);
+      if (g->watchers >= options_.max_watchers_per_generation) {
+        throw ApiError(503, "events: this generation already has " + std::to_string(g->watchers) + " watchers", "",
+                       "too_many_watchers");
+      }
+      if (watchers_.fetch_add(1) >= options_.max_watchers) {
+        watchers_.fetch_sub(1);
+        throw ApiError(503,
+                       "events: the server already streams " + std::to_string(options_.max_watchers) + " event streams",
+                       "", "too_many_watchers");
+      }
+      ++g->watchers;
+    }
+    serve_events(g, req, res, false, [this, g] {
+      std::lock_guard lock(g->mutex);
+      --g->watchers;
+      watchers_.fetch_sub(1);
+    });
+  }
+
+  // Refuses, before any work, a request beyond the work budget (pixel-steps of all its images and UNet rows).
+  void check_budget(const GenerationRequest& r) const {
+    double work = 0;
+    for (const auto& job : r.jobs) {
+      // A side beyond the limit is refused by validation, naming the size field.
+      if (std::max(job.width, job.height) > pipeline_.options().max_side) return;
+      work += static_cast<double>(job.width) * job.height * job.steps * (job.guided() ? 2.0 : 1.0);
+    }
+    if (work > max_pixel_steps_) {
+      throw ApiError(400,
+                     "steps: the request asks for " + std::to_string(static_cast<long long>(work)) +
+                         " pixel-steps (width x height x steps x images x 2 when guided), more than this server's " +
+                         std::to_string(static_cast<long long>(max_pixel_steps_)),
+                     "steps", "too_expensive");
+    }
+  }
+
+  void post_openai(const httplib::Request& req, const std::string& body, httplib::Response& res) {
+    GenerationRequest r = parse_openai(body, limits_);
+    const bool stream = r.stream, async = r.async;
+    auto g = launch(std::move(r));
     if (async) {
       res.status = 202;
       res.set_content(openai_accepted_body(*g).dump(), "application/json");
@@ -385,8 +487,8 @@ class Server {
     }
   }
 
-  void post_a1111(const httplib::Request& req, httplib::Response& res) {
-    respond_when_finished(launch(parse_a1111(req.body, limits_)), req, res);
+  void post_a1111(const httplib::Request& req, const std::string& body, httplib::Response& res) {
+    respond_when_finished(launch(parse_a1111(body, limits_)), req, res);
   }
 
   void get_generation(const httplib::Request& req, httplib::Response& res) {
@@ -426,12 +528,15 @@ class Server {
 
   // Validates the jobs, submits them and registers the generation; throws ApiError 400 (invalid field), 429 (queue
   // full) or 503 (shutting down).
-  // `url_host`: the Host the client reached us by, when it asked for image URLs.
-  std::shared_ptr<Generation> launch(GenerationRequest r, const std::string& url_host = "") {
+  std::shared_ptr<Generation> launch(GenerationRequest r) {
+    check_budget(r);
     auto g = std::make_shared<Generation>();
     g->shape = r.shape;
     g->parameters = std::move(r.parameters);
-    if (r.url_response) g->image_url_base = "http://" + url_host;
+    if (r.url_response) {
+      g->image_url_base =
+          options_.public_url.empty() ? "http://" + options_.host + ":" + std::to_string(port_) : options_.public_url;
+    }
     g->created = static_cast<std::int64_t>(std::time(nullptr));
     g->submitted = Clock::now();
     for (const auto& job : r.jobs)
@@ -444,7 +549,11 @@ class Server {
     registry_.add(
         g, [&](const std::shared_ptr<Generation>& gen) { submit(gen, r, deadline); },
         [this](const std::shared_ptr<Generation>& gen) {
-          gen->finalizer = std::thread([this, gen] { finalize(*gen, success_body()); });
+          try {
+            gen->finalizer = std::thread([this, gen] { finalize(*gen, success_body()); });
+          } catch (const std::system_error& e) {
+            fail_unstarted(*gen, e);
+          }
         });
     return g;
   }
@@ -491,6 +600,21 @@ class Server {
       }
       g->tickets.push_back(std::move(ticket));
     }
+  }
+
+  // No finalizer thread could be started for `g`: cancel its jobs and finish it with 503 at once, so that no client
+  // waits for a result nobody will write.
+  static void fail_unstarted(Generation& g, const std::system_error& e) {
+    for (auto& t : g.tickets)
+      t.cancel();
+    const ApiError error(503, std::string("the server cannot start a thread: ") + e.what(), "", "server_busy");
+    std::lock_guard lock(g.mutex);
+    g.result = error.body();
+    g.http_status = 503;
+    g.status = "failed";
+    g.events.push_back(sse_frame("error", g.result));
+    g.finished = true;
+    g.changed.notify_all();
   }
 
   // The step count of a job for progress reports, before the batcher validated it (0 for a job it will refuse).
@@ -572,6 +696,8 @@ class Server {
   Pipeline pipeline_;
   ApiLimits limits_;
   std::atomic<std::size_t> last_batch_size_{1};
+  double max_pixel_steps_ = 0;            // the work budget in force (ServerOptions::max_pixel_steps or its default)
+  std::atomic<std::size_t> watchers_{0};  // GET .../events streams open
   HttpCounters http_counters_;
 
   GenerationRegistry registry_{options_.keep_finished};

@@ -11,6 +11,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -196,5 +197,18 @@ TEST_CASE("Pipeline.Validate") {
     CHECK(field == "steps");
     CHECK_FALSE(batcher.step_once());
     CHECK(batcher.stats().admitted == 0);
+  }
+}
+
+TEST_CASE("Pipeline.Image.NonFinite") {
+  // A NaN or infinity has no byte: the conversion fails instead of answering an undefined (often black) image.
+  std::vector<float> chw(3 * 2 * 2, 0.5f);
+  CHECK(carousel::diffusion::to_rgb8(chw, 2, 2).rgb.size() == 12);
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity()}) {
+    CAPTURE(bad);
+    std::vector<float> broken = chw;
+    broken[7] = bad;
+    CHECK_THROWS_AS(carousel::diffusion::to_rgb8(broken, 2, 2), std::domain_error);
   }
 }
