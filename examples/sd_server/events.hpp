@@ -22,6 +22,11 @@ inline std::string sse_frame(const char* event, const nlohmann::json& data) {
   return std::string("event: ") + event + "\ndata: " + data.dump() + "\n\n";
 }
 
+/// The last SSE frame of a finished generation: `done` with the result, or `error`. The caller holds `g.mutex`.
+inline std::string last_event(const Generation& g) {
+  return sse_frame(g.http_status == 200 ? "done" : "error", g.result);
+}
+
 /// Answers `res` with the generation's event stream: replays its frames from the first, then follows until done or
 /// error. With `owner` (the client that made the request), a client that hangs up cancels the generation.
 /// `released` (if any) runs once the stream ended, however it ended.
@@ -40,7 +45,10 @@ inline void serve_events(const std::shared_ptr<Generation>& g, const httplib::Re
           std::unique_lock lock(g->mutex);
           g->changed.wait_for(lock, std::chrono::milliseconds(100),
                               [&] { return g->events.size() > *cursor || g->finished; });
-          frames.assign(g->events.begin() + static_cast<std::ptrdiff_t>(*cursor), g->events.end());
+          for (std::size_t i = *cursor; i < g->events.size(); ++i) {
+            // An empty entry is the last event, rendered from the result (which alone holds the images).
+            frames.push_back(g->events[i].empty() ? last_event(*g) : g->events[i]);
+          }
           *cursor = g->events.size();
           finished = g->finished;
         }

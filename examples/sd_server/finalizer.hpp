@@ -87,8 +87,15 @@ inline void finalize(Generation& g, const SuccessBody& body) {
   g.pngs = std::move(pngs);
   g.http_status = http_status;
   g.status = status;
-  g.events.push_back(http_status == 200 ? sse_frame("done", g.result) : sse_frame("error", g.result));
+  // The last event is rendered from the result when sent (events.hpp): the images are held once.
+  g.events.emplace_back();
   g.finished = true;
+  g.finished_at = Generation::Clock::now();
+  g.bytes = g.result.dump().size();
+  for (const auto& png : g.pngs)
+    g.bytes += png.size();
+  for (const auto& e : g.events)
+    g.bytes += e.size();
   g.changed.notify_all();
 }
 

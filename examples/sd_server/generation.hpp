@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sd_server/request.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -49,16 +50,18 @@ struct Generation {
     changed.notify_all();
   }
 
-  std::mutex mutex;                             ///< guards everything below
-  std::condition_variable changed;              ///< events, progress, completions, cancellation, finish
-  std::size_t completed = 0;                    ///< tickets completed (counted by their on_complete)
-  std::size_t watchers = 0;                     ///< `GET .../events` streams following it
-  std::vector<std::size_t> steps_done;          ///< per image
-  std::vector<std::size_t> total_steps;         ///< per image
-  std::vector<std::string> events;              ///< SSE frames, in order
+  std::mutex mutex;                      ///< guards everything below
+  std::condition_variable changed;       ///< events, progress, completions, cancellation, finish
+  std::size_t completed = 0;             ///< tickets completed (counted by their on_complete)
+  std::size_t watchers = 0;              ///< `GET .../events` streams following it
+  std::vector<std::size_t> steps_done;   ///< per image
+  std::vector<std::size_t> total_steps;  ///< per image
+  std::vector<std::string> events;       ///< SSE frames, in order; an empty one is the last, rendered from `result`
   std::optional<Clock::time_point> first_step;  ///< when its first step ran
   std::string status = "queued";                ///< queued, running, completed, failed, cancelled
   bool finished = false;                        ///< the result is written
+  Clock::time_point finished_at;                ///< when the result was written
+  std::size_t bytes = 0;                        ///< memory held by the result and images once finished (estimate)
   int http_status = 0;                          ///< the status of the result
   nlohmann::json result;                        ///< the response body once finished (success or error)
   std::vector<std::vector<std::uint8_t>> pngs;  ///< the images once finished, when the client asked for URLs
@@ -74,13 +77,21 @@ inline nlohmann::json timings_of(Generation& g) {
   return timings;
 }
 
+/// How long finished generations are kept for `GET .../{id}`: the oldest finished ones are evicted first, while more
+/// than `count` are kept, while together they hold more than `bytes`, and once older than `age`.
+struct KeepLimits {
+  std::size_t count = 256;                     ///< finished generations kept at most
+  std::size_t bytes = std::size_t{256} << 20;  ///< memory their results and images may hold together
+  std::chrono::seconds age{3600};              ///< longest time a finished generation is kept
+};
+
 /// The generations the server knows: registered at launch, kept after they finish for `GET .../{id}` until evicted
-/// (the oldest finished ones beyond `keep_finished`). Also holds the draining flag, so that no generation registers
-/// after `begin_draining`. Thread-safe.
+/// (`KeepLimits`, checked whenever a generation registers). Also holds the draining flag, so that no generation
+/// registers after `begin_draining`. Thread-safe.
 class GenerationRegistry {
  public:
-  /// A registry that keeps at most `keep_finished` finished generations.
-  explicit GenerationRegistry(std::size_t keep_finished) : keep_finished_(keep_finished) {}
+  /// A registry that keeps finished generations within `keep`.
+  explicit GenerationRegistry(KeepLimits keep) : keep_(keep) {}
 
   /// Registers `g` under a new id: calls `submit(g)` (which submits its jobs and throws to refuse) and `start(g)`
   /// under the registry's lock, so draining cannot begin in between. Throws `ApiError` 503 when draining.
@@ -155,28 +166,41 @@ class GenerationRegistry {
     return id;
   }
 
-  // Drops the oldest finished generations beyond keep_finished_ (the caller holds mutex_).
+  // Drops the oldest finished generations while the kept ones exceed the count or byte limit, and those older than
+  // the age limit (the caller holds mutex_). Unfinished generations are never dropped and do not count.
   void evict_finished() {
-    std::size_t excess = order_.size() > keep_finished_ ? order_.size() - keep_finished_ : 0;
-    for (auto it = order_.begin(); excess > 0 && it != order_.end();) {
-      auto g = generations_.at(*it);
-      bool done = false;
-      {
-        std::lock_guard glock(g->mutex);
-        done = g->finished;
-      }
-      if (!done) {
-        ++it;
-        continue;
-      }
+    struct Kept {
+      std::deque<std::string>::iterator at;
+      std::size_t bytes;
+      Generation::Clock::time_point finished_at;
+    };
+    std::vector<Kept> kept;  // finished, oldest first
+    std::size_t bytes = 0;
+    for (auto it = order_.begin(); it != order_.end(); ++it) {
+      const auto& g = generations_.at(*it);
+      std::lock_guard glock(g->mutex);
+      if (!g->finished) continue;
+      kept.push_back({it, g->bytes, g->finished_at});
+      bytes += g->bytes;
+    }
+    const auto now = Generation::Clock::now();
+    std::size_t count = kept.size();
+    std::vector<std::string> evicted;
+    for (const Kept& k : kept) {
+      if (count <= keep_.count && bytes <= keep_.bytes && now - k.finished_at <= keep_.age) continue;
+      evicted.push_back(*k.at);
+      --count;
+      bytes -= k.bytes;
+    }
+    for (const std::string& id : evicted) {
+      auto g = generations_.at(id);
       if (g->finalizer.joinable()) g->finalizer.join();
-      generations_.erase(*it);
-      it = order_.erase(it);
-      --excess;
+      generations_.erase(id);
+      order_.erase(std::find(order_.begin(), order_.end(), id));
     }
   }
 
-  const std::size_t keep_finished_;
+  const KeepLimits keep_;
   mutable std::mutex mutex_;  // guards the members below
   std::map<std::string, std::shared_ptr<Generation>> generations_;
   std::deque<std::string> order_;  // ids, oldest first

@@ -8,6 +8,7 @@
 //                      [--agent-port N] [--agent-target-seconds S] [--drain-timeout S]
 //                      [--max-side PX] [--max-pixel-steps N] [--allow-priority on|off] [--public-url URL]
 //                      [--max-watchers N] [--max-watchers-per-generation N] [--max-headers N] [--max-body-bytes N]
+//                      [--keep-finished N] [--keep-finished-mib N] [--keep-finished-seconds S]
 //
 // Without --model it serves the bundled model (models/shapes-32). --device auto (the default) runs on the GPU when
 // the build has the CUDA backend and the machine a CUDA device, else on the CPU; --device cuda where that is not so
@@ -58,7 +59,9 @@ constexpr const char* usage =
     "                          [--max-pixel-steps N (0 = 4000 x the model's pixels)] [--allow-priority on|off]\n"
     "                          [--public-url URL (base of image URLs)] [--max-watchers N (default 32)]\n"
     "                          [--max-watchers-per-generation N (default 4)] [--max-headers N (default 64)]\n"
-    "                          [--max-body-bytes N (default 1048576)]\n";
+    "                          [--max-body-bytes N (default 1048576)]\n"
+    "                          [--keep-finished N (default 256)] [--keep-finished-mib N (default 256)]\n"
+    "                          [--keep-finished-seconds S (default 3600)]\n";
 
 int signal_pipe[2] = {-1, -1};
 
@@ -161,6 +164,12 @@ CommandLine parse(int argc, char** argv) {
       o.max_headers = static_cast<std::size_t>(number(flag, value, 8, 10000));
     } else if (flag == "--max-body-bytes") {
       o.max_body_bytes = static_cast<std::size_t>(number(flag, value, 1024, 1L << 30));
+    } else if (flag == "--keep-finished") {
+      o.keep_finished.count = static_cast<std::size_t>(number(flag, value, 0, 1'000'000));
+    } else if (flag == "--keep-finished-mib") {
+      o.keep_finished.bytes = static_cast<std::size_t>(number(flag, value, 0, 1'000'000)) << 20;
+    } else if (flag == "--keep-finished-seconds") {
+      o.keep_finished.age = std::chrono::seconds(number(flag, value, 0, 30L * 86400));
     } else if (flag == "--drain-timeout") {
       drain_timeout = real(flag, value, 0, 86400);
     } else if (flag == "--default-guidance") {

@@ -76,7 +76,7 @@ struct ServerOptions {
   int default_steps = 20;                             ///< steps when a request gives none
   double default_guidance = 7.5;                      ///< guidance scale when a request gives none
   int max_images = 8;                                 ///< most images per request
-  std::size_t keep_finished = 256;                    ///< finished generations kept for GET .../{id}
+  KeepLimits keep_finished;                           ///< how long finished generations are kept for GET .../{id}
   /// HAProxy agent-check port on `host` (`up NN%` from the drain estimate, `drain` while shutting down); 0 picks a
   /// free one (see `Server::agent_port`); none: no agent.
   std::optional<int> agent_port;

@@ -1066,3 +1066,52 @@ TEST_CASE("Server.Hostile.Watchers") {
   r.client().Delete((gen + "/" + a).c_str());
   r.client().Delete((gen + "/" + b).c_str());
 }
+
+TEST_CASE("Server.Hostile.Kept") {
+  const std::string gen = "/v1/images/generations";
+  auto finished_id = [](const Running& r, const std::string& path) {
+    auto res = post(r, path, {{"prompt", "p"}, {"steps", 2}, {"async", true}});
+    REQUIRE(res);
+    REQUIRE(res->status == 202);
+    const std::string id = json::parse(res->body)["id"];
+    REQUIRE(eventually([&] { return status_of(r, id) == "completed"; }));
+    return id;
+  };
+  auto kept = [&](const Running& r, const std::string& id) {
+    auto res = r.client().Get((gen + "/" + id).c_str());
+    REQUIRE(res);
+    return res->status == 200;
+  };
+  SUBCASE("by bytes: the oldest finished generation goes once the kept ones hold more than the budget") {
+    srv::ServerOptions o;
+    o.keep_finished.bytes = 1;  // less than any generation
+    Running r(o);
+    const std::string a = finished_id(r, gen);
+    CHECK(kept(r, a));  // eviction runs when a generation registers
+    const std::string b = finished_id(r, gen);
+    CHECK_FALSE(kept(r, a));
+    CHECK(kept(r, b));
+  }
+  SUBCASE("by age") {
+    srv::ServerOptions o;
+    o.keep_finished.age = std::chrono::seconds(0);
+    Running r(o);
+    const std::string a = finished_id(r, gen);
+    std::this_thread::sleep_for(20ms);
+    finished_id(r, gen);
+    CHECK_FALSE(kept(r, a));
+  }
+  SUBCASE("within the limits both are kept, and the done event carries the one stored result") {
+    Running r;
+    const std::string a = finished_id(r, gen);
+    finished_id(r, gen);
+    REQUIRE(kept(r, a));
+    auto replay = r.client().Get((gen + "/" + a + "/events").c_str());
+    REQUIRE(replay);
+    const auto events = parse_sse(replay->body);
+    REQUIRE(!events.empty());
+    CHECK(events.back().name == "done");
+    auto status = r.client().Get((gen + "/" + a).c_str());
+    CHECK(events.back().data == json::parse(status->body)["result"]);
+  }
+}
