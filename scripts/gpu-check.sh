@@ -141,7 +141,7 @@ PYTHONUNBUFFERED=1 timeout "$(step_timeout 150 20)" "$py" benchmarks/cuda/torch_
 "$py" - "$out/bench.json" "$out/torch.json" "$out/unet-curve-guided.csv" >"$out/summary.txt" <<'PY'
 import json, sys
 bench, graph, torch, attention, overlap, boundary, group_norm, layer_norm, vae = {}, {}, {}, {}, {}, None, {}, {}, {}
-torch_vae = {}
+torch_vae, torch_compiled = {}, {}
 breakdown, torch_breakdown, searched = None, {}, {}
 peak = None
 def load_benchmarks(path):
@@ -192,6 +192,8 @@ try:
             torch_breakdown = r["ms"]
         elif "vae" in r:
             torch_vae[r["vae"]] = r["ms"]
+        elif r.get("mode") == "compile":
+            torch_compiled[r["batch"]] = r
         else:
             torch[r["batch"]] = r
 except Exception as e:  # noqa: BLE001
@@ -209,6 +211,10 @@ for batch in sorted(set(bench) | set(torch)):
     gms = graph[batch]["ms"] if batch in graph else float("nan")
     tms = t["ms"] if t else float("nan")
     print(f"{batch:>5} {ms:>12.2f} {tf:>8.1f} {pct:>6.1f}% {gms:>9.2f} {tms:>15.2f} {tms / ms:>8.2f}x")
+for batch, c in sorted(torch_compiled.items()):
+    base = bench[batch]["ms"] if batch in bench else float("nan")
+    print(f"batch {batch} torch.compile (max-autotune-no-cudagraphs): {c['ms']:.2f} ms, carousel {base:.2f} ms "
+          f"({c['ms'] / base:.2f}x; compiled in {c['compile_s']:.0f} s)")
 for batch, b in sorted(searched.items()):
     base = bench[batch]["ms"] if batch in bench else float("nan")
     print(f"batch {batch} with convolution algorithms timed (cudnnFind, like cudnn.benchmark): {b['ms']:.2f} ms "

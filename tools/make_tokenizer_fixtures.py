@@ -8,14 +8,23 @@ Run from the repository root after tools/make_tiny_models.py (it reads the token
 Writes
   tests/data/tokenizer/ids.json
       {"prompts": [...], "clip": [[77 ids], ...], "tiny": [[77 ids], ...], "sd2": [[77 ids], ...],
-       "slow_differs": [indexes], "nfc": [[text, NFC(text)], ...]}
+       "slow_differs": [indexes], "nfc": [[text, NFC(text)], ...],
+       "long": [{"unit": text, "times": n, "clip": [77 ids], "tiny": [77 ids]}, ...,
+                {"random_letters": n, "clip": [77 ids], "tiny": [77 ids]}, ...]}
       "clip": transformers' CLIPTokenizer (the tokenizers-backed one; transformers 5 has no other) on
       tests/data/tokenizer/clip with padding="max_length", max_length=77, truncation=True; "tiny": the same on
       tests/data/models/sd-tiny/tokenizer (vocab 1000); "sd2": the full one with pad_token="!" as SD-2.x
       tokenizers have (transformers then also matches a verbatim "!" as that special token). "nfc": random strings
-      of letters, combining marks, Hangul jamo, singletons and exclusions with Python's NFC. "slow_differs": prompts on which transformers 4's pure-Python
+      of letters, combining marks, Hangul jamo, singletons and exclusions with Python's NFC. "long": prompts of
+      `unit` repeated `times` times (one word of 1 MiB, thousands of words), or one word of n pseudo-random
+      letters (random_word(n) below; BPE needs thousands of merge rounds on it), which must be encoded in
+      near-linear time. "slow_differs": prompts on which transformers 4's pure-Python
       CLIPTokenizer without ftfy (re-implemented below: BasicTokenizer clean-up, CJK characters split apart,
       whitespace_clean, lower) gives other ids than the fast tokenizer — carousel follows the fast one.
+  tests/data/tokenizer/json-pairs/, tests/data/tokenizer/json-strings/
+      The tiny tokenizer as transformers 5 saves it (tokenizer.json + tokenizer_config.json, no vocab.json or
+      merges.txt), with merges as ["a", "b"] pairs (tokenizers >= 0.20) and as "a b" strings (older tokenizers);
+      both are checked to give transformers the "tiny" ids on every prompt.
   include/carousel/checkpoint/detail/unicode_data.hpp
       Tables generated from Python's unicodedata (Unicode {unidata_version}): general categories L* and N*,
       per-character lowercase mapping, canonical combining classes, canonical decompositions and primary
@@ -35,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FULL = ROOT / "tests" / "data" / "tokenizer" / "clip"
 TINY = ROOT / "tests" / "data" / "models" / "sd-tiny" / "tokenizer"
 OUT_IDS = ROOT / "tests" / "data" / "tokenizer" / "ids.json"
-OUT_TABLES = ROOT / "include" / "carousel" / "model" / "detail" / "unicode_data.hpp"
+OUT_TABLES = ROOT / "include" / "carousel" / "checkpoint" / "detail" / "unicode_data.hpp"
 
 LONG = (
     "a highly detailed matte painting of a sprawling futuristic city at dusk, neon lights reflecting on wet "
@@ -116,6 +125,20 @@ PROMPTS = [
     "🐱" * 40,
     "supercalifragilisticexpialidocious antidisestablishmentarianism",
 ]
+
+# Long prompts as (unit, times): a 16 KiB and a 1 MiB one-word prompt, many short words, a long word of
+# multi-byte letters, and a special token after the cut.
+LONG_PROMPTS = [("a", 16384), ("ab", 1 << 19), ("cat ", 1 << 16), ("é", 1 << 15), ("dog <|endoftext|>", 1000)]
+RANDOM_WORDS = [16384, 1 << 20]
+
+
+def random_word(n):
+    """n letters from the LCG x -> (1103515245 x + 12345) mod 2^31, x0 = 1, letter 'a' + (x >> 16) % 26."""
+    x, out = 1, []
+    for _ in range(n):
+        x = (1103515245 * x + 12345) % (1 << 31)
+        out.append(chr(ord("a") + (x >> 16) % 26))
+    return "".join(out)
 
 
 class SlowClip:
@@ -335,6 +358,29 @@ def nfc_cases(count=400):
     return cases
 
 
+def write_tokenizer_json():
+    """The tiny tokenizer saved by transformers (tokenizer.json), in both merge spellings, each checked."""
+    from transformers import CLIPTokenizer
+
+    tiny = CLIPTokenizer.from_pretrained(TINY)
+    for style in ("pairs", "strings"):
+        out = ROOT / "tests" / "data" / "tokenizer" / f"json-{style}"
+        tiny.save_pretrained(out)
+        assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json", "tokenizer_config.json"], list(out.iterdir())
+        data = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+        merges = data["model"]["merges"]
+        if style == "strings":
+            data["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in merges]
+        else:
+            data["model"]["merges"] = [m.split(" ") if isinstance(m, str) else m for m in merges]
+        (out / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        reloaded = CLIPTokenizer.from_pretrained(out)
+        for prompt in PROMPTS:
+            want = tiny(prompt, padding="max_length", max_length=77, truncation=True).input_ids
+            assert reloaded(prompt, padding="max_length", max_length=77, truncation=True).input_ids == want, prompt
+        print(f"{out.relative_to(ROOT)}: merges as {style}, same ids as {TINY.relative_to(ROOT)}")
+
+
 def write_ids():
     from transformers import CLIPTokenizer
 
@@ -352,9 +398,13 @@ def write_ids():
     differs = [i for i, p in enumerate(PROMPTS) if slow(p) != clip_ids[i]]
     for ids in clip_ids + tiny_ids:
         assert len(ids) == 77
+    long_cases = [{"unit": unit, "times": times, "clip": encode(full, unit * times), "tiny": encode(tiny, unit * times)}
+                  for unit, times in LONG_PROMPTS]
+    long_cases += [{"random_letters": n, "clip": encode(full, random_word(n)), "tiny": encode(tiny, random_word(n))}
+                   for n in RANDOM_WORDS]
     OUT_IDS.write_text(
         json.dumps({"prompts": PROMPTS, "clip": clip_ids, "tiny": tiny_ids, "sd2": sd2_ids, "slow_differs": differs,
-                    "nfc": nfc_cases()}) + "\n",
+                    "nfc": nfc_cases(), "long": long_cases}) + "\n",
         encoding="utf-8",
     )
     print(f"{OUT_IDS.relative_to(ROOT)}: {len(PROMPTS)} prompts; slow (no ftfy) differs from fast on:")
@@ -368,3 +418,4 @@ if __name__ == "__main__":
         raise SystemExit(__doc__)
     write_tables()
     write_ids()
+    write_tokenizer_json()

@@ -1,22 +1,33 @@
 // CPU backend benchmarks: the machine's sgemm throughput (the ceiling), UNet step time against batch size on the
-// tiny test configurations, and a Stable Diffusion 1.5-shaped UNet at 256x256 (32x32 latents) with random weights.
+// tiny test configurations, the bundled model (models/shapes-32) and a Stable Diffusion 1.5-shaped UNet at 256x256
+// (32x32 latents) with random weights, each in both BatchModes (batched, batch_invariant) side by side.
 // GFLOP/s counts the matrix products (convolutions, linears, attention) that go through the backend's sgemm;
 // normalisations and element-wise ops are not counted.
 //
 //   build-cpu/benchmarks/cpu/carousel-bench-cpu --benchmark_filter=Sgemm|Tiny
 //   build-cpu/benchmarks/cpu/carousel-bench-cpu --benchmark_filter='Sd15|ClipTextL'
+//   build-cpu/benchmarks/cpu/carousel-bench-cpu --benchmark_filter=Bundled --curve_csv=bundled.csv
+// --curve_csv=PATH writes the bundled model's t(b) (median wall time of a step of b requests, b = 1..8, in the mode
+// --curve_mode=batched|batch_invariant, default batched) as the CSV `batch_size,step_ms,decode_ms` that
+// `carousel-bench-serving --curve PATH` reads (decode_ms is 0: the pixel-space model has no VAE).
 // OpenBLAS may pick AVX2 kernels on AVX-512 CPUs it does not know; OPENBLAS_CORETYPE=SkylakeX selects its AVX-512 ones.
 #include <benchmark/benchmark.h>
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <ctime>
+#include <fstream>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include <carousel/cpu/backend.hpp>
 #include <carousel/cpu/clip_text.hpp>
 #include <carousel/cpu/unet.hpp>
 #include <carousel/cpu/vae.hpp>
@@ -24,6 +35,7 @@
 namespace {
 
 using carousel::checkpoint::RandomWeights;
+using carousel::cpu::BatchMode;
 using carousel::cpu::Tensor;
 using carousel::cpu::UNet2DConditionModel;
 using carousel::cpu::UNetSpec;
@@ -76,7 +88,16 @@ UNetSpec tiny_spec(int which) {
   return s;
 }
 
-void run_unet(benchmark::State& state, const UNet2DConditionModel& unet, std::int64_t batch, std::int64_t size) {
+BatchMode mode_of(std::int64_t arg) {
+  return arg == 0 ? BatchMode::batched : BatchMode::batch_invariant;
+}
+
+const char* mode_name(BatchMode mode) {
+  return mode == BatchMode::batched ? "batched" : "batch_invariant";
+}
+
+void run_unet(benchmark::State& state, const UNet2DConditionModel& unet, std::int64_t batch, std::int64_t size,
+              BatchMode mode) {
   const auto& spec = unet.spec();
   Tensor sample({batch, spec.in_channels, size, size}), context({batch, 77, spec.cross_attention_dim});
   std::mt19937 gen(0);
@@ -92,7 +113,7 @@ void run_unet(benchmark::State& state, const UNet2DConditionModel& unet, std::in
   const double cpu0 = process_cpu_seconds();
   for (auto _ : state) {
     const auto before = carousel::cpu::detail::gemm_flops().load();
-    Tensor out = unet.forward(sample, timesteps, context);
+    Tensor out = unet.forward(sample, timesteps, context, mode);
     benchmark::DoNotOptimize(out.data());
     flops += carousel::cpu::detail::gemm_flops().load() - before;
   }
@@ -107,12 +128,40 @@ void BM_UNetTiny(benchmark::State& state) {
   RandomWeights weights(7);
   static const UNet2DConditionModel models[] = {UNet2DConditionModel(tiny_spec(0), weights),
                                                 UNet2DConditionModel(tiny_spec(1), weights)};
-  state.SetLabel(which == 0 ? "sd-tiny 16x16" : "sd-tiny-legacy 8x8");
-  run_unet(state, models[which], state.range(1), which == 0 ? 16 : 8);
+  const BatchMode mode = mode_of(state.range(2));
+  state.SetLabel(std::string(which == 0 ? "sd-tiny 16x16 " : "sd-tiny-legacy 8x8 ") + mode_name(mode));
+  run_unet(state, models[which], state.range(1), which == 0 ? 16 : 8, mode);
 }
 BENCHMARK(BM_UNetTiny)
-    ->ArgNames({"model", "batch"})
-    ->ArgsProduct({{0, 1}, {1, 2, 4, 8}})
+    ->ArgNames({"model", "batch", "mode"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      for (std::int64_t model : {0, 1})
+        for (std::int64_t batch : {1, 2, 4, 8})
+          for (std::int64_t mode : {0, 1})  // the two modes back to back: their ratio is the comparison
+            b->Args({model, batch, mode});
+    })
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// The bundled model's UNet (models/shapes-32: pixel space, 3x32x32) as the Pipeline calls it for `requests` requests
+// with classifier-free guidance: a batch of 2 x requests rows, 77 context tokens each. Mode 0 batched, 1
+// batch_invariant. Its wall time per iteration is t(b), the curve --curve_csv writes.
+void BM_BundledModel(benchmark::State& state) {
+  static const auto unet = std::make_unique<UNet2DConditionModel>(
+      carousel::cpu::load_unet(std::string(CAROUSEL_BUNDLED_MODEL_DIR) + "/unet"));
+  const BatchMode mode = mode_of(state.range(1));
+  state.SetLabel(std::string("shapes-32 UNet, guidance doubles the batch, ") + mode_name(mode));
+  run_unet(state, *unet, 2 * state.range(0), 32, mode);
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * state.range(0));  // requests (images)
+}
+BENCHMARK(BM_BundledModel)
+    ->ArgNames({"requests", "mode"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      for (std::int64_t requests = 1; requests <= 8; ++requests)
+        for (std::int64_t mode : {0, 1})
+          b->Args({requests, mode});
+    })
+    ->MinTime(0.5)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
@@ -121,13 +170,17 @@ void BM_UNetSd15_256(benchmark::State& state) {
     RandomWeights weights(15);
     return std::make_unique<UNet2DConditionModel>(UNetSpec::sd15(), weights);
   }();
-  state.SetLabel("SD-1.5 UNet, 32x32 latents, random weights");
-  run_unet(state, *unet, state.range(0), 32);
+  const BatchMode mode = mode_of(state.range(1));
+  state.SetLabel(std::string("SD-1.5 UNet, 32x32 latents, random weights, ") + mode_name(mode));
+  run_unet(state, *unet, state.range(0), 32, mode);
 }
 BENCHMARK(BM_UNetSd15_256)
-    ->ArgName("batch")
-    ->Arg(1)
-    ->Arg(2)
+    ->ArgNames({"batch", "mode"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      for (std::int64_t batch : {1, 2, 8})
+        for (std::int64_t mode : {0, 1})
+          b->Args({batch, mode});
+    })
     ->Iterations(2)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
@@ -183,4 +236,77 @@ void BM_ClipTextL(benchmark::State& state) {
 }
 BENCHMARK(BM_ClipTextL)->ArgName("batch")->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
+// Passes every run to the console and keeps the wall time per iteration of BM_BundledModel's runs in one mode.
+class CurveCollector final : public benchmark::ConsoleReporter {
+ public:
+  explicit CurveCollector(std::string mode_arg) : mode_arg_(std::move(mode_arg)) {}
+
+  void ReportRuns(const std::vector<Run>& reports) override {
+    ConsoleReporter::ReportRuns(reports);
+    for (const Run& run : reports) {
+      if (run.run_type != Run::RT_Iteration || run.error_occurred || run.run_name.function_name != "BM_BundledModel")
+        continue;
+      // args is "requests:R/mode:M"
+      const std::string& args = run.run_name.args;
+      const auto slash = args.find('/');
+      if (slash == std::string::npos || args.substr(slash + 1) != mode_arg_) continue;
+      const auto requests = std::stoul(args.substr(args.find(':') + 1, slash));
+      const double ms = run.GetAdjustedRealTime() * benchmark::GetTimeUnitMultiplier(benchmark::kMillisecond) /
+                        benchmark::GetTimeUnitMultiplier(run.time_unit);
+      times_[requests].push_back(ms);
+    }
+  }
+
+  // batch_size,step_ms,decode_ms with the median of each batch size's runs. Returns false when nothing was measured.
+  bool write(const std::string& path) const {
+    if (times_.empty()) return false;
+    std::ofstream out(path);
+    out << "batch_size,step_ms,decode_ms\n";
+    for (auto [requests, ms] : times_) {
+      std::sort(ms.begin(), ms.end());
+      out << requests << ',' << ms[ms.size() / 2] << ",0\n";
+    }
+    return static_cast<bool>(out);
+  }
+
+ private:
+  std::string mode_arg_;
+  std::map<unsigned long, std::vector<double>> times_;
+};
+
 }  // namespace
+
+int main(int argc, char** argv) {
+  std::string curve_csv, curve_mode = "batched";
+  std::vector<char*> rest;
+  for (int i = 0; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg.starts_with("--curve_csv=")) {
+      curve_csv = arg.substr(12);
+    } else if (arg.starts_with("--curve_mode=")) {
+      curve_mode = arg.substr(13);
+      if (curve_mode != "batched" && curve_mode != "batch_invariant") {
+        std::fprintf(stderr, "--curve_mode must be batched or batch_invariant, not '%s'\n", curve_mode.c_str());
+        return 2;
+      }
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  int rest_argc = static_cast<int>(rest.size());
+  benchmark::Initialize(&rest_argc, rest.data());
+  if (benchmark::ReportUnrecognizedArguments(rest_argc, rest.data())) return 2;
+  CurveCollector reporter(curve_mode == "batched" ? "mode:0" : "mode:1");
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  if (!curve_csv.empty()) {
+    if (!reporter.write(curve_csv)) {
+      std::fprintf(stderr,
+                   "--curve_csv: no BM_BundledModel run measured (check --benchmark_filter) or cannot write %s\n",
+                   curve_csv.c_str());
+      return 1;
+    }
+    std::printf("wrote %s (%s)\n", curve_csv.c_str(), curve_mode.c_str());
+  }
+  return 0;
+}

@@ -7,16 +7,22 @@ With --vae it also decodes one 512x512 image (1x4x64x64 latents) with diffusers'
 configuration (random weights), float32 and fp16, and prints {"vae": "fp32" | "fp16", "ms": ...} per dtype
 (BM_VaeDecodeSd15's counterpart; gpu-check.sh sets NVIDIA_TF32_OVERRIDE=0, so float32 is true float32 on both sides).
 
+With --compile it also times the same UNet through torch.compile(mode="max-autotune-no-cudagraphs"), one compiled
+graph per batch size (dynamic=False), the compile and autotuning excluded (they run in the warm-up calls), and prints
+{"batch": B, "mode": "compile", "ms": ..., "compile_s": ...} per batch: the anchor beside eager. Autotuning takes
+minutes per batch size on an H100.
+
 With --profile-batch B (0: off) it then profiles 3 steps at batch B with torch.profiler and prints one more line,
 {"profile_batch": B, "ms": {category: ms per step}}, the GPU kernels' time in the categories of carousel's
 Engine profile (cuda::OpKind), classified by kernel name (`kernel_category`).
 
-Run: python3 benchmarks/cuda/torch_unet.py [--batches 1,2,4,8,16] [--profile-batch 8] [--vae] > torch.json
+Run: python3 benchmarks/cuda/torch_unet.py [--batches 1,2,4,8,16] [--profile-batch 8] [--vae] [--compile] > torch.json
 (one JSON object per line)
 """
 
 import argparse
 import json
+import time
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -101,6 +107,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--profile-batch", type=int, default=0)
     parser.add_argument("--vae", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile(mode=max-autotune-no-cudagraphs)")
     args = parser.parse_args()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -116,6 +123,19 @@ def main() -> None:
         ms = time_ms(lambda: unet(sample, timesteps, context), args.iterations)
         print(json.dumps({"batch": batch, "ms": ms, "images_per_s": batch / (ms / 1e3),
                           "device": torch.cuda.get_device_name()}), flush=True)
+    if args.compile:
+        for batch in [int(b) for b in args.batches.split(",")]:
+            compiled = torch.compile(unet, mode="max-autotune-no-cudagraphs", dynamic=False)
+            sample = torch.randn(batch, 4, 64, 64, device="cuda", dtype=torch.float16)
+            timesteps = torch.full((batch,), 500, device="cuda", dtype=torch.int64)
+            context = torch.randn(batch, 77, 768, device="cuda", dtype=torch.float16)
+            begin = time.perf_counter()
+            with torch.inference_mode():
+                compiled(sample, timesteps, context)  # compiles and autotunes for this shape
+                torch.cuda.synchronize()
+            compile_s = time.perf_counter() - begin
+            ms = time_ms(lambda: compiled(sample, timesteps, context), args.iterations)
+            print(json.dumps({"batch": batch, "mode": "compile", "ms": ms, "compile_s": compile_s}), flush=True)
     if args.profile_batch:
         print(json.dumps({"profile_batch": args.profile_batch, "ms": profile(unet, args.profile_batch)}), flush=True)
     if args.vae:

@@ -151,6 +151,9 @@ struct Regime {
   /// simulation replays that stage after the run (`decode_on_worker`); the wall-clock run has it on a second thread.
   /// Optimistic: it assumes the decode does not slow the steps down.
   bool decode_off_loop = false;
+  /// Admission of b joining requests (tokenize + text encode in the diffusion Pipeline), spent on the step loop at
+  /// the iteration they join; the same for every resolution. Zero unless measured (`--wallclock-pipeline`).
+  CostCurve admit{};
 
   /// t_key(b), seconds.
   double step_time(int key, std::size_t b) const { return std::pow(key_factor, key) * step(b); }
@@ -383,6 +386,11 @@ class CostModel {
   CostModel(const Regime& regime, Spend spend, std::optional<Spend> decode_spend = std::nullopt)
       : regime_(regime), spend_(std::move(spend)), decode_spend_(std::move(decode_spend)) {}
 
+  /// Admission of the joining requests: spends `Regime::admit`(b) when it is not zero.
+  void admit(std::span<SimJob* const> joining) {
+    const double a = regime_.admit(joining.size());
+    if (a > 0) spend_(a);
+  }
   /// One UNet evaluation of the batch (one batch key): spends t_key(b).
   void step(std::span<SimJob* const> batch) {
     spend_(regime_.step_time(batch.front()->key, batch.size()));

@@ -49,6 +49,7 @@ diffusion::AnyBackend load_cuda_backend(const checkpoint::DiffusersFolder& folde
   if (!cuda_available()) throw std::runtime_error("cannot load the CUDA backend: " + cuda_status());
   cuda::BackendOptions o;
   o.cuda_graphs = options.graphs;
+  o.vae_dtype = options.vae_f32 ? cuda::DType::f32 : cuda::DType::f16;
   if (options.exhaustive_conv_search) o.conv_search = cuda::ConvSearch::exhaustive;
   return diffusion::AnyBackend::make<cuda::Backend>("cuda", folder, o);
 }

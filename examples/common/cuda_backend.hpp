@@ -24,12 +24,13 @@ std::string cuda_status();
 struct CudaBackendOptions {
   bool graphs = false;                  ///< BackendOptions::cuda_graphs: the UNet from CUDA graphs per batch bucket
   bool exhaustive_conv_search = false;  ///< BackendOptions::conv_search = exhaustive (cudnnFind on first use)
+  bool vae_f32 = false;                 ///< BackendOptions::vae_dtype = f32 instead of the default f16
 };
 
-/// Loads the diffusers folder with `carousel::cuda::Backend` (float16 text encoder and UNet, float32 VAE, and
-/// `options`) on device 0, wrapped as an AnyBackend with device name "cuda".
-/// \throws std::runtime_error "built without CUDA" in a build without the CUDA backend, or naming cuda_status() when
-/// no device is present; checkpoint::FormatError for a broken folder; cuda::CudaError from the CUDA runtime.
+/// Loads the diffusers folder with `carousel::cuda::Backend` (float16 text encoder, UNet and VAE, and `options`) on
+/// device 0, wrapped as an AnyBackend with device name "cuda". \throws std::runtime_error "built without CUDA" in a
+/// build without the CUDA backend, or naming cuda_status() when no device is present; checkpoint::FormatError for a
+/// broken folder; cuda::CudaError from the CUDA runtime.
 diffusion::AnyBackend load_cuda_backend(const checkpoint::DiffusersFolder& folder,
                                         const CudaBackendOptions& options = {});
 

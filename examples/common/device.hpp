@@ -39,7 +39,10 @@ inline std::string resolve_device(const std::string& requested) {
 /// The `--cuda-*` flags both examples take (they matter only when the device is cuda):
 ///   --cuda-graphs on|off                      the UNet from CUDA graphs per batch bucket (default off)
 ///   --cuda-conv-search heuristic|exhaustive   cuDNN algorithms from its heuristic (default) or timed on first use
-inline constexpr const char* cuda_flags_usage = "[--cuda-graphs on|off] [--cuda-conv-search heuristic|exhaustive]";
+///   --cuda-vae f16|f32                        the VAE decode in float16 (default, as diffusers' SD pipelines) or
+///                                             float32
+inline constexpr const char* cuda_flags_usage =
+    "[--cuda-graphs on|off] [--cuda-conv-search heuristic|exhaustive] [--cuda-vae f16|f32]";
 
 /// Applies `flag value` to `options` when `flag` is one of the `--cuda-*` flags and returns true; returns false for
 /// any other flag. \throws std::invalid_argument naming the flag, the choices and the value for a bad value.
@@ -53,6 +56,8 @@ inline bool cuda_flag(const std::string& flag, const std::string& value, CudaBac
     options.graphs = choose("off", "on");
   } else if (flag == "--cuda-conv-search") {
     options.exhaustive_conv_search = choose("heuristic", "exhaustive");
+  } else if (flag == "--cuda-vae") {
+    options.vae_f32 = choose("f16", "f32");
   } else {
     return false;
   }

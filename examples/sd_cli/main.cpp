@@ -3,7 +3,7 @@
 //   carousel-sd [--model DIR] [--device auto|cpu|cuda] --prompt TEXT [--negative-prompt TEXT] [--steps N]
 //               [--guidance S] [--sampler ddim|ddpm|euler|dpm++2m] [--eta E] [--seed N] [--width W --height H]
 //               [--out FILE.png] [--batch-file prompts.txt] [--max-batch N] [--cuda-graphs on|off]
-//               [--cuda-conv-search heuristic|exhaustive]
+//               [--cuda-conv-search heuristic|exhaustive] [--cuda-vae f16|f32]
 //
 // Without --model it uses the bundled model (and guidance 2, unless --guidance says otherwise). --device auto (the
 // default) runs on the GPU when the build has the CUDA backend and the machine a CUDA device, else on the CPU;
@@ -57,7 +57,8 @@ struct Args {
                "                   [--steps N] [--guidance S] [--sampler ddim|ddpm|euler|dpm++2m] [--eta E]\n"
                "                   [--seed N] [--width W --height H] [--out FILE.png] [--batch-file prompts.txt]\n"
                "                   [--max-batch N] [--cuda-graphs on|off]\n"
-               "                   [--cuda-conv-search heuristic|exhaustive] (the --cuda-* flags: cuda only)\n",
+               "                   [--cuda-conv-search heuristic|exhaustive] [--cuda-vae f16|f32]\n"
+               "                   (the --cuda-* flags: cuda only)\n",
                error.c_str());
   std::exit(2);
 }
@@ -189,7 +190,8 @@ fs::path numbered(const fs::path& out, std::size_t i) {
 int main(int argc, char** argv) {
   const Args args = parse(argc, argv);
   try {
-    const auto folder = carousel::checkpoint::DiffusersFolder::open(args.model);
+    const auto folder = carousel::checkpoint::DiffusersFolder::open(
+        args.model, {.tokenizer = fs::path(CAROUSEL_DEFAULT_MODEL_DIR) / "tokenizer"});
     const carousel::diffusion::AnyBackend backend = carousel::examples::load_backend(folder, args.device, args.cuda);
     Pipeline pipeline(backend, carousel::diffusion::pipeline_scheduler_config(folder),
                       carousel::diffusion::pipeline_options(folder, backend.vae_scale_factor()));

@@ -4,7 +4,7 @@
 //                      [--max-queue N] [--admission continuous|static|cost-aware] [--batch-timeout-ms N]
 //                      [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]
 //                      [--concurrent-decode auto|on|off] [--cuda-graphs on|off]
-//                      [--cuda-conv-search heuristic|exhaustive]
+//                      [--cuda-conv-search heuristic|exhaustive] [--cuda-vae f16|f32]
 //                      [--agent-port N] [--agent-target-seconds S] [--drain-timeout S]
 //                      [--max-side PX] [--max-pixel-steps N] [--allow-priority on|off] [--public-url URL]
 //                      [--max-watchers N] [--max-watchers-per-generation N] [--max-headers N] [--max-body-bytes N]
@@ -52,7 +52,8 @@ constexpr const char* usage =
     "                          [--admission continuous|static|cost-aware] [--batch-timeout-ms N]\n"
     "                          [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]\n"
     "                          [--concurrent-decode auto|on|off (auto: on for cuda, off for cpu)]\n"
-    "                          [--cuda-graphs on|off] [--cuda-conv-search heuristic|exhaustive] (cuda only)\n"
+    "                          [--cuda-graphs on|off] [--cuda-conv-search heuristic|exhaustive]\n"
+    "                          [--cuda-vae f16|f32] (cuda only)\n"
     "                          [--agent-port N (HAProxy agent-check)] [--agent-target-seconds S (default 10)]\n"
     "                          [--drain-timeout S (default 120)]\n"
     "                          [--max-side PX (default 2 x the model's size)]\n"

@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -76,6 +77,116 @@ TEST_CASE("ClipTokenizer.Tiny.MatchesTransformers") {
   check_all_prompts(tok, "tiny");
 }
 
+namespace {
+
+// The fixture's random_word(n): n letters from an LCG (tools/make_tokenizer_fixtures.py).
+std::string random_word(std::size_t n) {
+  std::uint64_t x = 1;
+  std::string out;
+  for (std::size_t i = 0; i < n; ++i) {
+    x = (1103515245 * x + 12345) % (1ull << 31);
+    out.push_back(static_cast<char>('a' + (x >> 16) % 26));
+  }
+  return out;
+}
+
+}  // namespace
+
+// Prompts up to 1 MiB (one word of 1 MiB, 65,536 words): encoded in near-linear time (BPE of one word is
+// O(n log n); words after the cut are not tokenized), so this test takes about a second; with BPE rounds that
+// rescan the word, the 1 MiB random word alone takes hours.
+TEST_CASE("ClipTokenizer.LongPrompts.MatchTransformers") {
+  const auto full = ClipTokenizer::load(data_dir / "tokenizer/clip");
+  const auto tiny = ClipTokenizer::load(data_dir / "models/sd-tiny/tokenizer");
+  const auto& cases = fixture()["long"];
+  REQUIRE(cases.size() >= 6);
+  for (const auto& c : cases) {
+    std::string prompt;
+    if (c.contains("random_letters")) prompt = random_word(c["random_letters"].get<std::size_t>());
+    for (int i = 0; i < c.value("times", 0); ++i)
+      prompt += c["unit"].get<std::string>();
+    CAPTURE(prompt.substr(0, 40));
+    CAPTURE(prompt.size());
+    CHECK(full.encode(prompt) == c["clip"].get<std::vector<std::int32_t>>());
+    CHECK(tiny.encode(prompt) == c["tiny"].get<std::vector<std::int32_t>>());
+  }
+}
+
+TEST_CASE("ClipTokenizer.TokenizerJson.MatchesTransformers") {
+  SUBCASE("tiny vocabulary, merges as pairs and as strings") {
+    for (const char* style : {"json-pairs", "json-strings"}) {
+      CAPTURE(style);
+      REQUIRE(!fs::exists(data_dir / "tokenizer" / style / "vocab.json"));
+      const auto tok = ClipTokenizer::load(data_dir / "tokenizer" / style);
+      CHECK(tok.vocab_size() == 1000);
+      CHECK(tok.bos_id() == 998);
+      CHECK(tok.eos_id() == 999);
+      check_all_prompts(tok, "tiny");
+    }
+  }
+  SUBCASE("full vocabulary: tokenizer.json built from vocab.json and merges.txt gives the same ids") {
+    // The model section of the transformers-written fixture, with the full vocabulary and merges put in.
+    auto json = nlohmann::json::parse(std::ifstream(data_dir / "tokenizer/json-pairs/tokenizer.json"));
+    json["model"]["vocab"] = nlohmann::json::parse(std::ifstream(data_dir / "tokenizer/clip/vocab.json"));
+    auto& merges = json["model"]["merges"] = nlohmann::json::array();
+    std::ifstream in(data_dir / "tokenizer/clip/merges.txt");
+    for (std::string line; std::getline(in, line);)
+      if (!line.empty() && !line.starts_with("#version")) merges.push_back(line);
+    t::TempDir dir;
+    t::write_text(dir.path() / "tokenizer.json", json.dump());
+    fs::copy_file(data_dir / "tokenizer/json-pairs/tokenizer_config.json", dir.path() / "tokenizer_config.json");
+    const auto tok = ClipTokenizer::load(dir.path());
+    CHECK(tok.vocab_size() == 49408);
+    check_all_prompts(tok, "clip");
+  }
+}
+
+TEST_CASE("ClipTokenizer.TokenizerJson.OtherTokenizersRefused") {
+  const auto fixture_json = nlohmann::json::parse(std::ifstream(data_dir / "tokenizer/json-pairs/tokenizer.json"));
+  t::TempDir dir;
+  const auto error_for = [&](const std::function<void(nlohmann::json&)>& edit) -> std::string {
+    auto json = fixture_json;
+    edit(json);
+    t::write_text(dir.path() / "tokenizer.json", json.dump());
+    try {
+      static_cast<void>(ClipTokenizer::load(dir.path()));
+    } catch (const FormatError& e) {
+      return e.what();
+    }
+    return "loaded";
+  };
+  const auto path = (dir.path() / "tokenizer.json").string();
+  CHECK(error_for([](auto&) {}) == "loaded");
+  const auto wordpiece = error_for([](auto& j) { j["model"]["type"] = "WordPiece"; });
+  CHECK(wordpiece.find("tokenizer file '" + path + "': model type \"WordPiece\" is not BPE") != std::string::npos);
+  CHECK(wordpiece.find("only CLIP's byte-level BPE tokenizer is supported") != std::string::npos);
+  CHECK(error_for([](auto& j) {
+          j["model"]["end_of_word_suffix"] = nullptr;
+        }).find("model.end_of_word_suffix null is not \"</w>\"") != std::string::npos);
+  CHECK(error_for([](auto& j) {
+          j["model"]["continuing_subword_prefix"] = "##";
+        }).find("model.continuing_subword_prefix") != std::string::npos);
+  CHECK(error_for([](auto& j) { j["model"]["dropout"] = 0.1; }).find("model.dropout") != std::string::npos);
+  CHECK(error_for([](auto& j) { j["model"]["ignore_merges"] = true; }).find("model.ignore_merges") !=
+        std::string::npos);
+  CHECK(error_for([](auto& j) {
+          j["pre_tokenizer"] = {{"type", "ByteLevel"}};
+        }).find("pre_tokenizer lacks CLIP's split pattern") != std::string::npos);
+  CHECK(error_for([](auto& j) { j.erase("model"); }).find("no 'model' object") != std::string::npos);
+  CHECK(error_for([](auto& j) {
+          j["model"]["merges"][3] = {"a", "b", "c"};
+        }).find("model.merges entry 3 is neither") != std::string::npos);
+  CHECK(error_for([](auto& j) { j["model"]["merges"][0] = "ab"; }).find("model.merges entry 0") != std::string::npos);
+  CHECK(error_for([](auto& j) {
+          j["model"]["vocab"] = nlohmann::json::array();
+        }).find("the vocabulary is not an object") != std::string::npos);
+  CHECK(error_for([](auto& j) { j["model"]["vocab"]["x"] = -1; }).find("id of 'x' is not a non-negative int") !=
+        std::string::npos);
+  fs::remove(dir.path() / "tokenizer.json");
+  CHECK_THROWS_WITH_AS(ClipTokenizer::load(dir.path()),
+                       doctest::Contains("neither vocab.json + merges.txt nor tokenizer.json found"), FormatError);
+}
+
 TEST_CASE("ClipTokenizer.Tokenize.NoSpecialsNoTruncation") {
   const auto tok = ClipTokenizer::load(data_dir / "tokenizer/clip");
   CHECK(tok.tokenize("a photo of a cat") == std::vector<std::int32_t>{320, 1125, 539, 320, 2368});
@@ -107,7 +218,7 @@ TEST_CASE("ClipTokenizer.Load.Errors") {
   CHECK_THROWS_WITH_AS(ClipTokenizer::load(dir.path()), doctest::Contains("line 3"), FormatError);
   t::write_text(dir.path() / "merges.txt", "#version: 0.2\nt h\n");
   t::write_text(dir.path() / "special_tokens_map.json", R"({"pad_token": "<pad>"})");
-  CHECK_THROWS_WITH_AS(ClipTokenizer::load(dir.path()), doctest::Contains("pad_token '<pad>' is not in vocab.json"),
+  CHECK_THROWS_WITH_AS(ClipTokenizer::load(dir.path()), doctest::Contains("pad_token '<pad>' is not in the vocabulary"),
                        FormatError);
 }
 

@@ -9,8 +9,10 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -204,6 +206,32 @@ TEST_CASE("Config.DiffusersFolder.Components") {
   }
 }
 
+TEST_CASE("Config.DiffusersFolder.TokenizerFitsTextEncoder") {
+  t::TempDir dir;
+  fs::copy(models / "sd-tiny", dir.path(), fs::copy_options::recursive);
+  const auto folder = DiffusersFolder::open(dir.path());
+  CHECK(folder.load_tokenizer().max_length() == 77);
+  auto config = json::parse(std::ifstream(dir.path() / "tokenizer/tokenizer_config.json"));
+  config["model_max_length"] = 100;
+  t::write_text(dir.path() / "tokenizer/tokenizer_config.json", config.dump());
+  const auto message = error_of([&] { folder.load_tokenizer(); });
+  CHECK(message.find("model_max_length 100 exceeds max_position_embeddings 77") != std::string::npos);
+  CHECK(message.find((dir.path() / "tokenizer").string()) != std::string::npos);
+  CHECK(message.find((dir.path() / "text_encoder" / "config.json").string()) != std::string::npos);
+}
+
+TEST_CASE("Config.DiffusersFolder.TokenizerJsonOnly") {
+  // A folder as transformers 5 saves it: tokenizer/ holds tokenizer.json and tokenizer_config.json only.
+  t::TempDir dir;
+  fs::copy(models / "sd-tiny", dir.path(), fs::copy_options::recursive);
+  fs::remove_all(dir.path() / "tokenizer");
+  fs::copy(fs::path(CAROUSEL_TEST_DATA_DIR) / "tokenizer/json-pairs", dir.path() / "tokenizer");
+  const auto json_only = DiffusersFolder::open(dir.path()).load_tokenizer();
+  const auto classic = DiffusersFolder::open(models / "sd-tiny").load_tokenizer();
+  for (const char* prompt : {"a photo of a cat", "an astronaut riding a horse on mars, 8k"})
+    CHECK(json_only.encode(prompt) == classic.encode(prompt));
+}
+
 TEST_CASE("Config.UNet.DefaultsAreSd15") {
   const auto c = UNetConfig::parse(json::object());
   CHECK(c.block_out_channels == std::vector<int>{320, 640, 1280, 1280});
@@ -266,6 +294,19 @@ TEST_CASE("Config.UNet.ErrorsNameTheField") {
     CHECK(unet_error({{"attention_head_dim", 7}}).find("'attention_head_dim' entry 0 = 7 heads do not divide") !=
           std::string::npos);
   }
+  SUBCASE("absurd values") {
+    CHECK(unet_error({{"norm_eps", -1000}}).find("field 'norm_eps' must lie in (0, 1), got -1000") !=
+          std::string::npos);
+    CHECK(unet_error({{"norm_eps", 0}}).find("field 'norm_eps'") != std::string::npos);
+    CHECK(unet_error({{"norm_eps", std::numeric_limits<double>::infinity()}})
+              .find("field 'norm_eps' must be a finite number") != std::string::npos);
+    CHECK(unet_error({{"in_channels", 0}}).find("field 'in_channels' must lie in 1..") != std::string::npos);
+    CHECK(unet_error({{"cross_attention_dim", -768}}).find("field 'cross_attention_dim'") != std::string::npos);
+    CHECK(unet_error({{"layers_per_block", 1 << 30}}).find("field 'layers_per_block' must lie in 1..1048576") !=
+          std::string::npos);
+    CHECK(unet_error({{"block_out_channels", json::array()}}).find("field 'block_out_channels' must have 1 to 8") !=
+          std::string::npos);
+  }
   SUBCASE("no mid block") {
     CHECK(unet_error({{"mid_block_type", nullptr}}).find("'mid_block_type' = null") != std::string::npos);
   }
@@ -296,6 +337,16 @@ TEST_CASE("Config.Vae.DefaultsAndErrors") {
         }).find("field 'up_block_types' entry 0") != std::string::npos);
   CHECK(error_of([] { VaeConfig::parse({{"act_fn", "gelu"}}); }).find("'act_fn'") != std::string::npos);
   CHECK(error_of([] { VaeConfig::parse({{"latents_mean", {0.1, 0.2}}}); }).find("'latents_mean'") != std::string::npos);
+  SUBCASE("absurd values") {
+    for (const auto& [field, value] : {std::pair{"sample_size", json(0)}, std::pair{"sample_size", json::array()},
+                                       std::pair{"latent_channels", json(-4)}, std::pair{"norm_num_groups", json(0)},
+                                       std::pair{"scaling_factor", json(std::numeric_limits<double>::infinity())}}) {
+      CAPTURE(field);
+      CHECK(error_of([&] {
+              VaeConfig::parse({{field, value}}, "vae/config.json");
+            }).find(std::string("config 'vae/config.json': field '") + field + "'") != std::string::npos);
+    }
+  }
 }
 
 TEST_CASE("Config.Clip.DefaultsAndErrors") {
@@ -313,4 +364,15 @@ TEST_CASE("Config.Clip.DefaultsAndErrors") {
   CHECK(error_of([] {
           ClipTextConfig::parse({{"num_attention_heads", 5}});
         }).find("does not divide hidden_size") != std::string::npos);
+  SUBCASE("absurd values") {
+    for (const auto& [field, value] :
+         {std::pair{"layer_norm_eps", json(-1000)}, std::pair{"layer_norm_eps", json(2.0)},
+          std::pair{"projection_dim", json(0)}, std::pair{"hidden_size", json(-768)},
+          std::pair{"max_position_embeddings", json(0)}, std::pair{"vocab_size", json(1 << 30)}}) {
+      CAPTURE(field);
+      CHECK(error_of([&] {
+              ClipTextConfig::parse({{field, value}}, "text_encoder/config.json");
+            }).find(std::string("config 'text_encoder/config.json': field '") + field + "'") != std::string::npos);
+    }
+  }
 }

@@ -154,7 +154,7 @@ TEST_CASE("Safetensors.Fixture.TinyModelFilesOpen") {
     }
     ++files;
   }
-  CHECK(files == 11);  // 3 models x (unet, vae, text_encoder), vae-legacy-names, dtypes
+  CHECK(files == 15);  // 3 models x (unet, vae, text_encoder), vae-legacy-names, dtypes, 4 single-file checkpoints
 }
 
 TEST_CASE("Safetensors.Move.KeepsViewsValid") {

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "test_files.hpp"
 
 namespace fs = std::filesystem;
@@ -158,6 +160,23 @@ TEST_CASE("WeightStore.Sharded.IndexJson") {
   SUBCASE("a broken index") {
     t::write_text(dir.path() / "model.safetensors.index.json", R"({"weight_map": 3})");
     CHECK(error_of([&] { WeightStore::open(dir.path()); }).find("no 'weight_map'") != std::string::npos);
+  }
+  SUBCASE("an index that points outside its folder") {
+    t::TempDir outside;
+    t::write_file(outside.path() / "secret.safetensors", t::f32_file({{"b", {1}, {3}}}));
+    const std::string targets[] = {(outside.path() / "secret.safetensors").string(),
+                                   "../" + outside.path().filename().string() + "/secret.safetensors",
+                                   "sub/model-00002-of-00002.safetensors", "..", "model.safetensors.index.json"};
+    for (const auto& target : targets) {
+      CAPTURE(target);
+      t::write_text(dir.path() / "model.safetensors.index.json",
+                    nlohmann::json{{"weight_map", {{"a", "model-00001-of-00002.safetensors"}, {"b", target}}}}.dump());
+      const auto message = error_of([&] { WeightStore::open(dir.path()); });
+      CHECK(message.find("entry 'b' names '" + target +
+                         "', which is not a .safetensors file name in the index's "
+                         "folder") != std::string::npos);
+      CHECK(message.find("model.safetensors.index.json") != std::string::npos);
+    }
   }
 }
 

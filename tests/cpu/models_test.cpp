@@ -1,15 +1,17 @@
 // The CPU backend's models against diffusers / transformers (fixtures of tools/make_cpu_fixtures.py) on the tiny
-// model folders, and the batch invariance of the UNet.
+// model folders, the batch invariance of the UNet's batch_invariant mode and the accuracy of its batched mode.
 #include <doctest/doctest.h>
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <set>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -25,6 +27,7 @@
 
 namespace {
 
+using carousel::cpu::BatchMode;
 using carousel::cpu::Tensor;
 using carousel::cpu::test::check_close;
 using carousel::cpu::test::model_dir;
@@ -78,14 +81,57 @@ TEST_CASE("Cpu.Models.PromptToEmbedding") {
 TEST_CASE("Cpu.Models.UNet") {
   for (const std::string name : models) {
     const Reference ref(name);
-    const carousel::cpu::Backend backend(model_dir(name));
-    for (const std::string key : {"unet", "unet_odd"}) {
-      CAPTURE(name);
-      CAPTURE(key);
-      const Tensor timesteps = ref.tensor(key + "_timesteps");
-      const Tensor out = backend.unet(ref.tensor(key + "_sample"), timesteps.values(), ref.tensor(key + "_context"));
-      check_close(out, ref.tensor(key + "_out_f64"));
-      check_close(out, ref.tensor(key + "_out"));
+    carousel::cpu::Backend backend(model_dir(name));
+    for (const auto mode : {BatchMode::batched, BatchMode::batch_invariant}) {
+      backend.set_batch_mode(mode);
+      for (const std::string key : {"unet", "unet_odd"}) {
+        CAPTURE(name);
+        CAPTURE(key);
+        CAPTURE(static_cast<int>(mode));
+        const Tensor timesteps = ref.tensor(key + "_timesteps");
+        const Tensor out = backend.unet(ref.tensor(key + "_sample"), timesteps.values(), ref.tensor(key + "_context"));
+        check_close(out, ref.tensor(key + "_out_f64"));
+        check_close(out, ref.tensor(key + "_out"));
+      }
+    }
+  }
+}
+
+// Batched mode against batch-invariant mode on a batch of 8 (the fixture's items, repeated with other timesteps and
+// contexts scaled so that no two items are equal). Both are float32 evaluations of the same sums, grouped into
+// different GEMM calls: BLAS may block a dot product's K terms differently, which moves each sum by a few units in
+// the last place of its largest terms. Measured: max|batched - invariant| / max|invariant| <= 9e-7 on these models;
+// required: 1e-5 norm-wise and |a-b| <= 1e-5 * |b| + 1e-6 * max|b| element-wise, ten times below the tolerance that
+// both modes meet against diffusers (Cpu.Models.UNet).
+TEST_CASE("Cpu.Models.UNet.BatchedMode") {
+  for (const std::string name : models) {
+    CAPTURE(name);
+    const Reference ref(name);
+    carousel::cpu::Backend backend(model_dir(name));
+    const Tensor sample3 = ref.tensor("unet_sample"), context3 = ref.tensor("unet_context");
+    const std::int64_t batch = 8;
+    auto shape = sample3.shape();
+    shape[0] = batch;
+    Tensor sample(shape);
+    shape = context3.shape();
+    shape[0] = batch;
+    Tensor context(shape);
+    std::vector<float> timesteps;
+    for (std::int64_t i = 0; i < batch; ++i) {
+      const float scale = 1.0f + 0.1f * static_cast<float>(i / 3);
+      std::copy(sample3.sample(i % 3), sample3.sample(i % 3) + sample3.sample_numel(), sample.sample(i));
+      for (std::int64_t j = 0; j < context3.sample_numel(); ++j)
+        context.sample(i)[j] = context3.sample(i % 3)[j] * scale;
+      timesteps.push_back(static_cast<float>(999 - 131 * i));
+    }
+    backend.set_batch_mode(BatchMode::batch_invariant);
+    const Tensor invariant = backend.unet(sample, timesteps, context);
+    backend.set_batch_mode(BatchMode::batched);
+    const Tensor batched = backend.unet(sample, timesteps, context);
+    check_close(batched, invariant, 1e-5, 1e-6);
+    SUBCASE("a batch of one is the same in both modes, bitwise") {
+      const Tensor one = backend.unet(rows(sample, 5, 1), std::span(timesteps).subspan(5, 1), rows(context, 5, 1));
+      CHECK(bitwise_equal(one.data(), invariant.sample(5), invariant.sample_numel()));
     }
   }
 }
@@ -94,7 +140,8 @@ TEST_CASE("Cpu.Models.UNet.BatchInvariance") {
   for (const std::string name : models) {
     CAPTURE(name);
     const Reference ref(name);
-    const carousel::cpu::Backend backend(model_dir(name));
+    carousel::cpu::Backend backend(model_dir(name));
+    backend.set_batch_mode(carousel::cpu::BatchMode::batch_invariant);
     const Tensor sample = ref.tensor("unet_sample"), context = ref.tensor("unet_context");
     const Tensor timesteps = ref.tensor("unet_timesteps");
     const Tensor batched = backend.unet(sample, timesteps.values(), context);
@@ -212,9 +259,12 @@ TEST_CASE("Cpu.Models.RandomShapes") {
     RandomWeights weights(1515);
     const carousel::cpu::UNet2DConditionModel unet(spec, weights);
     const Tensor timesteps = ref.tensor("sd15_timesteps");
-    const Tensor out = unet.forward(ref.tensor("sd15_sample"), timesteps.values(), ref.tensor("sd15_context"));
-    check_close(out, ref.tensor("sd15_out_f64"));
-    check_close(out, ref.tensor("sd15_out"));
+    for (const auto mode : {BatchMode::batched, BatchMode::batch_invariant}) {
+      CAPTURE(static_cast<int>(mode));
+      const Tensor out = unet.forward(ref.tensor("sd15_sample"), timesteps.values(), ref.tensor("sd15_context"), mode);
+      check_close(out, ref.tensor("sd15_out_f64"));
+      check_close(out, ref.tensor("sd15_out"));
+    }
   }
   SUBCASE("UNet with linear projections, per-block layers and heads, shifted frequencies, odd size") {
     UNetSpec spec;

@@ -103,16 +103,21 @@ TEST_CASE("Cpu.Ops.Conv2d") {
   for (const Case c :
        {Case{3, 4, 7, 6, 3, 1, 1, 1 << 23}, Case{3, 5, 7, 6, 3, 2, 1, 1 << 23}, Case{4, 6, 5, 5, 1, 1, 0, 1 << 23},
         Case{2, 3, 9, 8, 3, 1, 1, 40}, Case{2, 3, 9, 8, 3, 2, 1, 1}, Case{2, 3, 7, 6, 3, 2, 0, 1 << 23},
-        Case{2, 2, 5, 4, 3, 1, 2, 1 << 23}, Case{1, 2, 2, 3, 3, 2, 1, 1 << 23}}) {
-    CAPTURE(c.k);
-    CAPTURE(c.s);
-    CAPTURE(c.max_col);
-    const Tensor x = random_tensor({2, c.cin, c.h, c.w}, 4);
-    const auto w = random_values(static_cast<std::size_t>(c.cout * c.cin * c.k * c.k), 5);
-    const auto b = random_values(static_cast<std::size_t>(c.cout), 6);
-    const Tensor y = carousel::cpu::conv2d(x, w.data(), b.data(), c.cin, c.cout, c.k, c.s, c.p, c.max_col);
-    CHECK(y.shape() == Shape{2, c.cout, (c.h + 2 * c.p - c.k) / c.s + 1, (c.w + 2 * c.p - c.k) / c.s + 1});
-    CHECK(rel_error(y.values(), conv_ref(x, w, b, c.cout, c.k, c.s, c.p)) < 1e-6);
+        Case{2, 2, 5, 4, 3, 1, 2, 1 << 23}, Case{1, 2, 2, 3, 3, 2, 1, 1 << 23},
+        // (kk + cout) * hw = 1512 floats per item: batched mode puts items {0, 1} in one GEMM and item 2 in another.
+        Case{2, 3, 9, 8, 3, 1, 1, 3100}, Case{4, 6, 5, 5, 1, 1, 0, 500}}) {
+    for (const auto mode : {carousel::cpu::BatchMode::batched, carousel::cpu::BatchMode::batch_invariant}) {
+      CAPTURE(c.k);
+      CAPTURE(c.s);
+      CAPTURE(c.max_col);
+      CAPTURE(static_cast<int>(mode));
+      const Tensor x = random_tensor({3, c.cin, c.h, c.w}, 4);
+      const auto w = random_values(static_cast<std::size_t>(c.cout * c.cin * c.k * c.k), 5);
+      const auto b = random_values(static_cast<std::size_t>(c.cout), 6);
+      const Tensor y = carousel::cpu::conv2d(x, w.data(), b.data(), c.cin, c.cout, c.k, c.s, c.p, mode, c.max_col);
+      CHECK(y.shape() == Shape{3, c.cout, (c.h + 2 * c.p - c.k) / c.s + 1, (c.w + 2 * c.p - c.k) / c.s + 1});
+      CHECK(rel_error(y.values(), conv_ref(x, w, b, c.cout, c.k, c.s, c.p)) < 1e-6);
+    }
   }
   CHECK_THROWS_AS(carousel::cpu::conv2d(Tensor({1, 2, 4, 4}), nullptr, nullptr, 3, 1, 3, 1, 1), std::invalid_argument);
 }

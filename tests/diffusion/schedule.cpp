@@ -3,8 +3,11 @@
 #include <doctest/doctest.h>
 
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "carousel/diffusion/scheduler_config.hpp"
@@ -189,4 +192,26 @@ TEST_CASE("SchedulerConfig.Validation.NamesTheField") {
   check_rejected("interpolation_type", {{"interpolation_type", "log_linear"}});
   check_rejected("timestep_type", {{"timestep_type", "continuous"}});
   check_rejected("use_beta_sigmas", {{"use_beta_sigmas", true}});
+  check_rejected("sigma_min", {{"sigma_min", "abc"}});
+  check_rejected("sigma_max", {{"sigma_max", {1.0}}});
+  check_rejected("num_train_timesteps", {{"num_train_timesteps", 4e12}});
+  check_rejected("num_train_timesteps", {{"num_train_timesteps", 100'001}});
+}
+
+TEST_CASE("SchedulerConfig.Load.ErrorsNameFileAndField") {
+  const auto path = std::filesystem::temp_directory_path() / "carousel_schedule_bad_scheduler_config.json";
+  for (const auto& [field, text] : {std::pair{"sigma_min", R"({"sigma_min": "abc"})"},
+                                    std::pair{"num_train_timesteps", R"({"num_train_timesteps": 4e12})"}}) {
+    CAPTURE(text);
+    std::ofstream(path) << text;
+    try {
+      static_cast<void>(cd::SchedulerConfig::load(path));
+      FAIL("accepted an invalid config");
+    } catch (const std::invalid_argument& e) {
+      const std::string what = e.what();
+      CHECK(what.find(std::string("`") + field + "`") != std::string::npos);
+      CHECK(what.find(path.string()) != std::string::npos);
+    }
+  }
+  std::filesystem::remove(path);
 }

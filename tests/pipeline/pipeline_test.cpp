@@ -74,6 +74,8 @@ TEST_CASE("Pipeline.Parity.Diffusers") {
 
 TEST_CASE("Pipeline.BatchInvariance") {
   Model m("sd-tiny");
+  // The backend mode in which a request's image does not depend on its batch neighbours.
+  m.backend.set_batch_mode(carousel::cpu::BatchMode::batch_invariant);
   Job probe;
   probe.prompt = "a red circle at the top left";
   probe.width = probe.height = 32;

@@ -119,6 +119,23 @@ TEST_CASE("Serving.Simulator.StaticBatchOfFour") {
   }
 }
 
+TEST_CASE("Serving.Simulator.AdmissionCost") {
+  // admit(b) = 10 ms + 5 ms * b, spent on the step loop when requests join, before their first step.
+  Regime r = balanced();
+  r.admit = CostCurve::linear(0.010, 0.005);
+  SUBCASE("alone: 0.25 + admit(1) 15 ms + 30 * 35 ms + 70 ms") {
+    const RunResult run = simulate(r, carousel::Options{.max_batch_size = 8}, arrivals_at({0.25}, 30), Workload{});
+    CHECK(run.records[0].admitted == doctest::Approx(0.265).epsilon(1e-9));
+    CHECK(run.records[0].done == doctest::Approx(1.385).epsilon(1e-9));
+  }
+  SUBCASE("a static batch of four: admit(4) 30 ms + 30 * 80 ms + d(4) 160 ms") {
+    carousel::Options o{.max_batch_size = 4, .admission = carousel::Admission::static_batch, .batch_timeout = 300ms};
+    const RunResult run = simulate(r, o, arrivals_at({0, 0, 0, 0}, 30), Workload{});
+    for (const Record& rec : run.records)
+      CHECK(rec.done == doctest::Approx(2.59).epsilon(1e-9));
+  }
+}
+
 TEST_CASE("Serving.Simulator.ContinuousJoinMidStep") {
   // A at 0; B at 10 ms, inside A's first step (0..35 ms). B joins at 35 ms; A's 29 remaining steps run at
   // t(2) = 50 ms -> 35 + 1450 = 1485 ms, A decodes alone (70 ms) -> 1555 ms. B has one step left, alone:

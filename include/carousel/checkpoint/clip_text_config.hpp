@@ -59,9 +59,10 @@ struct ClipTextConfig {
     c.pad_token_id = r.get_int("pad_token_id", c.pad_token_id);
     c.bos_token_id = r.get_int("bos_token_id", c.bos_token_id);
     c.eos_token_id = r.get_int("eos_token_id", c.eos_token_id);
-    for (const char* field : {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    for (const char* field : {"vocab_size", "hidden_size", "intermediate_size", "projection_dim", "num_hidden_layers",
                               "num_attention_heads", "max_position_embeddings"})
       r.require_positive(field, r.get_int(field, 1));
+    r.require_epsilon("layer_norm_eps", c.layer_norm_eps);
     if (c.hidden_size % c.num_attention_heads != 0)
       r.fail("num_attention_heads", "= " + std::to_string(c.num_attention_heads) +
                                         " does not divide hidden_size = " + std::to_string(c.hidden_size));

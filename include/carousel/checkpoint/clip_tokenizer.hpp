@@ -24,9 +24,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <queue>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -42,7 +44,7 @@
 
 namespace carousel::checkpoint {
 
-/// A CLIP BPE tokenizer loaded from a tokenizer folder (vocab.json, merges.txt, and optionally
+/// A CLIP BPE tokenizer loaded from a tokenizer folder (vocab.json and merges.txt, or tokenizer.json; optionally
 /// tokenizer_config.json / special_tokens_map.json for the special tokens and model_max_length).
 ///
 /// Move-only. encode() and tokenize() are const and thread-safe (the BPE word cache is guarded by a mutex).
@@ -53,14 +55,25 @@ namespace carousel::checkpoint {
 /// \endcode
 class ClipTokenizer {
  public:
-  /// Loads `dir`/vocab.json and `dir`/merges.txt; special tokens from tokenizer_config.json, then
+  /// Loads `dir`/vocab.json and `dir`/merges.txt or, when both are absent, the `model` section of
+  /// `dir`/tokenizer.json (what transformers >= 5 saves: a `tokenizers` BPE model with `vocab` and `merges`, the
+  /// merges as "a b" strings or ["a", "b"] pairs). Special tokens from tokenizer_config.json, then
   /// special_tokens_map.json (later wins), defaulting to CLIPTokenizer's (`<|startoftext|>`, `<|endoftext|>` for
   /// eos, unk and pad); max length from tokenizer_config.json's model_max_length (default 77).
-  /// \throws FormatError naming the file when a file is missing or malformed, or a special token is not in the vocab.
-  static ClipTokenizer load(const std::filesystem::path& dir) {
+  /// \throws FormatError naming the file (and field) when a file is missing or malformed, a tokenizer.json holds
+  ///         another kind of tokenizer than CLIP's byte-level BPE, or a special token is not in the vocab.
+  /// A non-empty `pad_token` replaces the configured one (e.g. "!" for SD 2.x models, whose tokenizers pad with it).
+  static ClipTokenizer load(const std::filesystem::path& dir, std::string_view pad_token = {}) {
     ClipTokenizer tok;
-    tok.read_vocab(dir / "vocab.json");
-    tok.read_merges(dir / "merges.txt");
+    namespace fs = std::filesystem;
+    if (!fs::exists(dir / "vocab.json") && !fs::exists(dir / "merges.txt") && !fs::exists(dir / "tokenizer.json"))
+      throw FormatError("tokenizer '" + dir.string() + "': neither vocab.json + merges.txt nor tokenizer.json found");
+    if (!fs::exists(dir / "vocab.json") && !fs::exists(dir / "merges.txt") && fs::exists(dir / "tokenizer.json")) {
+      tok.read_tokenizer_json(dir / "tokenizer.json");
+    } else {
+      tok.read_vocab(read_json(dir / "vocab.json"), dir / "vocab.json");
+      tok.read_merges(dir / "merges.txt");
+    }
     std::string bos = "<|startoftext|>", eos = "<|endoftext|>", unk = "<|endoftext|>", pad = "<|endoftext|>";
     for (const char* file : {"tokenizer_config.json", "special_tokens_map.json"}) {
       const auto path = dir / file;
@@ -74,6 +87,7 @@ class ClipTokenizer {
           it != json.end() && it->is_number_unsigned() && it->get<std::uint64_t>() <= 100'000)
         tok.max_length_ = static_cast<std::size_t>(it->get<std::uint64_t>());
     }
+    if (!pad_token.empty()) pad = pad_token;
     if (tok.max_length_ < 2) throw FormatError("tokenizer '" + dir.string() + "': model_max_length below 2");
     tok.bos_ = tok.special_id(dir, "bos_token", bos);
     tok.eos_ = tok.special_id(dir, "eos_token", eos);
@@ -94,9 +108,11 @@ class ClipTokenizer {
   ClipTokenizer& operator=(const ClipTokenizer&) = delete;
 
   /// Exactly max_length() ids: bos, the prompt's first max_length() - 2 token ids, eos, then pad ids.
+  /// Words after the cut are not tokenized, so the cost is linear in the prompt's length (BPE of one word is
+  /// O(n log n) in its length).
   /// \throws std::invalid_argument when `prompt` is not valid UTF-8 (the message gives the byte offset).
   std::vector<std::int32_t> encode(std::string_view prompt) const {
-    auto ids = tokenize(prompt);
+    auto ids = tokenize_up_to(prompt, max_length_ - 2);
     if (ids.size() > max_length_ - 2) ids.resize(max_length_ - 2);
     std::vector<std::int32_t> out;
     out.reserve(max_length_);
@@ -110,22 +126,7 @@ class ClipTokenizer {
   /// The prompt's token ids alone: no bos/eos, no truncation, no padding.
   /// \throws std::invalid_argument when `prompt` is not valid UTF-8.
   std::vector<std::int32_t> tokenize(std::string_view prompt) const {
-    const std::u32string text = detail::utf8_decode(prompt, "prompt");
-    std::vector<std::int32_t> ids;
-    std::size_t start = 0;
-    for (std::size_t i = 0; i < text.size();) {
-      const auto* special = special_at(text, i);
-      if (special == nullptr) {
-        ++i;
-        continue;
-      }
-      tokenize_plain(text.substr(start, i - start), ids);
-      ids.push_back(special->second);
-      i += special->first.size();
-      start = i;
-    }
-    tokenize_plain(text.substr(start), ids);
-    return ids;
+    return tokenize_up_to(prompt, std::numeric_limits<std::size_t>::max());
   }
 
   std::int32_t bos_id() const noexcept { return bos_; }  ///< id of the beginning-of-text token
@@ -142,6 +143,30 @@ class ClipTokenizer {
     std::unordered_map<std::string, std::vector<std::int32_t>> words;
   };
   static constexpr std::size_t max_cached_words = 1 << 16;
+  // Longer words are not cached, which bounds the cache at about max_cached_words * max_cached_word_bytes.
+  static constexpr std::size_t max_cached_word_bytes = 256;
+
+  // The prompt's ids, stopping at the first word boundary at or after `limit` ids (later words cannot change
+  // earlier ids, so encode() need not look at them).
+  std::vector<std::int32_t> tokenize_up_to(std::string_view prompt, std::size_t limit) const {
+    const std::u32string text = detail::utf8_decode(prompt, "prompt");
+    std::vector<std::int32_t> ids;
+    std::size_t start = 0;
+    for (std::size_t i = 0; i < text.size() && ids.size() < limit;) {
+      const auto* special = special_at(text, i);
+      if (special == nullptr) {
+        ++i;
+        continue;
+      }
+      tokenize_plain(text.substr(start, i - start), ids, limit);
+      if (ids.size() >= limit) return ids;
+      ids.push_back(special->second);
+      i += special->first.size();
+      start = i;
+    }
+    if (ids.size() < limit) tokenize_plain(text.substr(start), ids, limit);
+    return ids;
+  }
 
   static nlohmann::json read_json(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);
@@ -167,12 +192,12 @@ class ClipTokenizer {
   std::int32_t special_id(const std::filesystem::path& dir, const char* field, const std::string& token) const {
     const auto it = vocab_.find(token);
     if (it == vocab_.end())
-      throw FormatError("tokenizer '" + dir.string() + "': " + field + " '" + token + "' is not in vocab.json");
+      throw FormatError("tokenizer '" + dir.string() + "': " + field + " '" + token + "' is not in the vocabulary");
     return it->second;
   }
 
-  void read_vocab(const std::filesystem::path& path) {
-    const auto json = read_json(path);
+  void read_vocab(const nlohmann::json& json, const std::filesystem::path& path) {
+    if (!json.is_object()) throw FormatError("tokenizer file '" + path.string() + "': the vocabulary is not an object");
     for (const auto& [token, id] : json.items()) {
       if (!id.is_number_integer() || id.get<std::int64_t>() < 0 ||
           id.get<std::int64_t>() > std::numeric_limits<std::int32_t>::max())
@@ -180,6 +205,54 @@ class ClipTokenizer {
       vocab_.emplace(token, static_cast<std::int32_t>(id.get<std::int64_t>()));
     }
     if (vocab_.empty()) throw FormatError("tokenizer file '" + path.string() + "': empty vocabulary");
+  }
+
+  // The `model` section of a `tokenizers` tokenizer.json, accepted only when it is CLIP's: byte-level BPE with
+  // "</w>" word ends, no subword prefix, no dropout or byte fallback, merges applied to every word, and CLIP's
+  // pre-tokenizer pattern (this class hard-codes CLIP's normalization and pre-tokenization).
+  void read_tokenizer_json(const std::filesystem::path& path) {
+    const auto json = read_json(path);
+    const std::string where = "tokenizer file '" + path.string() + "'";
+    const auto model = json.find("model");
+    if (model == json.end() || !model->is_object()) throw FormatError(where + ": no 'model' object");
+    const auto field = [&](const char* name) -> const nlohmann::json& {
+      static const nlohmann::json null;
+      const auto it = model->find(name);
+      return it == model->end() ? null : *it;
+    };
+    const auto refuse = [&](const std::string& what) {
+      throw FormatError(where + ": " + what + "; only CLIP's byte-level BPE tokenizer is supported");
+    };
+    if (field("type") != "BPE") refuse("model type " + field("type").dump() + " is not BPE");
+    if (field("end_of_word_suffix") != "</w>")
+      refuse("model.end_of_word_suffix " + field("end_of_word_suffix").dump() + " is not \"</w>\"");
+    if (!field("continuing_subword_prefix").is_null() && field("continuing_subword_prefix") != "")
+      refuse("model.continuing_subword_prefix " + field("continuing_subword_prefix").dump() + " is set");
+    if (!field("dropout").is_null()) refuse("model.dropout " + field("dropout").dump() + " is set");
+    if (field("byte_fallback") == true) refuse("model.byte_fallback is true");
+    if (field("ignore_merges") == true) refuse("model.ignore_merges is true");
+    const auto pre = json.find("pre_tokenizer");
+    if (pre == json.end() ||
+        pre->dump().find(R"('s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+)") == std::string::npos)
+      refuse("its pre_tokenizer lacks CLIP's split pattern");
+    read_vocab(field("vocab"), path);
+    const auto& merges = field("merges");
+    if (!merges.is_array()) throw FormatError(where + ": model.merges is not a list");
+    int rank = 0;
+    for (const auto& merge : merges) {
+      std::string line;
+      if (merge.is_string()) {
+        line = merge.get<std::string>();
+      } else if (merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string()) {
+        line = merge[0].get<std::string>() + ' ' + merge[1].get<std::string>();
+      }
+      const auto space = line.find(' ');
+      if (space == std::string::npos || space == 0 || space + 1 == line.size() ||
+          line.find(' ', space + 1) != std::string::npos)
+        throw FormatError(where + ": model.merges entry " + std::to_string(rank) +
+                          " is neither \"left right\" nor [\"left\", \"right\"]");
+      ranks_.emplace(std::move(line), rank++);
+    }
   }
 
   void read_merges(const std::filesystem::path& path) {
@@ -211,7 +284,7 @@ class ClipTokenizer {
     return best;
   }
 
-  void tokenize_plain(const std::u32string& raw, std::vector<std::int32_t>& ids) const {
+  void tokenize_plain(const std::u32string& raw, std::vector<std::int32_t>& ids, std::size_t limit) const {
     if (raw.empty()) return;
     namespace uc = detail::unicode;
     std::u32string text;
@@ -225,7 +298,7 @@ class ClipTokenizer {
       in_space = false;
       uc::append_lower(cp, text);
     }
-    for (std::size_t i = 0; i < text.size();) {
+    for (std::size_t i = 0; i < text.size() && ids.size() < limit;) {
       const char32_t cp = text[i];
       if (uc::is_space(cp)) {
         ++i;
@@ -288,40 +361,70 @@ class ClipTokenizer {
         return;
       }
     }
-    std::vector<std::string> symbols;
-    for (char c : utf8)
-      symbols.push_back(byte_symbol(static_cast<unsigned char>(c)));
-    symbols.back() += "</w>";
-    while (symbols.size() > 1) {
-      int best = -1;
-      for (std::size_t k = 0; k + 1 < symbols.size(); ++k) {
-        const auto it = ranks_.find(symbols[k] + ' ' + symbols[k + 1]);
-        if (it != ranks_.end() && (best < 0 || it->second < best)) best = it->second;
-      }
-      if (best < 0) break;
-      std::vector<std::string> merged;
-      for (std::size_t k = 0; k < symbols.size(); ++k) {
-        if (k + 1 < symbols.size()) {
-          const auto it = ranks_.find(symbols[k] + ' ' + symbols[k + 1]);
-          if (it != ranks_.end() && it->second == best) {
-            merged.push_back(symbols[k] + symbols[k + 1]);
-            ++k;
-            continue;
-          }
-        }
-        merged.push_back(std::move(symbols[k]));
-      }
-      symbols = std::move(merged);
-    }
+    const auto symbols = merge_word(utf8);
     std::vector<std::int32_t> word_ids;
     for (const auto& s : symbols) {
       const auto it = vocab_.find(s);
       word_ids.push_back(it == vocab_.end() ? unk_ : it->second);
     }
     ids.insert(ids.end(), word_ids.begin(), word_ids.end());
+    if (utf8.size() > max_cached_word_bytes) return;
     std::lock_guard lock(cache_->mutex);
     if (cache_->words.size() >= max_cached_words) cache_->words.clear();
     cache_->words.emplace(utf8, std::move(word_ids));
+  }
+
+  // BPE of one word: starting from its byte symbols (the last with "</w>"), merges the adjacent pair of lowest
+  // rank, leftmost first, until no adjacent pair is in the merges. A heap of candidate pairs keeps this
+  // O(n log n) (as the `tokenizers` library does); a popped candidate whose symbols changed since is skipped.
+  std::vector<std::string> merge_word(const std::string& utf8) const {
+    struct Symbol {
+      std::string text;
+      std::size_t prev, next;  // npos at the ends
+      std::uint32_t version = 0;
+    };
+    struct Candidate {
+      int rank;
+      std::size_t left, right;
+      std::uint32_t left_version, right_version;
+      bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+    };
+    constexpr auto none = std::numeric_limits<std::size_t>::max();
+    std::vector<Symbol> symbols;
+    symbols.reserve(utf8.size());
+    for (std::size_t k = 0; k < utf8.size(); ++k)
+      symbols.push_back({byte_symbol(static_cast<unsigned char>(utf8[k])), k == 0 ? none : k - 1,
+                         k + 1 == utf8.size() ? none : k + 1});
+    symbols.back().text += "</w>";
+    std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> heap;
+    const auto consider = [&](std::size_t left) {
+      if (left == none || symbols[left].next == none) return;
+      const std::size_t right = symbols[left].next;
+      const auto it = ranks_.find(symbols[left].text + ' ' + symbols[right].text);
+      if (it != ranks_.end()) heap.push({it->second, left, right, symbols[left].version, symbols[right].version});
+    };
+    for (std::size_t k = 0; k + 1 < symbols.size(); ++k)
+      consider(k);
+    while (!heap.empty()) {
+      const Candidate c = heap.top();
+      heap.pop();
+      Symbol& left = symbols[c.left];
+      if (left.next != c.right || left.version != c.left_version || symbols[c.right].version != c.right_version)
+        continue;
+      Symbol& right = symbols[c.right];
+      left.text += right.text;
+      ++left.version;
+      ++right.version;  // invalidates candidates that start at the absorbed symbol
+      left.next = right.next;
+      if (right.next != none) symbols[right.next].prev = c.left;
+      right.text.clear();
+      consider(left.prev);
+      consider(c.left);
+    }
+    std::vector<std::string> out;
+    for (std::size_t k = 0; k != none; k = symbols[k].next)
+      out.push_back(std::move(symbols[k].text));
+    return out;
   }
 
   std::unordered_map<std::string, std::int32_t> vocab_;

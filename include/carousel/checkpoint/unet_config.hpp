@@ -154,7 +154,7 @@ struct UNetConfig {
     r.require_one_of("down_block_types", c.down_block_types, {"DownBlock2D", "CrossAttnDownBlock2D"});
     r.require_one_of("up_block_types", c.up_block_types, {"UpBlock2D", "CrossAttnUpBlock2D"});
     r.require_one_of("mid_block_type", {c.mid_block_type}, {"UNetMidBlock2DCrossAttn"});
-    if (n == 0) r.fail("block_out_channels", "is empty");
+    if (n == 0 || n > 8) r.fail("block_out_channels", "must have 1 to 8 entries, has " + std::to_string(n));
     if (c.down_block_types.size() != n)
       r.fail("down_block_types", "has " + std::to_string(c.down_block_types.size()) +
                                      " entries but block_out_channels " + std::to_string(n));
@@ -165,6 +165,7 @@ struct UNetConfig {
     r.require_positive("out_channels", c.out_channels);
     r.require_positive("norm_num_groups", c.norm_num_groups);
     r.require_positive("cross_attention_dim", c.cross_attention_dim);
+    r.require_epsilon("norm_eps", c.norm_eps);
     if (c.sample_size) r.require_positive("sample_size", *c.sample_size);
     if (c.downsample_padding != 0 && c.downsample_padding != 1)
       r.fail("downsample_padding", "must be 0 or 1, got " + std::to_string(c.downsample_padding));

@@ -59,9 +59,11 @@ struct VaeConfig {
     c.act_fn = r.get_string("act_fn", c.act_fn);
     c.latent_channels = r.get_int("latent_channels", c.latent_channels);
     c.norm_num_groups = r.get_int("norm_num_groups", c.norm_num_groups);
-    if (const auto* v = r.find("sample_size"); v && v->is_array())
-      c.sample_size = r.get_ints("sample_size", {}).at(0);
-    else
+    if (const auto* v = r.find("sample_size"); v && v->is_array()) {
+      const auto sizes = r.get_ints("sample_size", {});
+      if (sizes.empty()) r.fail("sample_size", "is an empty list");
+      c.sample_size = sizes[0];
+    } else
       c.sample_size = r.get_int("sample_size", c.sample_size);
     c.scaling_factor = r.get_double("scaling_factor", c.scaling_factor);
     c.shift_factor = r.get_optional_double("shift_factor");
@@ -88,6 +90,7 @@ struct VaeConfig {
     r.require_positive("latent_channels", c.latent_channels);
     r.require_positive("layers_per_block", c.layers_per_block);
     r.require_positive("norm_num_groups", c.norm_num_groups);
+    r.require_positive("sample_size", c.sample_size);
     for (std::size_t i = 0; i < n; ++i) {
       r.require_positive("block_out_channels", c.block_out_channels[i]);
       if (c.block_out_channels[i] % c.norm_num_groups != 0)

@@ -11,6 +11,7 @@
 #include <initializer_list>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "carousel/checkpoint/weights.hpp"
@@ -91,12 +92,10 @@ struct ComponentLoad {
   std::initializer_list<std::string_view> skipped{};  ///< prefixes of tensors left unread on purpose ("encoder.")
 };
 
-/// Opens the weights of the component folder `dir`, builds the module tree with `build(WeightSource&)` and checks
-/// that it read every tensor but the skipped ones; returns what `build` returned. Both backends' loaders use it.
-/// \throws FormatError naming the file, field or tensor at fault, or listing the tensors left unread.
+/// As load_component(dir, how, build) over an opened store (e.g. DiffusersFolder::open_weights, which also serves
+/// single-file checkpoints); `how.variant` is not used.
 template <class Build>
-auto load_component(const std::filesystem::path& dir, const ComponentLoad& how, Build&& build) {
-  auto store = WeightStore::open(dir, how.variant);
+auto load_component(WeightStore store, const ComponentLoad& how, Build&& build) {
   if (!how.missing_prefix.empty()) store.add_missing_prefix(how.missing_prefix);
   for (std::string_view prefix : how.skipped)
     store.ignore_prefix(prefix);
@@ -104,6 +103,14 @@ auto load_component(const std::filesystem::path& dir, const ComponentLoad& how, 
   auto built = build(static_cast<WeightSource&>(weights));
   store.require_all_used();
   return built;
+}
+
+/// Opens the weights of the component folder `dir`, builds the module tree with `build(WeightSource&)` and checks
+/// that it read every tensor but the skipped ones; returns what `build` returned. Both backends' loaders use it.
+/// \throws FormatError naming the file, field or tensor at fault, or listing the tensors left unread.
+template <class Build>
+auto load_component(const std::filesystem::path& dir, const ComponentLoad& how, Build&& build) {
+  return load_component(WeightStore::open(dir, how.variant), how, std::forward<Build>(build));
 }
 
 }  // namespace carousel::checkpoint

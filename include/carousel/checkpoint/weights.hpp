@@ -41,6 +41,8 @@ namespace carousel::checkpoint {
 /// way when a component lacks the variant); without a variant and with none of those present, the single variant
 /// file `base.*.safetensors` if exactly one exists (e.g. a folder that ships only the fp16 weights).
 ///
+/// A sharded index may only name `.safetensors` files in its own folder (a bare file name).
+///
 /// Legacy names: VAE attention tensors saved before diffusers 0.14 (`<...>.attentions.N.query|key|value|proj_attn.*`)
 /// are renamed to `to_q|to_k|to_v|to_out.0` at open when the new name is absent. A rank-2 read ([out, in]) of a
 /// `to_q/to_k/to_v/to_out.0` weight also accepts a stored 1x1-convolution shape [out, in, 1, 1] (same bytes).
@@ -57,6 +59,44 @@ class WeightStore {
     for (const auto& file : find_weight_files(component_dir, variant))
       store.add_file(file);
     store.rename_legacy_attention();
+    return store;
+  }
+
+  /// One tensor of a store made by open_renamed(): the stored tensor `stored`, read as `name`; when `rows` > 0 only
+  /// rows [row_begin, row_begin + rows) of its first dimension (a part of a fused tensor, e.g. q of a fused q/k/v).
+  struct Renamed {
+    std::string name;            ///< the name the module tree asks for
+    std::string stored;          ///< the tensor's key in the file
+    std::int64_t row_begin = 0;  ///< first row of the part (with rows > 0)
+    std::int64_t rows = 0;       ///< rows of the part; 0: the whole tensor
+  };
+
+  /// A store over some tensors of one safetensors file under other names (a single-file checkpoint's part, mapped in
+  /// memory, no copy on disk); `where` names the part in errors (e.g. "'sd.safetensors' (unet)").
+  /// \throws FormatError naming the file when it is malformed, a stored tensor is missing, a row range lies outside
+  ///         its tensor, or two entries share a name.
+  static WeightStore open_renamed(const std::filesystem::path& file, const std::vector<Renamed>& tensors,
+                                  const std::string& where) {
+    WeightStore store;
+    store.dir_ = where;
+    store.files_.push_back(SafetensorsFile::open(file));
+    std::map<std::string_view, std::size_t> index;
+    const auto& stored = store.files_[0].tensors();
+    for (std::size_t i = 0; i < stored.size(); ++i)
+      index.emplace(stored[i].name, i);
+    for (const auto& t : tensors) {
+      const auto it = index.find(t.stored);
+      if (it == index.end()) throw FormatError("weights in " + where + ": tensor '" + t.stored + "' is missing");
+      Entry e{0, it->second, false, stored[it->second].shape, t.row_begin, t.rows};
+      if (t.rows > 0) {
+        if (e.shape.empty() || t.row_begin < 0 || t.row_begin + t.rows > e.shape[0])
+          throw FormatError("weights in " + where + ": tensor '" + t.stored + "' has no rows [" +
+                            std::to_string(t.row_begin) + ", " + std::to_string(t.row_begin + t.rows) + ")");
+        e.shape[0] = t.rows;
+      }
+      if (!store.entries_.emplace(t.name, std::move(e)).second)
+        throw FormatError("weights in " + where + ": two tensors map to '" + t.name + "'");
+    }
     return store;
   }
 
@@ -80,7 +120,11 @@ class WeightStore {
   }
 
   /// The stored tensor `name` (dtype, shape). \throws FormatError naming the tensor and folder when missing.
+  /// For a part of a fused tensor (open_renamed() with rows) this is the whole stored tensor; shape() is the part's.
   const TensorInfo& info(std::string_view name) const { return tensor(entry(name)); }
+
+  /// The shape take(name) reads. \throws FormatError naming the tensor and folder when missing.
+  const std::vector<std::int64_t>& shape(std::string_view name) const { return entry(name).shape; }
 
   /// The values of tensor `name` as float32, checked to have `expected_shape`, and marks it used.
   /// \throws FormatError naming the tensor, its file, the expected and the actual shape when it is missing,
@@ -88,10 +132,14 @@ class WeightStore {
   std::vector<float> take(std::string_view name, std::span<const std::int64_t> expected_shape) {
     auto& e = entry(name);
     const auto& t = tensor(e);
-    if (!shape_matches(name, t.shape, expected_shape))
+    if (!shape_matches(name, e.shape, expected_shape))
       throw FormatError("tensor '" + std::string(name) + "' in '" + files_[e.file].name() + "': expected shape " +
-                        format_shape(expected_shape) + ", file has " + format_shape(t.shape));
+                        format_shape(expected_shape) + ", file has " + format_shape(e.shape));
     auto values = files_[e.file].to_float(t);
+    if (e.rows > 0) {
+      const auto row = static_cast<std::ptrdiff_t>(t.numel() / t.shape[0]);
+      values = std::vector<float>(values.begin() + e.row_begin * row, values.begin() + (e.row_begin + e.rows) * row);
+    }
     e.used = true;
     return values;
   }
@@ -155,6 +203,9 @@ class WeightStore {
     std::size_t file = 0;
     std::size_t tensor = 0;  // index into files_[file].tensors()
     bool used = false;
+    std::vector<std::int64_t> shape;  // what take() reads: the tensor's, or its row range's
+    std::int64_t row_begin = 0;
+    std::int64_t rows = 0;  // 0: the whole tensor
   };
 
   Entry& entry(std::string_view name) { return const_cast<Entry&>(static_cast<const WeightStore*>(this)->entry(name)); }
@@ -190,7 +241,7 @@ class WeightStore {
     const std::size_t index = files_.size() - 1;
     const auto& tensors = files_.back().tensors();
     for (std::size_t i = 0; i < tensors.size(); ++i) {
-      if (!entries_.emplace(tensors[i].name, Entry{index, i, false}).second)
+      if (!entries_.emplace(tensors[i].name, Entry{index, i, false, tensors[i].shape, 0, 0}).second)
         throw FormatError("weights in '" + dir_.string() + "': tensor '" + tensors[i].name +
                           "' is stored in more than one file (second: '" + path.string() + "')");
     }
@@ -227,7 +278,13 @@ class WeightStore {
     for (const auto& [tensor_name, file] : map->items()) {
       if (!file.is_string())
         throw FormatError("weight index '" + index_path.string() + "': entry '" + tensor_name + "' is not a string");
-      const std::filesystem::path shard = index_path.parent_path() / file.get<std::string>();
+      const auto& name = file.get_ref<const std::string&>();
+      // Shards live beside their index: a path (absolute, "..", or with a separator) could read any file.
+      if (name.empty() || name == "." || name == ".." || name.find_first_of("/\\") != std::string::npos ||
+          name.find('\0') != std::string::npos || !name.ends_with(".safetensors"))
+        throw FormatError("weight index '" + index_path.string() + "': entry '" + tensor_name + "' names '" + name +
+                          "', which is not a .safetensors file name in the index's folder");
+      const std::filesystem::path shard = index_path.parent_path() / name;
       if (std::find(shards.begin(), shards.end(), shard) == shards.end()) shards.push_back(shard);
     }
     return shards;

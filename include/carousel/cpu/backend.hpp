@@ -10,6 +10,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <carousel/checkpoint/clip_text_config.hpp>
@@ -20,6 +21,7 @@
 #include <carousel/checkpoint/vae_config.hpp>
 #include <carousel/checkpoint/weight_source.hpp>
 #include <carousel/checkpoint/weights.hpp>
+#include <carousel/cpu/batch_mode.hpp>
 #include <carousel/cpu/clip_text.hpp>
 #include <carousel/cpu/tensor.hpp>
 #include <carousel/cpu/unet.hpp>
@@ -85,14 +87,19 @@ inline ClipTextSpec clip_text_spec(const checkpoint::ClipTextConfig& c) {
   return s;
 }
 
-/// Loads a diffusers unet/ folder (config.json + weights, `variant` e.g. "fp16", converted to float32).
+/// Builds the UNet from `weights` (a component's store: DiffusersFolder::open_weights; converted to float32).
 /// \throws checkpoint::FormatError naming the file, field or tensor when the folder is incomplete, a tensor is missing,
 ///         mis-shaped or left over, or the config is unsupported.
+inline UNet2DConditionModel load_unet(checkpoint::WeightStore weights, const checkpoint::UNetConfig& config) {
+  const auto spec = unet_spec(config);
+  return checkpoint::load_component(std::move(weights), {},
+                                    [&](checkpoint::WeightSource& w) { return UNet2DConditionModel(spec, w); });
+}
+
+/// As load_unet(weights, config) with the weights of the folder `dir`.
 inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, const checkpoint::UNetConfig& config,
                                       std::string_view variant = "") {
-  const auto spec = unet_spec(config);
-  return checkpoint::load_component(dir, {.variant = variant},
-                                    [&](checkpoint::WeightSource& w) { return UNet2DConditionModel(spec, w); });
+  return load_unet(checkpoint::WeightStore::open(dir, variant), config);
 }
 
 /// As load_unet(dir, config, variant) with the folder's own config.json.
@@ -100,13 +107,18 @@ inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, std::str
   return load_unet(dir, checkpoint::UNetConfig::load(dir / "config.json"), variant);
 }
 
-/// Loads a transformers text_encoder/ folder (CLIPTextModel; keys with or without the "text_model." prefix).
+/// Builds the CLIP text tower (CLIPTextModel; keys with or without the "text_model." prefix) from `weights`.
 /// \throws checkpoint::FormatError as load_unet.
+inline ClipTextModel load_text_encoder(checkpoint::WeightStore weights, const checkpoint::ClipTextConfig& config) {
+  const auto spec = clip_text_spec(config);
+  return checkpoint::load_component(std::move(weights), {.missing_prefix = "text_model."},
+                                    [&](checkpoint::WeightSource& w) { return ClipTextModel(spec, w, "text_model."); });
+}
+
+/// As load_text_encoder(weights, config) with the weights of the folder `dir`.
 inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, const checkpoint::ClipTextConfig& config,
                                        std::string_view variant = "") {
-  const auto spec = clip_text_spec(config);
-  return checkpoint::load_component(dir, {.variant = variant, .missing_prefix = "text_model."},
-                                    [&](checkpoint::WeightSource& w) { return ClipTextModel(spec, w, "text_model."); });
+  return load_text_encoder(checkpoint::WeightStore::open(dir, variant), config);
 }
 
 /// As load_text_encoder(dir, config, variant) with the folder's own config.json.
@@ -114,14 +126,19 @@ inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, std::st
   return load_text_encoder(dir, checkpoint::ClipTextConfig::load(dir / "config.json"), variant);
 }
 
-/// Loads the decode path of a diffusers vae/ folder (AutoencoderKL). The encoder (encoder.*, quant_conv.*) is not
-/// read; any other tensor left unread is an error.
+/// Builds the decode path of an AutoencoderKL from `weights`. The encoder (encoder.*, quant_conv.*) is not read; any
+/// other tensor left unread is an error.
 /// \throws checkpoint::FormatError as load_unet.
+inline VaeDecoder load_vae_decoder(checkpoint::WeightStore weights, const checkpoint::VaeConfig& config) {
+  const auto spec = vae_spec(config);
+  return checkpoint::load_component(std::move(weights), {.skipped = {"encoder.", "quant_conv."}},
+                                    [&](checkpoint::WeightSource& w) { return VaeDecoder(spec, w); });
+}
+
+/// As load_vae_decoder(weights, config) with the weights of the folder `dir`.
 inline VaeDecoder load_vae_decoder(const std::filesystem::path& dir, const checkpoint::VaeConfig& config,
                                    std::string_view variant = "") {
-  const auto spec = vae_spec(config);
-  return checkpoint::load_component(dir, {.variant = variant, .skipped = {"encoder.", "quant_conv."}},
-                                    [&](checkpoint::WeightSource& w) { return VaeDecoder(spec, w); });
+  return load_vae_decoder(checkpoint::WeightStore::open(dir, variant), config);
 }
 
 /// As load_vae_decoder(dir, config, variant) with the folder's own config.json.
@@ -141,9 +158,12 @@ struct BackendOptions {
 /// Move-only (the tokenizer is).
 ///
 /// The interface the diffusion Pipeline uses: encode_text (token ids -> context), unet (one denoising call with a
-/// timestep per batch item), decode (latents -> images in [-1, 1]). Batch items never influence each other: each
-/// item's result is bitwise the same in any batch. All members are const after construction and may be called from
-/// several threads at once (each call uses OpenBLAS's and the backend's own worker threads).
+/// timestep per batch item), decode (latents -> images in [-1, 1]). The UNet runs in batch_mode(): BatchMode::batched
+/// by default (items share GEMM calls: faster, but an item's values may differ in the last bits with its batch
+/// neighbours); set_batch_mode(BatchMode::batch_invariant) makes each item's result bitwise the same in any batch, so
+/// a request's image depends only on the request. Text encoding and decoding are batch-invariant in both modes. The
+/// const members may be called from several threads at once (each call uses OpenBLAS's and the backend's own worker
+/// threads); set_batch_mode may not run concurrently with them.
 class Backend {
  public:
   /// Loads the diffusers folder at `root` (see the other constructor).
@@ -156,16 +176,15 @@ class Backend {
   /// \throws checkpoint::FormatError naming the folder, file, field or tensor at fault.
   explicit Backend(const checkpoint::DiffusersFolder& folder, const BackendOptions& options = {})
       : folder_(folder),
-        tokenizer_(checkpoint::ClipTokenizer::load(folder.tokenizer)),
-        text_encoder_config_(checkpoint::ClipTextConfig::load(folder.text_encoder / "config.json")),
-        unet_config_(checkpoint::UNetConfig::load(folder.unet / "config.json")),
-        text_encoder_(load_text_encoder(folder.text_encoder, text_encoder_config_, options.variant)),
-        unet_(load_unet(folder.unet, unet_config_, options.variant)),
+        tokenizer_(folder.load_tokenizer()),
+        text_encoder_config_(folder.text_encoder_config()),
+        unet_config_(folder.unet_config()),
+        text_encoder_(load_text_encoder(folder.open_weights(checkpoint::Component::text_encoder, options.variant),
+                                        text_encoder_config_)),
+        unet_(load_unet(folder.open_weights(checkpoint::Component::unet, options.variant), unet_config_)),
         clip_skip_(options.clip_skip) {
-    if (folder.vae) {
-      vae_config_.emplace(checkpoint::VaeConfig::load(*folder.vae / "config.json"));
-      vae_.emplace(load_vae_decoder(*folder.vae, *vae_config_, options.variant));
-    }
+    if ((vae_config_ = folder.vae_config()))
+      vae_.emplace(load_vae_decoder(folder.open_weights(checkpoint::Component::vae, options.variant), *vae_config_));
     if (text_encoder_.spec().hidden_size != unet_.spec().cross_attention_dim)
       throw checkpoint::FormatError("'" + folder.root.string() + "': text encoder hidden_size " +
                                     std::to_string(text_encoder_.spec().hidden_size) +
@@ -185,8 +204,14 @@ class Backend {
   /// One UNet evaluation: sample [B, latent_channels(), h, w], timesteps[B], context [B, L, context_dim()]
   /// -> model output [B, latent_channels(), h, w]. \throws std::invalid_argument for inconsistent shapes.
   Tensor unet(const Tensor& sample, std::span<const float> timesteps, const Tensor& context) const {
-    return unet_.forward(sample, timesteps, context);
+    return unet_.forward(sample, timesteps, context, batch_mode_);
   }
+
+  /// How unet() groups batch items into GEMM calls (BatchMode::batched unless set).
+  BatchMode batch_mode() const noexcept { return batch_mode_; }
+  /// Sets how unet() groups batch items into GEMM calls; BatchMode::batch_invariant for bitwise reproducible images
+  /// whatever the batch. Not thread-safe against concurrent calls of the other members.
+  void set_batch_mode(BatchMode mode) noexcept { batch_mode_ = mode; }
 
   /// Scaled latents [B, latent_channels(), h, w] -> images [B, 3, h*f, w*f] nominally in [-1, 1] (not clamped),
   /// f = vae_scale_factor(); divides by the VAE's scaling_factor first (and adds shift_factor). Without a VAE the
@@ -226,6 +251,7 @@ class Backend {
   UNet2DConditionModel unet_;
   std::optional<VaeDecoder> vae_;
   std::int64_t clip_skip_ = 0;
+  BatchMode batch_mode_ = BatchMode::batched;
 };
 
 }  // namespace carousel::cpu

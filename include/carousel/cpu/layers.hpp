@@ -5,11 +5,13 @@
 /// mirrors the checkpoint key schema ("mid_block.resnets.0." + "conv1.weight"). Built layers are immutable: forward is
 /// const and may run on several threads at once.
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include <carousel/checkpoint/weight_source.hpp>
+#include <carousel/cpu/batch_mode.hpp>
 #include <carousel/cpu/ops.hpp>
 #include <carousel/cpu/tensor.hpp>
 
@@ -51,9 +53,9 @@ class Conv2d {
     weight_ = w.take(prefix + "weight", {out, in, kernel, kernel});
     bias_ = w.take(prefix + "bias", {out});
   }
-  /// x [B, in, H, W] -> [B, out, H', W'].
-  Tensor forward(const Tensor& x) const {
-    return conv2d(x, weight_.data(), bias_.data(), in_, out_, kernel_, stride_, pad_);
+  /// x [B, in, H, W] -> [B, out, H', W'], items grouped into GEMMs as `mode` says (see conv2d).
+  Tensor forward(const Tensor& x, BatchMode mode = BatchMode::batched) const {
+    return conv2d(x, weight_.data(), bias_.data(), in_, out_, kernel_, stride_, pad_, mode);
   }
   /// Output channels.
   std::int64_t out_channels() const noexcept { return out_; }
@@ -122,17 +124,23 @@ class Attention {
         to_v_(w, prefix + "to_v.", context_dim, dim, qkv_bias),
         to_out_(w, prefix + "to_out.0.", dim, dim, true) {}
 
-  /// One batch item: x [lq, dim] attends to context [lk, context_dim] (pass x itself for self-attention);
-  /// writes [lq, dim] to out (must not alias x or context).
-  void forward(const float* x, std::int64_t lq, const float* context, std::int64_t lk, float* out,
+  /// `items` consecutive batch items: item i's rows x [i * lq, (i + 1) * lq) of width dim attend to its context rows
+  /// [i * lk, (i + 1) * lk) of width context_dim (pass x itself for self-attention); writes [items * lq, dim] to out
+  /// (must not alias x or context). The projections run once over all items' rows, the attention per item and head:
+  /// with items = 1 the result depends only on that item.
+  void forward(const float* x, std::int64_t items, std::int64_t lq, const float* context, std::int64_t lk, float* out,
                bool causal = false) const {
-    std::vector<float> q(static_cast<std::size_t>(lq * dim_)), k(static_cast<std::size_t>(lk * dim_)),
-        v(static_cast<std::size_t>(lk * dim_)), o(static_cast<std::size_t>(lq * dim_));
-    to_q_.forward(x, lq, q.data());
-    to_k_.forward(context, lk, k.data());
-    to_v_.forward(context, lk, v.data());
-    attention(q.data(), dim_, k.data(), dim_, v.data(), dim_, lq, lk, heads_, dim_ / heads_, causal, o.data(), dim_);
-    to_out_.forward(o.data(), lq, out);
+    std::vector<float> q(static_cast<std::size_t>(items * lq * dim_)), k(static_cast<std::size_t>(items * lk * dim_)),
+        v(k.size()), o(q.size());
+    to_q_.forward(x, items * lq, q.data());
+    to_k_.forward(context, items * lk, k.data());
+    to_v_.forward(context, items * lk, v.data());
+    for (std::int64_t i = 0; i < items; ++i) {
+      const std::int64_t qi = i * lq * dim_, ki = i * lk * dim_;
+      attention(q.data() + qi, dim_, k.data() + ki, dim_, v.data() + ki, dim_, lq, lk, heads_, dim_ / heads_, causal,
+                o.data() + qi, dim_);
+    }
+    to_out_.forward(o.data(), items * lq, out);
   }
 
  private:
@@ -161,22 +169,25 @@ class ResnetBlock2D {
   }
 
   /// x [B, in, H, W]; `temb_silu` [B, temb_channels] is SiLU(temb) (ignored when the block has no time projection).
-  Tensor forward(const Tensor& x, const Tensor* temb_silu) const {
-    Tensor h = conv1_.forward(norm1_.forward(x, true));
+  /// `mode` groups the items' rows into GEMMs (convolutions and the time projection).
+  Tensor forward(const Tensor& x, const Tensor* temb_silu, BatchMode mode = BatchMode::batched) const {
+    Tensor h = conv1_.forward(norm1_.forward(x, true), mode);
     if (has_temb_ && temb_silu) {
-      const std::int64_t spatial = h.sample_numel() / out_;
-      std::vector<float> proj(static_cast<std::size_t>(out_));
-      for (std::int64_t b = 0; b < h.dim(0); ++b) {
-        time_emb_proj_.forward(temb_silu->sample(b), 1, proj.data());
+      const std::int64_t batch = h.dim(0), spatial = h.sample_numel() / out_;
+      const std::int64_t group = detail::items_per_call(mode, batch, 1, batch, out_, batch * out_);
+      std::vector<float> proj(static_cast<std::size_t>(batch * out_));
+      for (std::int64_t b = 0; b < batch; b += group)
+        time_emb_proj_.forward(temb_silu->sample(b), std::min(group, batch - b), proj.data() + b * out_);
+      for (std::int64_t b = 0; b < batch; ++b) {
         float* hs = h.sample(b);
         for (std::int64_t c = 0; c < out_; ++c)
           for (std::int64_t i = 0; i < spatial; ++i)
-            hs[c * spatial + i] += proj[c];
+            hs[c * spatial + i] += proj[static_cast<std::size_t>(b * out_ + c)];
       }
     }
-    h = conv2_.forward(norm2_.forward(h, true));
+    h = conv2_.forward(norm2_.forward(h, true), mode);
     if (has_shortcut_) {
-      add_inplace(h, shortcut_.forward(x));
+      add_inplace(h, shortcut_.forward(x, mode));
     } else {
       add_inplace(h, x);
     }

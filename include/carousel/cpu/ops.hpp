@@ -3,8 +3,9 @@
 /// The CPU backend's operators on float32 tensors: GEMM-based linear layers and convolutions, normalisations,
 /// activations, attention, resampling and the sinusoidal timestep embedding.
 ///
-/// Every operator treats dimension 0 as the batch and processes batch items separately, with an evaluation order
-/// that depends only on the item's own shape: an item's result is bitwise the same whatever batch it is part of.
+/// Every operator treats dimension 0 as the batch. Except conv2d in BatchMode::batched, each processes batch items with
+/// an evaluation order that depends only on the item's own shape: an item's result is bitwise the same whatever batch
+/// it is part of (linear_rows is as invariant as the rows its caller passes together).
 /// Operators are thread-safe on distinct outputs; they use OpenBLAS threads and the backend's thread pool inside.
 
 #include <algorithm>
@@ -17,7 +18,9 @@
 #include <string>
 #include <vector>
 
+#include <carousel/cpu/batch_mode.hpp>
 #include <carousel/cpu/detail/blas.hpp>
+#include <carousel/cpu/detail/im2col.hpp>
 #include <carousel/cpu/detail/moments.hpp>
 #include <carousel/cpu/detail/parallel.hpp>
 #include <carousel/cpu/tensor.hpp>
@@ -35,12 +38,18 @@ inline void linear_rows(const float* x, std::int64_t rows, std::int64_t in, cons
 }
 
 /// 2-D convolution of x [B, Cin, H, W] by w [Cout, Cin, k, k] (+ bias [Cout] when not null), square stride and
-/// zero padding: output [B, Cout, (H + 2p - k)/s + 1, (W + 2p - k)/s + 1]. im2col + sgemm per batch item (a 1x1,
-/// stride 1, unpadded convolution is a single GEMM); im2col runs over bands of output rows so that its buffer holds
-/// at most about `max_col_floats` values (at least one output row).
+/// zero padding: output [B, Cout, (H + 2p - k)/s + 1, (W + 2p - k)/s + 1], by im2col + sgemm (a 1x1, stride 1,
+/// unpadded convolution multiplies the input directly).
+///
+/// `mode` batch_invariant: one sgemm per item (per band of output rows); im2col runs over bands of output rows so
+/// that its buffer holds at most about `max_col_floats` values (at least one output row).
+/// `mode` batched: the im2col columns of several items side by side, so that one sgemm covers whole items and about
+/// 1024 output pixels (small feature maps, where a per-item GEMM is narrow and re-reads the weights for every item),
+/// within `max_col_floats` of scratch (im2col plus the product before it is scattered to NCHW); when that is one item
+/// it runs as batch_invariant.
 /// \throws std::invalid_argument when x is not 4-D or has a channel count other than cin.
 inline Tensor conv2d(const Tensor& x, const float* w, const float* bias, std::int64_t cin, std::int64_t cout,
-                     std::int64_t k, std::int64_t stride, std::int64_t pad,
+                     std::int64_t k, std::int64_t stride, std::int64_t pad, BatchMode mode = BatchMode::batched,
                      std::int64_t max_col_floats = std::int64_t{8} << 20) {
   if (x.rank() != 4 || x.dim(1) != cin)
     throw std::invalid_argument("carousel::cpu::conv2d: input " + shape_string(x.shape()) + " does not have " +
@@ -49,6 +58,37 @@ inline Tensor conv2d(const Tensor& x, const float* w, const float* bias, std::in
   const std::int64_t ho = (h + 2 * pad - k) / stride + 1, wo = (wd + 2 * pad - k) / stride + 1;
   Tensor y({batch, cout, ho, wo});
   const std::int64_t hw_out = ho * wo, kk = cin * k * k;
+  const detail::ConvGeometry geometry{cin, h, wd, k, stride, pad, wo};
+  const float beta = bias ? 1.0f : 0.0f;
+  // Fills rows [0, cout) of c (row stride ld, `n` columns) with the bias.
+  auto fill_bias = [&](float* c, std::int64_t n, std::int64_t ld) {
+    if (!bias) return;
+    detail::parallel_for(cout, detail::grain_for(n), [&](std::int64_t c0, std::int64_t c1) {
+      for (std::int64_t ch = c0; ch < c1; ++ch)
+        std::fill(c + ch * ld, c + ch * ld + n, bias[ch]);
+    });
+  };
+  const std::int64_t group =
+      detail::items_per_call(mode, batch, hw_out, detail::batched_gemm_extent, (kk + cout) * hw_out, max_col_floats);
+  if (group > 1) {
+    std::vector<float> col(static_cast<std::size_t>(kk * group * hw_out)),
+        prod(static_cast<std::size_t>(cout * group * hw_out));
+    for (std::int64_t b0 = 0; b0 < batch; b0 += group) {
+      const std::int64_t items = std::min(group, batch - b0), n = items * hw_out;
+      for (std::int64_t i = 0; i < items; ++i)
+        detail::im2col(x.sample(b0 + i), geometry, 0, ho, col.data() + i * hw_out, n);
+      fill_bias(prod.data(), n, n);
+      detail::sgemm(false, false, cout, n, kk, 1.0f, w, kk, col.data(), n, beta, prod.data(), n);
+      detail::parallel_for(items * cout, detail::grain_for(hw_out), [&](std::int64_t p0, std::int64_t p1) {
+        for (std::int64_t p = p0; p < p1; ++p) {
+          const std::int64_t i = p / cout, ch = p % cout;
+          const float* src = prod.data() + ch * n + i * hw_out;
+          std::copy(src, src + hw_out, y.sample(b0 + i) + ch * hw_out);
+        }
+      });
+    }
+    return y;
+  }
   const bool direct = k == 1 && stride == 1 && pad == 0;
   const std::int64_t band =
       direct ? ho : std::clamp<std::int64_t>(max_col_floats / std::max<std::int64_t>(kk * wo, 1), 1, ho);
@@ -56,52 +96,14 @@ inline Tensor conv2d(const Tensor& x, const float* w, const float* bias, std::in
   for (std::int64_t b = 0; b < batch; ++b) {
     const float* xs = x.sample(b);
     float* ys = y.sample(b);
-    if (bias) {
-      detail::parallel_for(cout, detail::grain_for(hw_out), [&](std::int64_t c0, std::int64_t c1) {
-        for (std::int64_t c = c0; c < c1; ++c)
-          std::fill(ys + c * hw_out, ys + (c + 1) * hw_out, bias[c]);
-      });
-    }
-    const float beta = bias ? 1.0f : 0.0f;
+    fill_bias(ys, hw_out, hw_out);
     if (direct) {
       detail::sgemm(false, false, cout, hw_out, cin, 1.0f, w, cin, xs, h * wd, beta, ys, hw_out);
       continue;
     }
     for (std::int64_t oy0 = 0; oy0 < ho; oy0 += band) {
       const std::int64_t rows = std::min(band, ho - oy0), n = rows * wo;
-      detail::parallel_for(cin, detail::grain_for(k * k * n), [&](std::int64_t c0, std::int64_t c1) {
-        for (std::int64_t c = c0; c < c1; ++c) {
-          const float* plane = xs + c * h * wd;
-          for (std::int64_t ky = 0; ky < k; ++ky) {
-            for (std::int64_t kx = 0; kx < k; ++kx) {
-              float* dst = col.data() + ((c * k + ky) * k + kx) * n;
-              // Output columns [lo, hi) read inside the row (ix = ox * stride - pad + kx in [0, wd)); the rest is
-              // padding.
-              const std::int64_t lo = std::min(wo, (std::max<std::int64_t>(pad - kx, 0) + stride - 1) / stride);
-              const std::int64_t hi = std::max(lo, std::min(wo, (wd + pad - kx + stride - 1) / stride));
-              for (std::int64_t r = 0; r < rows; ++r) {
-                const std::int64_t iy = (oy0 + r) * stride - pad + ky;
-                float* d = dst + r * wo;
-                if (iy < 0 || iy >= h) {
-                  std::fill(d, d + wo, 0.0f);
-                  continue;
-                }
-                std::fill(d, d + lo, 0.0f);
-                if (hi > lo) {
-                  const float* src = plane + iy * wd + lo * stride - pad + kx;
-                  if (stride == 1) {
-                    std::copy(src, src + (hi - lo), d + lo);
-                  } else {
-                    for (std::int64_t ox = lo; ox < hi; ++ox)
-                      d[ox] = src[(ox - lo) * stride];
-                  }
-                }
-                std::fill(d + hi, d + wo, 0.0f);
-              }
-            }
-          }
-        }
-      });
+      detail::im2col(xs, geometry, oy0, rows, col.data(), n);
       detail::sgemm(false, false, cout, n, kk, 1.0f, w, kk, col.data(), n, beta, ys + oy0 * wo, hw_out);
     }
   }

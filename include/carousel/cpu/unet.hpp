@@ -4,6 +4,7 @@
 /// CPU: CrossAttnDownBlock2D / DownBlock2D / UNetMidBlock2DCrossAttn / CrossAttnUpBlock2D / UpBlock2D with
 /// Transformer2DModel (conv or linear projections) and per-sample timesteps.
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <stdexcept>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include <carousel/checkpoint/weight_source.hpp>
+#include <carousel/cpu/batch_mode.hpp>
 #include <carousel/cpu/detail/unet_blocks.hpp>
 #include <carousel/cpu/layers.hpp>
 #include <carousel/cpu/ops.hpp>
@@ -89,8 +91,9 @@ struct UNetSpec {
 /// Loading walks the checkpoint schema (conv_in, time_embedding, down_blocks.i.{resnets,attentions,downsamplers},
 /// mid_block, up_blocks.i.{resnets,attentions,upsamplers}, conv_norm_out, conv_out); every tensor is taken once
 /// with its expected shape, so a missing or mis-shaped tensor fails with the source's error naming it.
-/// Batch items are computed independently: an item's output is bitwise the same in any batch.
-/// Immutable after construction; forward may run concurrently on several threads.
+/// With BatchMode::batch_invariant an item's output is bitwise the same in any batch; BatchMode::batched (the
+/// default) shares GEMM calls between items and may differ from it in the last bits. Immutable after construction;
+/// forward may run concurrently on several threads.
 class UNet2DConditionModel {
  public:
   /// Builds the model from `spec`, taking every parameter from `w`.
@@ -155,8 +158,11 @@ class UNet2DConditionModel {
   /// sample [B, in_channels, H, W], timesteps [B] (one per batch item), encoder_hidden_states [B, L,
   /// cross_attention_dim]
   /// -> [B, out_channels, H, W]. Any H, W >= 1 (upsampling follows the skip sizes, as diffusers' upsample_size does).
+  /// `mode` says how batch items share GEMM calls: BatchMode::batched (default, faster) or BatchMode::batch_invariant
+  /// (each item's output bitwise the same in any batch).
   /// \throws std::invalid_argument when the shapes disagree with each other or with the spec.
-  Tensor forward(const Tensor& sample, std::span<const float> timesteps, const Tensor& context) const {
+  Tensor forward(const Tensor& sample, std::span<const float> timesteps, const Tensor& context,
+                 BatchMode mode = BatchMode::batched) const {
     const std::int64_t batch = sample.rank() == 4 ? sample.dim(0) : -1;
     if (batch < 0 || sample.dim(1) != spec_.in_channels)
       throw std::invalid_argument("carousel::cpu::UNet2DConditionModel: sample " + shape_string(sample.shape()) +
@@ -171,43 +177,44 @@ class UNet2DConditionModel {
     const std::int64_t c0 = spec_.block_out_channels[0];
     const Tensor t_emb = timestep_embedding(timesteps, c0, spec_.flip_sin_to_cos, spec_.freq_shift);
     Tensor hidden({batch, 4 * c0}), temb({batch, 4 * c0});
-    for (std::int64_t b = 0; b < batch; ++b)
-      time_1_.forward(t_emb.sample(b), 1, hidden.sample(b));
+    const std::int64_t group = detail::items_per_call(mode, batch, 1, batch, 1, batch);
+    for (std::int64_t b = 0; b < batch; b += group)
+      time_1_.forward(t_emb.sample(b), std::min(group, batch - b), hidden.sample(b));
     silu_inplace(hidden.values());
-    for (std::int64_t b = 0; b < batch; ++b)
-      time_2_.forward(hidden.sample(b), 1, temb.sample(b));
+    for (std::int64_t b = 0; b < batch; b += group)
+      time_2_.forward(hidden.sample(b), std::min(group, batch - b), temb.sample(b));
     silu_inplace(temb.values());  // every consumer (resnets' time_emb_proj) applies SiLU first
 
-    Tensor x = conv_in_.forward(spec_.center_input_sample ? centered(sample) : sample);
+    Tensor x = conv_in_.forward(spec_.center_input_sample ? centered(sample) : sample, mode);
     std::vector<Tensor> skips;
     skips.push_back(x);
     for (const auto& block : down_) {
       for (std::size_t j = 0; j < block.resnets.size(); ++j) {
-        x = block.resnets[j].forward(x, &temb);
-        if (!block.attentions.empty()) x = block.attentions[j].forward(x, context);
+        x = block.resnets[j].forward(x, &temb, mode);
+        if (!block.attentions.empty()) x = block.attentions[j].forward(x, context, mode);
         skips.push_back(x);
       }
       if (!block.resample.empty()) {
-        x = block.resample[0].forward(x);
+        x = block.resample[0].forward(x, mode);
         skips.push_back(x);
       }
     }
-    x = mid_.resnets[0].forward(x, &temb);
-    x = mid_.attentions[0].forward(x, context);
-    x = mid_.resnets[1].forward(x, &temb);
+    x = mid_.resnets[0].forward(x, &temb, mode);
+    x = mid_.attentions[0].forward(x, context, mode);
+    x = mid_.resnets[1].forward(x, &temb, mode);
     for (const auto& block : up_) {
       for (std::size_t j = 0; j < block.resnets.size(); ++j) {
         x = concat_channels(x, skips.back());
         skips.pop_back();
-        x = block.resnets[j].forward(x, &temb);
-        if (!block.attentions.empty()) x = block.attentions[j].forward(x, context);
+        x = block.resnets[j].forward(x, &temb, mode);
+        if (!block.attentions.empty()) x = block.attentions[j].forward(x, context, mode);
       }
       if (!block.resample.empty()) {
         const Tensor& next = skips.back();
-        x = block.resample[0].forward(upsample_nearest(x, next.dim(2), next.dim(3)));
+        x = block.resample[0].forward(upsample_nearest(x, next.dim(2), next.dim(3)), mode);
       }
     }
-    return conv_out_.forward(norm_out_.forward(x, true));
+    return conv_out_.forward(norm_out_.forward(x, true), mode);
   }
 
   /// The architecture.

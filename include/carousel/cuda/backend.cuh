@@ -13,6 +13,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <carousel/checkpoint/clip_text_config.hpp>
@@ -33,38 +34,58 @@
 
 namespace carousel::cuda {
 
-/// Loads a diffusers unet/ folder onto the GPU in `dtype` (`variant` e.g. "fp16" picks *.fp16.safetensors).
+/// Builds the UNet on the GPU in `dtype` from `weights` (a component's store: DiffusersFolder::open_weights).
 /// \throws checkpoint::FormatError naming the file, field or tensor at fault (also for tensors left unused).
-inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, const checkpoint::UNetConfig& config,
-                                      DType dtype, std::string_view variant = "") {
+inline UNet2DConditionModel load_unet(checkpoint::WeightStore weights, const checkpoint::UNetConfig& config,
+                                      DType dtype) {
   return checkpoint::load_component(
-      dir, {.variant = variant}, [&](checkpoint::WeightSource& w) { return UNet2DConditionModel(config, w, dtype); });
+      std::move(weights), {}, [&](checkpoint::WeightSource& w) { return UNet2DConditionModel(config, w, dtype); });
 }
 
-/// Loads a transformers text_encoder/ folder (CLIPTextModel; keys with or without "text_model.") onto the GPU.
+/// As load_unet(weights, config, dtype) with the weights of the folder `dir`.
+inline UNet2DConditionModel load_unet(const std::filesystem::path& dir, const checkpoint::UNetConfig& config,
+                                      DType dtype, std::string_view variant = "") {
+  return load_unet(checkpoint::WeightStore::open(dir, variant), config, dtype);
+}
+
+/// Builds the CLIP text tower (keys with or without "text_model.") on the GPU from `weights`.
 /// \throws checkpoint::FormatError as load_unet.
-inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, const checkpoint::ClipTextConfig& config,
-                                       DType dtype, std::string_view variant = "") {
+inline ClipTextModel load_text_encoder(checkpoint::WeightStore weights, const checkpoint::ClipTextConfig& config,
+                                       DType dtype) {
   return checkpoint::load_component(
-      dir, {.variant = variant, .missing_prefix = "text_model."},
+      std::move(weights), {.missing_prefix = "text_model."},
       [&](checkpoint::WeightSource& w) { return ClipTextModel(config, w, dtype, "text_model."); });
 }
 
-/// Loads the decode path of a diffusers vae/ folder onto the GPU; the encoder (encoder.*, quant_conv.*) is not read,
-/// any other unused tensor is an error. \throws checkpoint::FormatError as load_unet.
+/// As load_text_encoder(weights, config, dtype) with the weights of the folder `dir`.
+inline ClipTextModel load_text_encoder(const std::filesystem::path& dir, const checkpoint::ClipTextConfig& config,
+                                       DType dtype, std::string_view variant = "") {
+  return load_text_encoder(checkpoint::WeightStore::open(dir, variant), config, dtype);
+}
+
+/// Builds the decode path of an AutoencoderKL on the GPU from `weights`; the encoder (encoder.*, quant_conv.*) is not
+/// read, any other unused tensor is an error. \throws checkpoint::FormatError as load_unet.
+inline VaeDecoder load_vae_decoder(checkpoint::WeightStore weights, const checkpoint::VaeConfig& config, DType dtype) {
+  return checkpoint::load_component(std::move(weights), {.skipped = {"encoder.", "quant_conv."}},
+                                    [&](checkpoint::WeightSource& w) { return VaeDecoder(config, w, dtype); });
+}
+
+/// As load_vae_decoder(weights, config, dtype) with the weights of the folder `dir`.
 inline VaeDecoder load_vae_decoder(const std::filesystem::path& dir, const checkpoint::VaeConfig& config, DType dtype,
                                    std::string_view variant = "") {
-  return checkpoint::load_component(dir, {.variant = variant, .skipped = {"encoder.", "quant_conv."}},
-                                    [&](checkpoint::WeightSource& w) { return VaeDecoder(config, w, dtype); });
+  return load_vae_decoder(checkpoint::WeightStore::open(dir, variant), config, dtype);
 }
 
 /// Options of Backend's loading constructor.
 struct BackendOptions {
-  std::string variant;           ///< weight variant, as diffusers' `variant=` ("fp16" or empty)
-  std::int64_t clip_skip = 0;    ///< encode_text uses the hidden state clip_skip layers before the last
-  DType dtype = DType::f16;      ///< text encoder and UNet: f16 (tensor cores) or f32 (the exact reference)
-  DType vae_dtype = DType::f32;  ///< VAE decoder (diffusers' force_upcast keeps SD's VAE in float32)
-  bool cuda_graphs = false;      ///< run the UNet through UNetGraphs (one CUDA graph per batch/shape bucket)
+  std::string variant;         ///< weight variant, as diffusers' `variant=` ("fp16" or empty)
+  std::int64_t clip_skip = 0;  ///< encode_text uses the hidden state clip_skip layers before the last
+  DType dtype = DType::f16;    ///< text encoder and UNet: f16 (tensor cores) or f32 (the exact reference)
+  /// VAE decoder: f16 by default, as diffusers' StableDiffusionPipeline decodes SD 1.x / 2.x in the pipeline's dtype
+  /// (only its SDXL pipelines upcast, on the VAE config's force_upcast, which SD 1.x / 2.x pipelines ignore); f32 is
+  /// the exact reference and costs about twice the time.
+  DType vae_dtype = DType::f16;
+  bool cuda_graphs = false;  ///< run the UNet through UNetGraphs (one CUDA graph per batch/shape bucket)
   /// How convolution algorithms are chosen on both engines (ConvSearch::exhaustive times them on first use, like
   /// torch.backends.cudnn.benchmark; best with cuda_graphs, whose buckets keep the number of shapes small). Unset:
   /// the Engine's default (heuristic, or CAROUSEL_CUDA_CONV_SEARCH).
@@ -87,13 +108,14 @@ class Backend {
   /// vae_scale_factor() is 1). \throws checkpoint::FormatError naming what is at fault; CudaError.
   explicit Backend(const checkpoint::DiffusersFolder& folder, const BackendOptions& options = {})
       : folder_(folder),
-        tokenizer_(checkpoint::ClipTokenizer::load(folder.tokenizer)),
-        text_encoder_config_(checkpoint::ClipTextConfig::load(folder.text_encoder / "config.json")),
-        unet_config_(checkpoint::UNetConfig::load(folder.unet / "config.json")),
+        tokenizer_(folder.load_tokenizer()),
+        text_encoder_config_(folder.text_encoder_config()),
+        unet_config_(folder.unet_config()),
         text_encoder_(std::make_unique<ClipTextModel>(
-            load_text_encoder(folder.text_encoder, text_encoder_config_, options.dtype, options.variant))),
+            load_text_encoder(folder.open_weights(checkpoint::Component::text_encoder, options.variant),
+                              text_encoder_config_, options.dtype))),
         unet_(std::make_unique<UNet2DConditionModel>(
-            load_unet(folder.unet, unet_config_, options.dtype, options.variant))),
+            load_unet(folder.open_weights(checkpoint::Component::unet, options.variant), unet_config_, options.dtype))),
         clip_skip_(options.clip_skip),
         main_(std::make_unique<Engine>()),
         decode_engine_(std::make_unique<Engine>()) {
@@ -102,11 +124,9 @@ class Backend {
       decode_engine_->set_conv_search(*options.conv_search);
     }
     if (options.cuda_graphs) graphs_ = std::make_unique<UNetGraphs>(*unet_);
-    if (folder.vae) {
-      vae_config_.emplace(checkpoint::VaeConfig::load(*folder.vae / "config.json"));
-      vae_ =
-          std::make_unique<VaeDecoder>(load_vae_decoder(*folder.vae, *vae_config_, options.vae_dtype, options.variant));
-    }
+    if ((vae_config_ = folder.vae_config()))
+      vae_ = std::make_unique<VaeDecoder>(load_vae_decoder(
+          folder.open_weights(checkpoint::Component::vae, options.variant), *vae_config_, options.vae_dtype));
     if (text_encoder_config_.hidden_size != unet_config_.cross_attention_dim)
       throw checkpoint::FormatError("'" + folder.root.string() + "': text encoder hidden_size " +
                                     std::to_string(text_encoder_config_.hidden_size) +

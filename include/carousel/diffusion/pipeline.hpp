@@ -41,14 +41,14 @@ struct PipelineOptions {
 /// The options of a diffusers folder: the default image size is the UNet's sample_size x the VAE factor.
 inline PipelineOptions pipeline_options(const checkpoint::DiffusersFolder& folder, std::int64_t vae_scale_factor) {
   PipelineOptions o;
-  const auto unet = checkpoint::UNetConfig::load(folder.unet / "config.json");
+  const auto unet = folder.unet_config();
   if (unet.sample_size) o.default_width = o.default_height = static_cast<int>(*unet.sample_size * vae_scale_factor);
   return o;
 }
 
 /// The folder's scheduler configuration with StableDiffusionPipeline's rewrites (steps_offset 1, clip_sample false).
 inline SchedulerConfig pipeline_scheduler_config(const checkpoint::DiffusersFolder& folder) {
-  return SchedulerConfig::load(folder.scheduler / "scheduler_config.json").with_pipeline_defaults();
+  return SchedulerConfig::load(folder).with_pipeline_defaults();
 }
 
 /// Text-to-image diffusion as a StepModel over `Job`, for `carousel::StepBatcher<Pipeline<B>, Job>`.

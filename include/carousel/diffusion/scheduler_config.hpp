@@ -16,6 +16,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "carousel/checkpoint/diffusers_folder.hpp"
+
 namespace carousel::diffusion {
 
 /// How betas are laid out over the training timesteps (`beta_schedule`).
@@ -47,8 +49,10 @@ enum class SolverType { midpoint, heun };
 ///
 /// Thread-safety: a plain value type.
 struct SchedulerConfig {
-  std::string class_name;                   ///< `_class_name`, e.g. "DDIMScheduler"; informational.
-  std::int64_t num_train_timesteps = 1000;  ///< T, the number of training timesteps.
+  std::string class_name;  ///< `_class_name`, e.g. "DDIMScheduler"; informational.
+  /// The largest `num_train_timesteps` accepted (the schedule tables hold a few arrays of T doubles).
+  static constexpr std::int64_t max_train_timesteps = 100'000;
+  std::int64_t num_train_timesteps = 1000;  ///< T, the number of training timesteps (1..max_train_timesteps).
   double beta_start = 0.0001;               ///< First beta (linear / scaled_linear / sigmoid).
   double beta_end = 0.02;                   ///< Last beta.
   BetaSchedule beta_schedule = BetaSchedule::linear;
@@ -93,7 +97,9 @@ struct SchedulerConfig {
     auto fail = [](std::string_view field, const std::string& why) {
       throw std::invalid_argument("scheduler config: `" + std::string(field) + "` " + why);
     };
-    if (num_train_timesteps < 1) fail("num_train_timesteps", "must be at least 1");
+    if (num_train_timesteps < 1 || num_train_timesteps > max_train_timesteps)
+      fail("num_train_timesteps",
+           "must lie in 1.." + std::to_string(max_train_timesteps) + ", got " + std::to_string(num_train_timesteps));
     if (trained_betas) {
       if (static_cast<std::int64_t>(trained_betas->size()) != num_train_timesteps)
         fail("trained_betas", "has " + std::to_string(trained_betas->size()) + " values, num_train_timesteps is " +
@@ -163,8 +169,12 @@ struct SchedulerConfig {
     get("set_alpha_to_one", c.set_alpha_to_one);
     get("use_karras_sigmas", c.use_karras_sigmas);
     get_enum("final_sigmas_type", c.final_sigmas_type, parse_final_sigmas);
-    if (const auto it = j.find("sigma_min"); it != j.end() && !it->is_null()) c.sigma_min = it->get<double>();
-    if (const auto it = j.find("sigma_max"); it != j.end() && !it->is_null()) c.sigma_max = it->get<double>();
+    for (auto [key, sigma] : {std::pair{"sigma_min", &c.sigma_min}, std::pair{"sigma_max", &c.sigma_max}}) {
+      if (const auto it = j.find(key); it == j.end() || it->is_null()) continue;
+      double value = 0.0;
+      get(key, value);
+      *sigma = value;
+    }
     // Euler options with a single supported value: anything else is refused rather than silently ignored.
     auto require = [&get](const char* key, const auto& supported) {
       std::decay_t<decltype(supported)> value = supported;
@@ -191,6 +201,18 @@ struct SchedulerConfig {
       throw std::invalid_argument("scheduler config: `lambda_min_clipped` is not supported with a finite value");
     c.validate();
     return c;
+  }
+
+  /// The scheduler configuration of a model opened as `folder`: its scheduler/scheduler_config.json, or for a
+  /// single-file checkpoint the family's defaults (or its config folder's file). Errors as load().
+  [[nodiscard]] static SchedulerConfig load(const checkpoint::DiffusersFolder& folder) {
+    if (!folder.single_file) return load(folder.scheduler / "scheduler_config.json");
+    const auto [json, source] = folder.scheduler_config_json();
+    try {
+      return from_json(json);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(std::string(e.what()) + " (in " + source + ")");
+    }
   }
 
   /// Loads `scheduler_config.json` from `path`. Throws `std::runtime_error` naming the file when it cannot be read

@@ -68,7 +68,7 @@ class ConfigReader {
   double get_double(std::string_view field, double fallback) const {
     const auto* v = find(field);
     if (!v) return fallback;
-    if (!v->is_number()) fail(field, "must be a number, got " + v->dump());
+    if (!v->is_number() || !std::isfinite(v->get<double>())) fail(field, "must be a finite number, got " + v->dump());
     return v->get<double>();
   }
 
@@ -133,7 +133,8 @@ class ConfigReader {
     if (!v->is_array()) fail(field, "must be a list of numbers, got " + v->dump());
     std::vector<double> out;
     for (const auto& item : *v) {
-      if (!item.is_number()) fail(field, "must be a list of numbers, got " + v->dump());
+      if (!item.is_number() || !std::isfinite(item.get<double>()))
+        fail(field, "must be a list of finite numbers, got " + v->dump());
       out.push_back(item.get<double>());
     }
     return out;
@@ -167,9 +168,19 @@ class ConfigReader {
     }
   }
 
-  /// Fails unless `value` > 0.
-  void require_positive(std::string_view field, int value) const {
-    if (value <= 0) fail(field, "must be positive, got " + std::to_string(value));
+  /// The largest size (channels, layers, positions, vocabulary entries) a config may give: far above every
+  /// Stable Diffusion network, far below what would overflow a tensor's element count.
+  static constexpr int max_size = 1 << 20;
+
+  /// Fails unless 0 < `value` <= `max`.
+  void require_positive(std::string_view field, int value, int max = max_size) const {
+    if (value <= 0 || value > max)
+      fail(field, "must lie in 1.." + std::to_string(max) + ", got " + std::to_string(value));
+  }
+
+  /// Fails unless `value` is a usable normalization epsilon: 0 < value < 1 (SD configs use 1e-5 and 1e-6).
+  void require_epsilon(std::string_view field, double value) const {
+    if (!(value > 0.0 && value < 1.0)) fail(field, "must lie in (0, 1), got " + nlohmann::json(value).dump());
   }
 
   const std::string& source() const noexcept { return source_; }

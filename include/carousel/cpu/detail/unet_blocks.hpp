@@ -2,11 +2,13 @@
 // The UNet's inner blocks: diffusers' BasicTransformerBlock and Transformer2DModel, and the block record of
 // UNet2DConditionModel (resnets, attentions, resampler).
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include <carousel/checkpoint/weight_source.hpp>
+#include <carousel/cpu/batch_mode.hpp>
 #include <carousel/cpu/detail/parallel.hpp>
 #include <carousel/cpu/layers.hpp>
 #include <carousel/cpu/ops.hpp>
@@ -28,28 +30,30 @@ class BasicTransformerBlock {
         ff_proj_(w, p + "ff.net.0.proj.", dim, 8 * dim),
         ff_out_(w, p + "ff.net.2.", 4 * dim, dim) {}
 
-  // h [L, dim] updated in place for one batch item; context [lk, context_dim].
-  void forward(float* h, std::int64_t l, const float* context, std::int64_t lk) const {
-    const auto n = static_cast<std::size_t>(l * dim_);
+  // h [items * l, dim] (`items` consecutive batch items of l tokens) updated in place; context [items * lk,
+  // context_dim]. Linear layers run over all items' rows at once; with items = 1 the result depends only on the item.
+  void forward(float* h, std::int64_t items, std::int64_t l, const float* context, std::int64_t lk) const {
+    const std::int64_t rows = items * l;
+    const auto n = static_cast<std::size_t>(rows * dim_);
     std::vector<float> normed(n), out(n);
-    norm1_.forward(h, l, normed.data());
-    attn1_.forward(normed.data(), l, normed.data(), l, out.data());
+    norm1_.forward(h, rows, normed.data());
+    attn1_.forward(normed.data(), items, l, normed.data(), l, out.data());
     for (std::size_t i = 0; i < n; ++i)
       h[i] += out[i];
-    norm2_.forward(h, l, normed.data());
-    attn2_.forward(normed.data(), l, context, lk, out.data());
+    norm2_.forward(h, rows, normed.data());
+    attn2_.forward(normed.data(), items, l, context, lk, out.data());
     for (std::size_t i = 0; i < n; ++i)
       h[i] += out[i];
-    norm3_.forward(h, l, normed.data());
+    norm3_.forward(h, rows, normed.data());
     std::vector<float> proj(n * 8), gated(n * 4);
-    ff_proj_.forward(normed.data(), l, proj.data());
+    ff_proj_.forward(normed.data(), rows, proj.data());
     const std::int64_t inner = 4 * dim_;
-    parallel_for(l, grain_for(4 * inner), [&](std::int64_t r0, std::int64_t r1) {
+    parallel_for(rows, grain_for(4 * inner), [&](std::int64_t r0, std::int64_t r1) {
       for (std::int64_t r = r0; r < r1; ++r)
         for (std::int64_t c = 0; c < inner; ++c)
           gated[r * inner + c] = proj[r * 2 * inner + c] * gelu(proj[r * 2 * inner + inner + c]);
     });
-    ff_out_.forward(gated.data(), l, out.data());
+    ff_out_.forward(gated.data(), rows, out.data());
     for (std::size_t i = 0; i < n; ++i)
       h[i] += out[i];
   }
@@ -78,22 +82,32 @@ class Transformer2D {
     proj_out_ = Linear(w, p + "proj_out.", channels, channels, true, !linear_projection);
   }
 
-  Tensor forward(const Tensor& x, const Tensor& context) const {
+  // x [B, channels, H, W], context [B, lk, context_dim]. `mode` batched runs groups of items through the linear
+  // layers together (about batched_gemm_extent token rows per call, the feed-forward's widest buffer, 8 * channels
+  // per token, within 32 Mi floats).
+  Tensor forward(const Tensor& x, const Tensor& context, BatchMode mode) const {
     const Tensor normed = norm_.forward(x);
     Tensor y(x.shape());
-    const std::int64_t spatial = x.sample_numel() / channels_, lk = context.dim(1);
-    std::vector<float> tokens(static_cast<std::size_t>(spatial * channels_)), h(tokens.size());
-    for (std::int64_t b = 0; b < x.dim(0); ++b) {
-      transpose(normed.sample(b), channels_, spatial, tokens.data());
-      proj_in_.forward(tokens.data(), spatial, h.data());
+    const std::int64_t batch = x.dim(0), spatial = x.sample_numel() / channels_, lk = context.dim(1);
+    const std::int64_t group =
+        items_per_call(mode, batch, spatial, batched_gemm_extent, 8 * spatial * channels_, std::int64_t{32} << 20);
+    const std::int64_t item_floats = spatial * channels_;
+    std::vector<float> tokens(static_cast<std::size_t>(group * item_floats)), h(tokens.size());
+    for (std::int64_t b0 = 0; b0 < batch; b0 += group) {
+      const std::int64_t items = std::min(group, batch - b0);
+      for (std::int64_t i = 0; i < items; ++i)
+        transpose(normed.sample(b0 + i), channels_, spatial, tokens.data() + i * item_floats);
+      proj_in_.forward(tokens.data(), items * spatial, h.data());
       for (const auto& block : blocks_)
-        block.forward(h.data(), spatial, context.sample(b), lk);
-      proj_out_.forward(h.data(), spatial, tokens.data());
-      transpose(tokens.data(), spatial, channels_, y.sample(b));
-      const float* xs = x.sample(b);
-      float* ys = y.sample(b);
-      for (std::int64_t i = 0; i < spatial * channels_; ++i)
-        ys[i] += xs[i];
+        block.forward(h.data(), items, spatial, context.sample(b0), lk);
+      proj_out_.forward(h.data(), items * spatial, tokens.data());
+      for (std::int64_t i = 0; i < items; ++i) {
+        transpose(tokens.data() + i * item_floats, spatial, channels_, y.sample(b0 + i));
+        const float* xs = x.sample(b0 + i);
+        float* ys = y.sample(b0 + i);
+        for (std::int64_t j = 0; j < item_floats; ++j)
+          ys[j] += xs[j];
+      }
     }
     return y;
   }

@@ -29,7 +29,7 @@ class VaeAttention {
       for (std::int64_t c = 0; c < channels_; ++c)
         for (std::int64_t i = 0; i < spatial; ++i)
           tokens[i * channels_ + c] = src[c * spatial + i];
-      attn_.forward(tokens.data(), spatial, tokens.data(), spatial, out.data());
+      attn_.forward(tokens.data(), 1, spatial, tokens.data(), spatial, out.data());
       const float* xs = x.sample(b);
       float* ys = y.sample(b);
       for (std::int64_t c = 0; c < channels_; ++c)
