@@ -6,6 +6,9 @@
 //                      [--concurrent-decode auto|on|off] [--cuda-graphs on|off]
 //                      [--cuda-conv-search heuristic|exhaustive] [--cuda-vae f16|f32]
 //                      [--agent-port N] [--agent-target-seconds S] [--drain-timeout S]
+//                      [--max-side PX] [--max-pixel-steps N] [--allow-priority on|off] [--public-url URL]
+//                      [--max-watchers N] [--max-watchers-per-generation N] [--max-headers N] [--max-body-bytes N]
+//                      [--keep-finished N] [--keep-finished-mib N] [--keep-finished-seconds S]
 //
 // Without --model it serves the bundled model (models/shapes-32). --device auto (the default) runs on the GPU when
 // the build has the CUDA backend and the machine a CUDA device, else on the CPU; --device cuda where that is not so
@@ -16,7 +19,9 @@
 // http://HOST:PORT" once ready. --agent-port N answers HAProxy's agent-check on HOST:N (`up NN%` falling as the
 // estimated drain time grows past --agent-target-seconds, default 10; `drain` while shutting down; docs/deploy.md).
 // SIGINT/SIGTERM: /health/ready and new requests get 503, admitted ones finish, exit 0; if they have not finished
-// after --drain-timeout seconds (default 120), or at a second signal, exit 3 at once.
+// after --drain-timeout seconds (default 120), or at a second signal, exit 3 at once. The limits a server run for
+// others needs (--max-side, --max-pixel-steps, --allow-priority, --public-url, the watcher, header and body caps)
+// are described in docs/server.md, "Running it for others".
 #include <common/device.hpp>
 #include <sd_server/server.hpp>
 
@@ -50,7 +55,14 @@ constexpr const char* usage =
     "                          [--cuda-graphs on|off] [--cuda-conv-search heuristic|exhaustive]\n"
     "                          [--cuda-vae f16|f32] (cuda only)\n"
     "                          [--agent-port N (HAProxy agent-check)] [--agent-target-seconds S (default 10)]\n"
-    "                          [--drain-timeout S (default 120)]\n";
+    "                          [--drain-timeout S (default 120)]\n"
+    "                          [--max-side PX (default 2 x the model's size)]\n"
+    "                          [--max-pixel-steps N (0 = 4000 x the model's pixels)] [--allow-priority on|off]\n"
+    "                          [--public-url URL (base of image URLs)] [--max-watchers N (default 32)]\n"
+    "                          [--max-watchers-per-generation N (default 4)] [--max-headers N (default 64)]\n"
+    "                          [--max-body-bytes N (default 1048576)]\n"
+    "                          [--keep-finished N (default 256)] [--keep-finished-mib N (default 256)]\n"
+    "                          [--keep-finished-seconds S (default 3600)]\n";
 
 int signal_pipe[2] = {-1, -1};
 
@@ -134,6 +146,31 @@ CommandLine parse(int argc, char** argv) {
       o.agent_port = static_cast<int>(number(flag, value, 1, 65535));
     } else if (flag == "--agent-target-seconds") {
       o.agent_target_seconds = real(flag, value, 0.001, 86400);
+    } else if (flag == "--max-side") {
+      o.max_side = static_cast<int>(number(flag, value, 8, 16384));
+    } else if (flag == "--max-pixel-steps") {
+      o.max_pixel_steps = real(flag, value, 0, 1e18);
+    } else if (flag == "--allow-priority") {
+      if (value != "on" && value != "off") fail("--allow-priority: expected on or off, got '" + value + "'");
+      o.allow_priority = value == "on";
+    } else if (flag == "--public-url") {
+      if (!value.starts_with("http://") && !value.starts_with("https://"))
+        fail("--public-url: expected http://... or https://..., got '" + value + "'");
+      o.public_url = value.ends_with("/") ? value.substr(0, value.size() - 1) : value;
+    } else if (flag == "--max-watchers") {
+      o.max_watchers = static_cast<std::size_t>(number(flag, value, 0, 100000));
+    } else if (flag == "--max-watchers-per-generation") {
+      o.max_watchers_per_generation = static_cast<std::size_t>(number(flag, value, 0, 100000));
+    } else if (flag == "--max-headers") {
+      o.max_headers = static_cast<std::size_t>(number(flag, value, 8, 10000));
+    } else if (flag == "--max-body-bytes") {
+      o.max_body_bytes = static_cast<std::size_t>(number(flag, value, 1024, 1L << 30));
+    } else if (flag == "--keep-finished") {
+      o.keep_finished.count = static_cast<std::size_t>(number(flag, value, 0, 1'000'000));
+    } else if (flag == "--keep-finished-mib") {
+      o.keep_finished.bytes = static_cast<std::size_t>(number(flag, value, 0, 1'000'000)) << 20;
+    } else if (flag == "--keep-finished-seconds") {
+      o.keep_finished.age = std::chrono::seconds(number(flag, value, 0, 30L * 86400));
     } else if (flag == "--drain-timeout") {
       drain_timeout = real(flag, value, 0, 86400);
     } else if (flag == "--default-guidance") {

@@ -2,6 +2,7 @@
 /// \file sd_server/metrics.hpp
 /// Prometheus text exposition (format 0.0.4) of a batcher's `carousel::Stats` and the server's HTTP counters.
 
+#include <httplib.h>
 #include <carousel/stats.hpp>
 
 #include <cstdint>
@@ -98,6 +99,23 @@ inline void write_stats(std::ostream& out, const Stats& s) {
   detail::histogram(out, "carousel_request_latency_seconds", "Submit to completion of successful requests.", s.latency);
   detail::histogram(out, "carousel_queue_wait_seconds", "Submit to first admission.", s.queue_wait);
   detail::histogram(out, "carousel_step_time_seconds", "Model time of one iteration.", s.step_time);
+}
+
+/// The route pattern of a request, as the `endpoint` label of carousel_http_requests_total (the raw path would make
+/// one label value per generation id).
+inline std::string endpoint_of(const httplib::Request& req) {
+  const std::string& p = req.path;
+  static const std::string gen = "/v1/images/generations";
+  if (p == gen) return gen;
+  if (p.starts_with(gen + "/")) {
+    if (p.ends_with("/events")) return gen + "/{id}/events";
+    return p.find("/images/", gen.size()) != std::string::npos ? gen + "/{id}/images/{index}.png" : gen + "/{id}";
+  }
+  for (const char* known : {"/", "/health", "/health/live", "/health/ready", "/metrics", "/sdapi/v1/txt2img",
+                            "/sdapi/v1/progress", "/sdapi/v1/samplers", "/sdapi/v1/sd-models"}) {
+    if (p == known) return p;
+  }
+  return "other";
 }
 
 }  // namespace carousel::examples::sd_server

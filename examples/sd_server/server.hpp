@@ -4,11 +4,13 @@
 /// CUDA backend, chosen at run time) behind a carousel StepBatcher, served over HTTP with cpp-httplib. `main.cpp` is a
 /// thin command-line wrapper; the integration tests run it in-process.
 ///
-/// Every generation request (whatever its API shape) becomes a `Generation`: n jobs submitted to the batcher, a
-/// per-generation event log (Server-Sent Events frames: queued, progress, done | error) appended to from the
-/// scheduler thread, and a finalizer thread that waits for the n tickets, encodes the PNGs and writes the final result.
+/// Every generation request (whatever its API shape) becomes a `Generation` (generation.hpp): n jobs submitted to the
+/// batcher, a per-generation event log (Server-Sent Events frames, events.hpp) appended to from the scheduler thread,
+/// and a finalizer thread (finalizer.hpp) that waits for the n tickets, encodes the PNGs and writes the final result.
 /// HTTP handlers only read generations: a blocking POST waits for the result, a streaming POST and
-/// `GET .../{id}/events` replay and follow the event log, `GET .../{id}` answers a snapshot. See docs/server.md.
+/// `GET .../{id}/events` replay and follow the event log, `GET .../{id}` answers a snapshot. Each API shape's parsing
+/// and bodies live in openai.hpp and a1111.hpp; this file holds the HTTP setup, the routes and the glue. See
+/// docs/server.md.
 
 #include <httplib.h>
 #include <carousel/checkpoint/diffusers_folder.hpp>
@@ -19,10 +21,15 @@
 #include <carousel/version.hpp>
 #include <common/png.hpp>
 #include <nlohmann/json.hpp>
+#include <sd_server/a1111.hpp>
 #include <sd_server/agent.hpp>
-#include <sd_server/api.hpp>
 #include <sd_server/connection.hpp>
+#include <sd_server/events.hpp>
+#include <sd_server/finalizer.hpp>
+#include <sd_server/generation.hpp>
 #include <sd_server/metrics.hpp>
+#include <sd_server/openai.hpp>
+#include <sd_server/request.hpp>
 #include <sd_server/web_page.hpp>
 
 #include <atomic>
@@ -41,6 +48,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -68,11 +76,23 @@ struct ServerOptions {
   int default_steps = 20;                             ///< steps when a request gives none
   double default_guidance = 7.5;                      ///< guidance scale when a request gives none
   int max_images = 8;                                 ///< most images per request
-  std::size_t keep_finished = 256;                    ///< finished generations kept for GET .../{id}
+  KeepLimits keep_finished;                           ///< how long finished generations are kept for GET .../{id}
   /// HAProxy agent-check port on `host` (`up NN%` from the drain estimate, `drain` while shutting down); 0 picks a
   /// free one (see `Server::agent_port`); none: no agent.
   std::optional<int> agent_port;
   double agent_target_seconds = 10.0;  ///< the drain time at which the agent reports 50% (`agent_weight_percent`)
+  /// Largest width or height a request may ask for; 0: twice the model's native size (its default image size).
+  int max_side = 0;
+  /// Most work one request may ask for, in pixel-steps: width x height x steps x images x UNet rows (2 when guided);
+  /// 0: 4000 x the native image's pixels (e.g. 2 guided native-size images of 1000 steps).
+  double max_pixel_steps = 0;
+  bool allow_priority = false;  ///< honour the client's `priority` field (else it is ignored)
+  /// Base of the image URLs answered for `response_format: "url"`, e.g. "https://sd.example.com"; "": the bound
+  /// address, "http://HOST:PORT". Never taken from the request's Host header.
+  std::string public_url;
+  std::size_t max_watchers_per_generation = 4;  ///< `GET .../{id}/events` streams per generation (503 beyond)
+  std::size_t max_watchers = 32;                ///< `GET .../{id}/events` streams in all (503 beyond)
+  std::size_t max_headers = 64;                 ///< requests with more header lines are answered 431
 };
 
 /// The name of an admission policy as the command line spells it: "continuous", "static", "cost-aware".
@@ -87,44 +107,6 @@ inline const char* admission_name(Admission a) {
   }
   return "unknown";
 }
-
-namespace detail {
-
-// One generation request in flight or recently finished, shared by the handlers that serve it.
-struct Generation {
-  std::string id;
-  ApiShape shape = ApiShape::openai;
-  std::string image_url_base;  // "http://HOST" (image_path() follows) when the client asked for URLs, else empty
-  nlohmann::json parameters;
-  std::vector<std::uint64_t> seeds;
-  std::int64_t created = 0;  // unix seconds
-  std::chrono::steady_clock::time_point submitted;
-  std::vector<Ticket<diffusion::Job>> tickets;  // touched only by the finalizer once launched
-  std::atomic<bool> cancel_requested{false};
-  std::thread finalizer;
-
-  // Asks the finalizer to cancel the generation's tickets. The caller must not hold `mutex`.
-  void request_cancel() {
-    cancel_requested = true;
-    std::lock_guard lock(mutex);
-    changed.notify_all();
-  }
-
-  std::mutex mutex;                 // guards everything below
-  std::condition_variable changed;  // events, progress, completions, cancellation, finish
-  std::size_t completed = 0;        // tickets completed (counted by their on_complete)
-  std::vector<std::size_t> steps_done;
-  std::vector<std::size_t> total_steps;
-  std::vector<std::string> events;  // SSE frames, in order
-  std::optional<std::chrono::steady_clock::time_point> first_step;
-  std::string status = "queued";  // queued, running, completed, failed, cancelled
-  bool finished = false;
-  int http_status = 0;
-  nlohmann::json result;                        // the response body once finished (success or error)
-  std::vector<std::vector<std::uint8_t>> pngs;  // the images once finished, when the client asked for URLs
-};
-
-}  // namespace detail
 
 /// carousel-sd-server: loads the model, starts the batcher, serves the HTTP API.
 ///
@@ -153,7 +135,7 @@ class Server {
         folder_(checkpoint::DiffusersFolder::open(options_.model_dir)),
         backend_(checked(std::move(backend))),
         pipeline_(backend_, diffusion::pipeline_scheduler_config(folder_),
-                  diffusion::pipeline_options(folder_, backend_.vae_scale_factor())),
+                  pipeline_options(options_, folder_, backend_.vae_scale_factor())),
         batcher_(pipeline_, Options{.max_batch_size = options_.max_batch,
                                     .max_queue_size = options_.max_queue,
                                     .admission = options_.admission,
@@ -165,6 +147,11 @@ class Server {
     limits_.max_images = options_.max_images;
     limits_.default_width = pipeline_.options().default_width;
     limits_.default_height = pipeline_.options().default_height;
+    limits_.max_steps = pipeline_.options().max_steps;
+    limits_.allow_priority = options_.allow_priority;
+    max_pixel_steps_ = options_.max_pixel_steps > 0
+                           ? options_.max_pixel_steps
+                           : 4000.0 * limits_.default_width * static_cast<double>(limits_.default_height);
     std::signal(SIGPIPE, SIG_IGN);  // a client that hangs up must not kill the server
     batcher_.set_observer([this](const Batcher::iteration_type& it) { last_batch_size_ = it.batch.size(); });
     batcher_.start();
@@ -177,10 +164,7 @@ class Server {
   /// Shuts down (draining) if `shutdown` was not called.
   ~Server() {
     shutdown();
-    std::lock_guard lock(registry_mutex_);
-    for (auto& [id, g] : generations_) {
-      if (g->finalizer.joinable()) g->finalizer.join();
-    }
+    registry_.join_all();
   }
 
   /// Binds the listening socket; returns the port (the free one picked when `port` is 0). Throws std::runtime_error
@@ -224,18 +208,9 @@ class Server {
   /// (`StopMode::drain`), lets their responses and event streams complete, then stops the listener so `run()`
   /// returns. Idempotent; blocks until the batcher is idle.
   void shutdown() {
-    {
-      std::lock_guard lock(registry_mutex_);
-      if (draining_) return;
-      draining_ = true;
-    }
+    if (!registry_.begin_draining()) return;
     batcher_.stop(StopMode::drain);
-    {
-      std::lock_guard lock(registry_mutex_);
-      for (auto& [id, g] : generations_) {
-        if (g->finalizer.joinable()) g->finalizer.join();
-      }
-    }
+    registry_.join_all();
     // httplib's stop() does nothing before the listener runs: wait for it when run() is on its way.
     while (running_ && !http_.is_running())
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -254,7 +229,14 @@ class Server {
 
  private:
   using Clock = std::chrono::steady_clock;
-  using Generation = detail::Generation;
+
+  // The folder's pipeline options with the server's largest side (default: twice the native size).
+  static diffusion::PipelineOptions pipeline_options(const ServerOptions& o, const checkpoint::DiffusersFolder& folder,
+                                                     std::int64_t vae_scale_factor) {
+    diffusion::PipelineOptions p = diffusion::pipeline_options(folder, vae_scale_factor);
+    p.max_side = o.max_side > 0 ? o.max_side : 2 * std::max(p.default_width, p.default_height);
+    return p;
+  }
 
   static Backend checked(Backend backend) {
     if (!backend) throw std::invalid_argument("backend: the server needs a loaded model (the AnyBackend is empty)");
@@ -268,6 +250,18 @@ class Server {
         options_.max_batch + (options_.max_queue == 0 ? 64 : options_.max_queue) + 16;  // one per waiting request
     http_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     http_.set_payload_max_length(options_.max_body_bytes);
+    // Header lines arrive before any handler: refuse a request that carries more than max_headers of them.
+    http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (req.headers.size() <= options_.max_headers) return httplib::Server::HandlerResponse::Unhandled;
+      res.status = 431;
+      res.set_header("Connection", "close");
+      res.set_content(ApiError(431, "headers: more than " + std::to_string(options_.max_headers) + " header lines",
+                               "headers", "invalid_request_error")
+                          .body()
+                          .dump(),
+                      "application/json");
+      return httplib::Server::HandlerResponse::Handled;
+    });
     http_.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
       http_counters_.count(req.method, endpoint_of(req), res.status);
     });
@@ -306,9 +300,10 @@ class Server {
     });
     http_.Get("/health/ready", [this](const httplib::Request&, httplib::Response& res) { ready(res); });
     http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) { metrics(res); });
-    http_.Post("/v1/images/generations", [this](const httplib::Request& req, httplib::Response& res) {
-      guarded(res, [&] { post_openai(req, res); });
-    });
+    http_.Post("/v1/images/generations",
+               [this](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+                 guarded(res, [&] { post_openai(req, read_body(req, reader, res), res); });
+               });
     http_.Get(R"(/v1/images/generations/([A-Za-z0-9_-]+))",
               [this](const httplib::Request& req, httplib::Response& res) {
                 guarded(res, [&] { get_generation(req, res); });
@@ -322,42 +317,20 @@ class Server {
         [this](const httplib::Request& req, httplib::Response& res) { guarded(res, [&] { get_image(req, res); }); });
     http_.Get(R"(/v1/images/generations/([A-Za-z0-9_-]+)/events)",
               [this](const httplib::Request& req, httplib::Response& res) {
-                guarded(res, [&] { serve_events(find_generation(req.matches[1]), req, res, false); });
+                guarded(res, [&] { watch_events(registry_.find(req.matches[1]), req, res); });
               });
-    http_.Post("/sdapi/v1/txt2img", [this](const httplib::Request& req, httplib::Response& res) {
-      guarded(res, [&] { post_a1111(req, res); });
-    });
+    http_.Post("/sdapi/v1/txt2img",
+               [this](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+                 guarded(res, [&] { post_a1111(req, read_body(req, reader, res), res); });
+               });
     http_.Get("/sdapi/v1/progress", [this](const httplib::Request&, httplib::Response& res) { a1111_progress(res); });
     http_.Get("/sdapi/v1/samplers", [](const httplib::Request&, httplib::Response& res) {
-      nlohmann::json samplers = nlohmann::json::array();
-      for (const auto& s : detail::sampler_names) {
-        samplers.push_back(
-            nlohmann::json{{"name", s.a1111}, {"aliases", {s.api}}, {"options", nlohmann::json::object()}});
-      }
-      res.set_content(samplers.dump(), "application/json");
+      res.set_content(a1111_samplers_body().dump(), "application/json");
     });
     http_.Get("/sdapi/v1/sd-models", [this](const httplib::Request&, httplib::Response& res) {
-      const std::string name = options_.model_dir.filename().string();
-      const nlohmann::json models = nlohmann::json::array(
-          {{{"title", name}, {"model_name", name}, {"filename", options_.model_dir.string()}, {"hash", nullptr}}});
-      res.set_content(models.dump(), "application/json");
+      res.set_content(a1111_models_body(options_.model_dir.filename().string(), options_.model_dir.string()).dump(),
+                      "application/json");
     });
-  }
-
-  // The route pattern of a request, as the `endpoint` label of carousel_http_requests_total.
-  static std::string endpoint_of(const httplib::Request& req) {
-    const std::string& p = req.path;
-    static const std::string gen = "/v1/images/generations";
-    if (p == gen) return gen;
-    if (p.starts_with(gen + "/")) {
-      if (p.ends_with("/events")) return gen + "/{id}/events";
-      return p.find("/images/") != std::string::npos ? gen + "/{id}/images/{index}.png" : gen + "/{id}";
-    }
-    for (const char* known : {"/", "/health", "/health/live", "/health/ready", "/metrics", "/sdapi/v1/txt2img",
-                              "/sdapi/v1/progress", "/sdapi/v1/samplers", "/sdapi/v1/sd-models"}) {
-      if (p == known) return p;
-    }
-    return "other";
   }
 
   // Runs a handler body; an ApiError becomes its JSON error response (429 and 503 with Retry-After).
@@ -374,52 +347,11 @@ class Server {
 
   // ---- endpoints ---------------------------------------------------------------------------------------------------
 
-  // GET /sdapi/v1/progress, as AUTOMATIC1111 answers it for its one job at a time: here the oldest unfinished
-  // generation is "the job" (its share of steps done over all its images, the ETA of its slowest image), and
-  // job_count counts every unfinished generation. Idle: progress 0, job "".
   void a1111_progress(httplib::Response& res) const {
-    std::shared_ptr<Generation> current;
-    std::size_t unfinished = 0;
-    {
-      std::lock_guard lock(registry_mutex_);
-      for (const std::string& id : order_) {
-        const auto& g = generations_.at(id);
-        std::lock_guard glock(g->mutex);
-        if (g->finished) continue;
-        ++unfinished;
-        if (!current) current = g;
-      }
-    }
-    double progress = 0, eta = 0;
-    nlohmann::json state = {{"skipped", false},        {"interrupted", false}, {"job", ""},
-                            {"job_count", unfinished}, {"job_timestamp", ""},  {"job_no", 0},
-                            {"sampling_step", 0},      {"sampling_steps", 0}};
-    if (current) {
-      const auto step = batcher_.predicted_step_time(std::max<std::size_t>(1, last_batch_size_.load()));
-      std::lock_guard lock(current->mutex);
-      std::size_t done = 0, total = 0, slowest = 0;
-      for (std::size_t i = 0; i < current->total_steps.size(); ++i) {
-        done += current->steps_done[i];
-        total += current->total_steps[i];
-        slowest =
-            std::max(slowest, current->total_steps[i] - std::min(current->steps_done[i], current->total_steps[i]));
-      }
-      progress = total ? static_cast<double>(done) / static_cast<double>(total) : 0.0;
-      eta = step ? std::chrono::duration<double>(*step).count() * static_cast<double>(slowest) : 0.0;
-      state["job"] = current->id;
-      state["interrupted"] = current->cancel_requested.load();
-      state["job_timestamp"] = std::to_string(current->created);
-      if (!current->total_steps.empty()) {
-        state["sampling_step"] = current->steps_done.front();
-        state["sampling_steps"] = current->total_steps.front();
-      }
-    }
-    const nlohmann::json body = {{"progress", progress},
-                                 {"eta_relative", eta},
-                                 {"state", state},
-                                 {"current_image", nullptr},
-                                 {"textinfo", nullptr}};
-    res.set_content(body.dump(), "application/json");
+    const auto [current, unfinished] = registry_.oldest_unfinished();
+    const auto step = batcher_.predicted_step_time(std::max<std::size_t>(1, last_batch_size_.load()));
+    const double step_seconds = step ? std::chrono::duration<double>(*step).count() : 0.0;
+    res.set_content(a1111_progress_body(current, unfinished, step_seconds).dump(), "application/json");
   }
 
   void health(httplib::Response& res) const {
@@ -466,14 +398,7 @@ class Server {
     detail::metric(out, "carousel_predicted_step_seconds", "gauge",
                    "Predicted iteration time at max batch size (0 before measurements).",
                    step ? std::chrono::duration<double>(*step).count() : 0.0);
-    std::size_t in_flight = 0;
-    {
-      std::lock_guard lock(registry_mutex_);
-      for (const auto& [id, g] : generations_) {
-        std::lock_guard glock(g->mutex);
-        in_flight += g->finished ? 0 : 1;
-      }
-    }
+    const std::size_t in_flight = registry_.oldest_unfinished().second;
     detail::metric(out, "carousel_http_generations_in_flight", "gauge", "Generation requests not yet finished.",
                    static_cast<double>(in_flight));
     detail::metric(out, "carousel_http_draining", "gauge", "1 while shutting down.", is_draining() ? 1.0 : 0.0);
@@ -481,23 +406,80 @@ class Server {
     res.set_content(out.str(), "text/plain; version=0.0.4");
   }
 
-  void post_openai(const httplib::Request& req, httplib::Response& res) {
-    GenerationRequest r = parse_openai(req.body, limits_);
-    const bool stream = r.stream, async = r.async;
-    std::string url_host;
-    if (r.url_response) {
-      url_host = req.get_header_value("Host");
-      if (url_host.empty()) url_host = options_.host + ":" + std::to_string(port_);
+  // The body of a POST, read whatever its transfer encoding (Content-Length or chunked), refused with 413 as soon as
+  // it passes max_body_bytes; and 415 unless it is declared JSON, which is also the CORS policy: a cross-origin page
+  // cannot send `application/json` without a preflight, which this server never answers (docs/server.md).
+  std::string read_body(const httplib::Request& req, const httplib::ContentReader& reader, httplib::Response& res) {
+    const std::string type = detail::lower(req.get_header_value("Content-Type"));
+    if (!type.starts_with("application/json")) {
+      res.set_header("Connection", "close");
+      throw ApiError(415, "Content-Type: must be application/json", "Content-Type", "unsupported_media_type");
     }
-    auto g = launch(std::move(r), url_host);
+    std::string body;
+    bool too_large = false;
+    const bool read = reader([&](const char* data, std::size_t size) {
+      if (body.size() + size > options_.max_body_bytes) {
+        too_large = true;
+        return false;
+      }
+      body.append(data, size);
+      return true;
+    });
+    if (too_large || res.status == 413) {  // httplib sets 413 itself for a Content-Length over the limit
+      res.set_header("Connection", "close");
+      throw ApiError(413, "body: larger than " + std::to_string(options_.max_body_bytes) + " bytes", "body");
+    }
+    if (!read) throw ApiError(400, "body: could not be read", "body");
+    return body;
+  }
+
+  // Follows a generation's events for a client other than its owner, within the watcher caps (503 beyond).
+  void watch_events(const std::shared_ptr<Generation>& g, const httplib::Request& req, httplib::Response& res) {
+    {
+      std::lock_guard lock(g->mutex);
+      if (g->watchers >= options_.max_watchers_per_generation) {
+        throw ApiError(503, "events: this generation already has " + std::to_string(g->watchers) + " watchers", "",
+                       "too_many_watchers");
+      }
+      if (watchers_.fetch_add(1) >= options_.max_watchers) {
+        watchers_.fetch_sub(1);
+        throw ApiError(503,
+                       "events: the server already streams " + std::to_string(options_.max_watchers) + " event streams",
+                       "", "too_many_watchers");
+      }
+      ++g->watchers;
+    }
+    serve_events(g, req, res, false, [this, g] {
+      std::lock_guard lock(g->mutex);
+      --g->watchers;
+      watchers_.fetch_sub(1);
+    });
+  }
+
+  // Refuses, before any work, a request beyond the work budget (pixel-steps of all its images and UNet rows).
+  void check_budget(const GenerationRequest& r) const {
+    double work = 0;
+    for (const auto& job : r.jobs) {
+      // A side beyond the limit is refused by validation, naming the size field.
+      if (std::max(job.width, job.height) > pipeline_.options().max_side) return;
+      work += static_cast<double>(job.width) * job.height * job.steps * (job.guided() ? 2.0 : 1.0);
+    }
+    if (work > max_pixel_steps_) {
+      throw ApiError(400,
+                     "steps: the request asks for " + std::to_string(static_cast<long long>(work)) +
+                         " pixel-steps (width x height x steps x images x 2 when guided), more than this server's " +
+                         std::to_string(static_cast<long long>(max_pixel_steps_)),
+                     "steps", "too_expensive");
+    }
+  }
+
+  void post_openai(const httplib::Request& req, const std::string& body, httplib::Response& res) {
+    GenerationRequest r = parse_openai(body, limits_);
+    const bool stream = r.stream, async = r.async;
+    auto g = launch(std::move(r));
     if (async) {
       res.status = 202;
-      res.set_content(nlohmann::json{{"id", g->id},
-                                     {"status", "queued"},
-                                     {"status_url", "/v1/images/generations/" + g->id},
-                                     {"events_url", "/v1/images/generations/" + g->id + "/events"}}
-                          .dump(),
-                      "application/json");
+      res.set_content(openai_accepted_body(*g).dump(), "application/json");
     } else if (stream) {
       serve_events(g, req, res, true);
     } else {
@@ -505,31 +487,20 @@ class Server {
     }
   }
 
-  void post_a1111(const httplib::Request& req, httplib::Response& res) {
-    respond_when_finished(launch(parse_a1111(req.body, limits_)), req, res);
+  void post_a1111(const httplib::Request& req, const std::string& body, httplib::Response& res) {
+    respond_when_finished(launch(parse_a1111(body, limits_)), req, res);
   }
 
   void get_generation(const httplib::Request& req, httplib::Response& res) {
-    auto g = find_generation(req.matches[1]);
+    auto g = registry_.find(req.matches[1]);
     std::lock_guard lock(g->mutex);
-    nlohmann::json progress = nlohmann::json::array();
-    for (std::size_t i = 0; i < g->seeds.size(); ++i)
-      progress.push_back({{"step", g->steps_done[i]}, {"total", g->total_steps[i]}});
-    nlohmann::json body = {{"id", g->id}, {"status", g->status}, {"created", g->created}, {"progress", progress}};
-    if (g->finished)
-      body[g->http_status == 200 ? "result" : "error"] = g->http_status == 200 ? g->result : g->result["error"];
-    res.set_content(body.dump(), "application/json");
-  }
-
-  // Where image `index` of generation `id` is served (response_format "url").
-  static std::string image_path(const std::string& id, std::size_t index) {
-    return "/v1/images/generations/" + id + "/images/" + std::to_string(index) + ".png";
+    res.set_content(openai_status_body(*g).dump(), "application/json");
   }
 
   // GET /v1/images/generations/{id}/images/{index}.png: one image of a finished generation that answered with URLs,
   // while it is kept. `pngs` is written under the mutex together with `finished`.
   void get_image(const httplib::Request& req, httplib::Response& res) {
-    auto g = find_generation(req.matches[1]);
+    auto g = registry_.find(req.matches[1]);
     const std::string index_text = req.matches[2];  // digits (the route's pattern)
     std::lock_guard lock(g->mutex);
     const std::size_t index = index_text.size() > 6 ? g->pngs.size() : std::stoul(index_text);
@@ -544,63 +515,54 @@ class Server {
   }
 
   void delete_generation(const httplib::Request& req, httplib::Response& res) {
-    auto g = find_generation(req.matches[1]);
+    auto g = registry_.find(req.matches[1]);
     g->request_cancel();
     std::lock_guard lock(g->mutex);
     res.status = g->finished ? 200 : 202;
-    res.set_content(nlohmann::json{{"id", g->id}, {"status", g->finished ? g->status : "cancelling"}}.dump(),
-                    "application/json");
+    res.set_content(openai_cancel_body(*g).dump(), "application/json");
   }
 
   // ---- generations -------------------------------------------------------------------------------------------------
 
-  std::shared_ptr<Generation> find_generation(const std::string& id) const {
-    std::lock_guard lock(registry_mutex_);
-    const auto it = generations_.find(id);
-    if (it == generations_.end()) throw ApiError(404, "id: no generation '" + id + "'", "id", "not_found");
-    return it->second;
-  }
-
-  bool is_draining() const {
-    std::lock_guard lock(registry_mutex_);
-    return draining_;
-  }
-
-  static std::string frame(const char* event, const nlohmann::json& data) {
-    return std::string("event: ") + event + "\ndata: " + data.dump() + "\n\n";
-  }
+  bool is_draining() const { return registry_.draining(); }
 
   // Validates the jobs, submits them and registers the generation; throws ApiError 400 (invalid field), 429 (queue
   // full) or 503 (shutting down).
-  // `url_host`: the Host the client reached us by, when it asked for image URLs.
-  std::shared_ptr<Generation> launch(GenerationRequest r, const std::string& url_host = "") {
-    for (auto& job : r.jobs) {
-      try {
-        pipeline_.validate(job);
-      } catch (const std::invalid_argument& e) {
-        throw ApiError(400, e.what(), field_of_validation_message(e.what(), r.shape));
-      }
-    }
+  std::shared_ptr<Generation> launch(GenerationRequest r) {
+    check_budget(r);
     auto g = std::make_shared<Generation>();
     g->shape = r.shape;
     g->parameters = std::move(r.parameters);
-    if (r.url_response) g->image_url_base = "http://" + url_host;
+    if (r.url_response) {
+      g->image_url_base =
+          options_.public_url.empty() ? "http://" + options_.host + ":" + std::to_string(port_) : options_.public_url;
+    }
     g->created = static_cast<std::int64_t>(std::time(nullptr));
     g->submitted = Clock::now();
     for (const auto& job : r.jobs)
       g->seeds.push_back(job.seed);
     g->steps_done.assign(r.jobs.size(), 0);
     for (const auto& job : r.jobs)
-      g->total_steps.push_back(pipeline_.total_steps(job));
+      g->total_steps.push_back(planned_steps(job));
     std::optional<Clock::time_point> deadline;
     if (r.timeout_ms) deadline = g->submitted + std::chrono::milliseconds(*r.timeout_ms);
+    registry_.add(
+        g, [&](const std::shared_ptr<Generation>& gen) { submit(gen, r, deadline); },
+        [this](const std::shared_ptr<Generation>& gen) {
+          try {
+            gen->finalizer = std::thread([this, gen] { finalize(*gen, success_body()); });
+          } catch (const std::system_error& e) {
+            fail_unstarted(*gen, e);
+          }
+        });
+    return g;
+  }
 
-    std::lock_guard lock(registry_mutex_);  // shutdown() cannot slip between submit and registration
-    if (draining_) throw ApiError(503, "the server is shutting down", "", "shutting_down");
-    g->id = "gen-" + std::to_string(next_id_++);
+  // Submits the request's jobs for `g` (registered under the registry's lock); throws ApiError 429 or 503, with every
+  // submitted ticket cancelled, when the batcher refuses one.
+  void submit(const std::shared_ptr<Generation>& g, GenerationRequest& r, std::optional<Clock::time_point> deadline) {
     g->events.push_back(
-        frame("queued", {{"id", g->id}, {"n", r.jobs.size()}, {"seeds", g->seeds}, {"total", g->total_steps}}));
-    std::optional<Errc> refused;
+        sse_frame("queued", {{"id", g->id}, {"n", r.jobs.size()}, {"seeds", g->seeds}, {"total", g->total_steps}}));
     for (std::size_t i = 0; i < r.jobs.size(); ++i) {
       std::weak_ptr<Generation> weak = g;
       auto ticket = batcher_.submit(std::move(r.jobs[i]),
@@ -615,46 +577,61 @@ class Server {
                                              gen->changed.notify_all();
                                            }
                                          }});
-      if (ticket.ready() && ticket.error_code() &&
-          (*ticket.error_code() == Errc::queue_full || *ticket.error_code() == Errc::shut_down)) {
-        refused = ticket.error_code();
+      std::optional<ApiError> refused;
+      if (ticket.ready() && ticket.error_code()) {
+        const Errc code = *ticket.error_code();
+        if (code == Errc::shut_down) {
+          refused = ApiError(503, "the server is shutting down", "", "shutting_down");
+        } else if (code == Errc::queue_full) {
+          refused = ApiError(429, "the queue is full (" + std::to_string(options_.max_queue) + " images waiting)", "",
+                             "queue_full");
+        } else if (code == Errc::invalid_request) {
+          try {
+            static_cast<void>(ticket.get());
+          } catch (const Error& e) {
+            refused = error_of(e, r.shape);
+          }
+        }
+      }
+      if (refused) {
+        for (auto& t : g->tickets)
+          t.cancel();
+        throw *refused;
       }
       g->tickets.push_back(std::move(ticket));
-      if (refused) break;
     }
-    if (refused) {
-      for (auto& t : g->tickets)
-        t.cancel();
-      if (*refused == Errc::shut_down) throw ApiError(503, "the server is shutting down", "", "shutting_down");
-      throw ApiError(429, "the queue is full (" + std::to_string(options_.max_queue) + " images waiting)", "",
-                     "queue_full");
-    }
-    generations_[g->id] = g;
-    order_.push_back(g->id);
-    evict_finished();
-    g->finalizer = std::thread([this, g] { finalize(*g); });
-    return g;
   }
 
-  // Drops the oldest finished generations beyond keep_finished (the caller holds registry_mutex_).
-  void evict_finished() {
-    std::size_t excess = order_.size() > options_.keep_finished ? order_.size() - options_.keep_finished : 0;
-    for (auto it = order_.begin(); excess > 0 && it != order_.end();) {
-      auto g = generations_.at(*it);
-      bool done = false;
-      {
-        std::lock_guard glock(g->mutex);
-        done = g->finished;
-      }
-      if (!done) {
-        ++it;
-        continue;
-      }
-      if (g->finalizer.joinable()) g->finalizer.join();
-      generations_.erase(*it);
-      it = order_.erase(it);
-      --excess;
+  // No finalizer thread could be started for `g`: cancel its jobs and finish it with 503 at once, so that no client
+  // waits for a result nobody will write.
+  static void fail_unstarted(Generation& g, const std::system_error& e) {
+    for (auto& t : g.tickets)
+      t.cancel();
+    const ApiError error(503, std::string("the server cannot start a thread: ") + e.what(), "", "server_busy");
+    std::lock_guard lock(g.mutex);
+    g.result = error.body();
+    g.http_status = 503;
+    g.status = "failed";
+    g.events.push_back(sse_frame("error", g.result));
+    g.finished = true;
+    g.changed.notify_all();
+  }
+
+  // The step count of a job for progress reports, before the batcher validated it (0 for a job it will refuse).
+  std::size_t planned_steps(const diffusion::Job& job) const {
+    try {
+      return pipeline_.total_steps(job);
+    } catch (const std::exception&) {
+      return 0;
     }
+  }
+
+  // The success body of the generation's API shape.
+  SuccessBody success_body() const {
+    return [this](Generation& g, const std::vector<diffusion::Job>& jobs, const std::vector<std::string>& images) {
+      return g.shape == ApiShape::openai ? openai_success_body(g, jobs, images)
+                                         : a1111_success_body(g, jobs, images, options_.model_dir.filename().string());
+    };
   }
 
   // Scheduler thread, after each step of image `index`: record progress, append an SSE progress frame.
@@ -669,142 +646,12 @@ class Server {
     if (!g->first_step) g->first_step = Clock::now();
     g->status = "running";
     g->steps_done[index] = p.steps_done;
-    g->events.push_back(frame("progress", {{"id", g->id},
-                                           {"index", index},
-                                           {"step", p.steps_done},
-                                           {"total", p.total_steps},
-                                           {"eta_ms", static_cast<std::int64_t>(std::llround(eta_ms))}}));
+    g->events.push_back(sse_frame("progress", {{"id", g->id},
+                                               {"index", index},
+                                               {"step", p.steps_done},
+                                               {"total", p.total_steps},
+                                               {"eta_ms", static_cast<std::int64_t>(std::llround(eta_ms))}}));
     g->changed.notify_all();
-  }
-
-  // Finalizer thread of one generation: sleeps until every ticket completed (their on_complete counts them) or a
-  // cancellation is asked for (then cancels them all, once), then builds the result. No polling.
-  void finalize(Generation& g) {
-    {
-      std::unique_lock lock(g.mutex);
-      bool cancel_sent = false;
-      while (g.completed < g.tickets.size()) {
-        if (g.cancel_requested && !cancel_sent) {
-          cancel_sent = true;
-          lock.unlock();
-          for (auto& t : g.tickets)
-            t.cancel();
-          lock.lock();
-          continue;
-        }
-        g.changed.wait(lock, [&] { return g.completed >= g.tickets.size() || (g.cancel_requested && !cancel_sent); });
-      }
-    }
-    std::vector<diffusion::Job> jobs;
-    std::optional<ApiError> error;
-    for (auto& t : g.tickets) {
-      try {
-        jobs.push_back(t.get());
-      } catch (const Error& e) {
-        if (!error) error = error_of(e);
-      } catch (const std::exception& e) {
-        if (!error) error = ApiError(500, e.what(), "", "server_error");
-      }
-    }
-    g.tickets.clear();
-    nlohmann::json result;
-    std::vector<std::vector<std::uint8_t>> pngs;  // kept for the image URLs, when the client asked for them
-    std::string status = "completed";
-    int http_status = 200;
-    if (error) {
-      result = error->body();
-      http_status = error->status();
-      status = error->type() == "cancelled" ? "cancelled" : "failed";
-    } else {
-      std::vector<std::string> images;  // base64 PNGs for the response body, unless it carries URLs
-      try {
-        for (const auto& job : jobs) {
-          auto png = encode_png(job.image);
-          if (g.image_url_base.empty()) {
-            images.push_back(base64(png));
-          } else {
-            pngs.push_back(std::move(png));
-          }
-        }
-        result = success_body(g, jobs, images);
-      } catch (const std::exception& e) {
-        result = ApiError(500, e.what(), "", "server_error").body();
-        http_status = 500;
-        status = "failed";
-      }
-    }
-    std::lock_guard lock(g.mutex);
-    g.result = std::move(result);
-    g.pngs = std::move(pngs);
-    g.http_status = http_status;
-    g.status = status;
-    g.events.push_back(http_status == 200 ? frame("done", g.result) : frame("error", g.result));
-    g.finished = true;
-    g.changed.notify_all();
-  }
-
-  static ApiError error_of(const Error& e) {
-    switch (e.code()) {
-      case Errc::queue_full:
-        return ApiError(429, e.what(), "", "queue_full");
-      case Errc::cancelled:
-        return ApiError(499, e.what(), "", "cancelled");
-      case Errc::deadline_exceeded:
-      case Errc::deadline_unreachable:
-        return ApiError(504, e.what(), "timeout_ms", "timeout");
-      case Errc::shut_down:
-        return ApiError(503, e.what(), "", "shutting_down");
-      case Errc::invalid_request:
-        return ApiError(400, e.what(), "", "invalid_request");
-      case Errc::model_error:
-        break;
-    }
-    return ApiError(500, e.what(), "", "model_error");
-  }
-
-  nlohmann::json success_body(const Generation& g, const std::vector<diffusion::Job>& jobs,
-                              const std::vector<std::string>& images) const {
-    const auto now = Clock::now();
-    auto ms = [](Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); };
-    nlohmann::json timings = {{"total_ms", ms(now - g.submitted)}};
-    {
-      std::lock_guard lock(const_cast<Generation&>(g).mutex);
-      if (g.first_step) timings["first_step_ms"] = ms(*g.first_step - g.submitted);
-    }
-    if (g.shape == ApiShape::openai) {
-      nlohmann::json data = nlohmann::json::array();
-      for (std::size_t i = 0; i < jobs.size(); ++i) {
-        if (g.image_url_base.empty()) {
-          data.push_back({{"b64_json", images[i]}, {"seed", jobs[i].seed}});
-        } else {
-          data.push_back({{"url", g.image_url_base + image_path(g.id, i)}, {"seed", jobs[i].seed}});
-        }
-      }
-      return {{"created", g.created}, {"id", g.id}, {"data", data}, {"timings", timings}, {"parameters", g.parameters}};
-    }
-    const diffusion::Job& first = jobs.front();
-    nlohmann::json info = {{"id", g.id},
-                           {"prompt", first.prompt},
-                           {"all_prompts", std::vector<std::string>(jobs.size(), first.prompt)},
-                           {"negative_prompt", first.negative_prompt},
-                           {"all_negative_prompts", std::vector<std::string>(jobs.size(), first.negative_prompt)},
-                           {"seed", first.seed},
-                           {"all_seeds", g.seeds},
-                           {"subseed", -1},
-                           {"all_subseeds", std::vector<int>(jobs.size(), -1)},
-                           {"subseed_strength", 0},
-                           {"width", first.width},
-                           {"height", first.height},
-                           {"sampler_name", detail::sampler_name(first.sampler).a1111},
-                           {"cfg_scale", first.guidance_scale},
-                           {"steps", first.steps},
-                           {"batch_size", jobs.size()},
-                           {"restore_faces", false},
-                           {"sd_model_name", options_.model_dir.filename().string()},
-                           {"index_of_first_image", 0},
-                           {"infotexts", std::vector<std::string>(jobs.size(), first.prompt)},
-                           {"timings", timings}};
-    return {{"images", images}, {"parameters", g.parameters}, {"info", info.dump()}};
   }
 
   // ---- responding --------------------------------------------------------------------------------------------------
@@ -831,44 +678,6 @@ class Server {
     res.set_content(g->result.dump(), "application/json");
   }
 
-  // Server-Sent Events: replays the generation's frames from the first, then follows until done or error.
-  // With `owner`, a client that hangs up cancels the generation.
-  void serve_events(const std::shared_ptr<Generation>& g, const httplib::Request& req, httplib::Response& res,
-                    bool owner) {
-    auto probe = std::make_shared<ConnectionProbe>(req.local_port, req.remote_port);
-    auto cursor = std::make_shared<std::size_t>(0);
-    res.set_header("Cache-Control", "no-cache");
-    res.set_header("X-Accel-Buffering", "no");
-    res.set_chunked_content_provider(
-        "text/event-stream", [g, probe, cursor, owner](std::size_t, httplib::DataSink& sink) {
-          std::vector<std::string> frames;
-          bool finished = false;
-          {
-            std::unique_lock lock(g->mutex);
-            g->changed.wait_for(lock, std::chrono::milliseconds(100),
-                                [&] { return g->events.size() > *cursor || g->finished; });
-            frames.assign(g->events.begin() + static_cast<std::ptrdiff_t>(*cursor), g->events.end());
-            *cursor = g->events.size();
-            finished = g->finished;
-          }
-          for (const auto& f : frames) {
-            if (!sink.write(f.data(), f.size())) {
-              if (owner) g->request_cancel();
-              return false;
-            }
-          }
-          if (finished) {
-            sink.done();
-            return true;
-          }
-          if (probe->client_gone()) {
-            if (owner) g->request_cancel();
-            return false;
-          }
-          return true;
-        });
-  }
-
   // Seconds until a refused client should retry: the waiting and running images, max_batch at a time, each taking
   // default_steps iterations at the measured step time.
   int retry_after_seconds() const {
@@ -887,13 +696,11 @@ class Server {
   Pipeline pipeline_;
   ApiLimits limits_;
   std::atomic<std::size_t> last_batch_size_{1};
+  double max_pixel_steps_ = 0;            // the work budget in force (ServerOptions::max_pixel_steps or its default)
+  std::atomic<std::size_t> watchers_{0};  // GET .../events streams open
   HttpCounters http_counters_;
 
-  mutable std::mutex registry_mutex_;  // guards the four members below
-  std::map<std::string, std::shared_ptr<Generation>> generations_;
-  std::deque<std::string> order_;  // ids, oldest first
-  std::uint64_t next_id_ = 1;
-  bool draining_ = false;
+  GenerationRegistry registry_{options_.keep_finished};
 
   httplib::Server http_;
   int port_ = -1;

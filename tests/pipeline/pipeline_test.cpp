@@ -11,6 +11,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -144,8 +145,9 @@ TEST_CASE("Pipeline.Validate") {
   auto error_of = [&](Job j) -> std::string {
     try {
       m.pipeline.validate(j);
-    } catch (const std::invalid_argument& e) {
-      return e.what();
+    } catch (const carousel::diffusion::InvalidJob& e) {
+      CHECK(std::string(e.what()) == e.field() + ": " + e.message());
+      return e.field() + ": " + e.message();
     }
     return "no error";
   };
@@ -177,4 +179,38 @@ TEST_CASE("Pipeline.Validate") {
   CHECK(with([](Job& j) { j.prompt = std::string("\xff\xfe bad utf-8"); }).starts_with("prompt:"));
   CHECK(with([](Job& j) { j.negative_prompt = std::string(100000, 'a'); }).starts_with("negative_prompt:"));
   CHECK(error_of(ok) == "no error");
+  SUBCASE("the batcher refuses an invalid job at submit, with the InvalidJob nested, and never admits it") {
+    Batcher batcher{m.pipeline, {.max_batch_size = 2}};
+    Job bad = ok;
+    bad.steps = 0;
+    auto t = batcher.submit(std::move(bad));
+    REQUIRE(t.ready());
+    CHECK(t.error_code() == carousel::Errc::invalid_request);
+    std::string field;
+    try {
+      static_cast<void>(t.get());
+    } catch (const carousel::Error& e) {
+      try {
+        std::rethrow_if_nested(e);
+      } catch (const carousel::diffusion::InvalidJob& invalid) {
+        field = invalid.field();
+      }
+    }
+    CHECK(field == "steps");
+    CHECK_FALSE(batcher.step_once());
+    CHECK(batcher.stats().admitted == 0);
+  }
+}
+
+TEST_CASE("Pipeline.Image.NonFinite") {
+  // A NaN or infinity has no byte: the conversion fails instead of answering an undefined (often black) image.
+  std::vector<float> chw(3 * 2 * 2, 0.5f);
+  CHECK(carousel::diffusion::to_rgb8(chw, 2, 2).rgb.size() == 12);
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity()}) {
+    CAPTURE(bad);
+    std::vector<float> broken = chw;
+    broken[7] = bad;
+    CHECK_THROWS_AS(carousel::diffusion::to_rgb8(broken, 2, 2), std::domain_error);
+  }
 }

@@ -17,12 +17,18 @@
 #include <carousel/load_signal.hpp>
 #include <nlohmann/json.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -361,7 +367,8 @@ TEST_CASE("Server.A1111.Progress") {
     first = progress();
     return first["state"]["sampling_step"].get<int>() > 0;
   }));
-  CHECK(first["state"]["job"] == id);
+  CHECK(first["state"]["job"] == "txt2img");  // never another client's id
+  CHECK(first.dump().find(id) == std::string::npos);
   CHECK(first["state"]["job_count"] == 1);
   CHECK(first["state"]["sampling_steps"] == 900);
   json later;
@@ -395,7 +402,7 @@ TEST_CASE("Server.A1111.Txt2img") {
     const json body = json::parse(res->body);
     REQUIRE(body["images"].size() == 2);
     CHECK(body["parameters"]["sampler_name"] == "DDPM");
-    CHECK(body["parameters"]["restore_faces"] == false);
+    CHECK_FALSE(body["parameters"].contains("restore_faces"));  // only the fields as understood are echoed
     const json info = json::parse(body["info"].get<std::string>());
     CHECK(info["all_seeds"] == json::array({7, 8}));
     CHECK(info["width"] == 32);
@@ -466,8 +473,9 @@ TEST_CASE("Server.Errors.Fields") {
     check_error(r.client().Get((gen + "/gen-999").c_str()), 404, "id");
     check_error(r.client().Get((gen + "/gen-999/events").c_str()), 404, "id");
   }
-  // Nothing invalid reached the batcher.
-  CHECK(r.server.stats().submitted == 0);
+  // The batcher's validate hook refused every invalid job at submit: none was admitted.
+  CHECK(r.server.stats().admitted == 0);
+  CHECK(r.server.stats().rejected == r.server.stats().submitted);
 }
 
 TEST_CASE("Server.Stream.Events") {
@@ -708,6 +716,7 @@ TEST_CASE("Server.Shutdown.BeforeRun") {
 TEST_CASE("Server.Priority.AdmitsHigherFirst") {
   srv::ServerOptions o;
   o.max_batch = 1;
+  o.allow_priority = true;
   Running r(o);
   const std::string gen = "/v1/images/generations";
   auto running = post(r, gen, {{"prompt", "p"}, {"steps", 100}, {"async", true}});
@@ -850,4 +859,259 @@ TEST_CASE("Server.Metrics.DrainSignal") {
     m = metrics_text(r);
     return metric(m, "carousel_remaining_request_steps") == 0 && metric(m, "carousel_drain_seconds") == 0;
   }));
+}
+
+namespace {
+
+// A raw loopback connection that sends `text` and keeps the socket open (a client that does not read, or reads
+// slowly); closed on destruction.
+struct RawClient {
+  int fd = -1;
+  RawClient(int port, const std::string& text) {
+    fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<std::uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::send(fd, text.data(), text.size(), 0) == static_cast<ssize_t>(text.size()));
+  }
+  // Reads until `needle` arrived (or 10 s); returns what was read.
+  std::string read_until(const std::string& needle) const {
+    std::string got;
+    timeval tv{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[4096];
+    while (got.find(needle) == std::string::npos) {
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      got.append(buf, static_cast<std::size_t>(n));
+    }
+    return got;
+  }
+  ~RawClient() {
+    if (fd >= 0) ::close(fd);
+  }
+  RawClient(const RawClient&) = delete;
+  RawClient& operator=(const RawClient&) = delete;
+};
+
+// The time /health takes to answer.
+std::chrono::milliseconds health_time(const Running& r) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto res = r.client(5s).Get("/health");
+  const auto t = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+  REQUIRE(res);
+  CHECK(res->status == 200);
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("Server.Hostile.Bodies") {
+  Running r;
+  const std::string gen = "/v1/images/generations";
+  SUBCASE("JSON nested deeper than the limit is refused with 400 before parsing, on both APIs") {
+    const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+    for (const std::string path : {"/sdapi/v1/txt2img", "/v1/images/generations"}) {
+      CAPTURE(path);
+      check_error(r.client().Post(path.c_str(), R"({"prompt": "p", "x": )" + deep + "}", "application/json"), 400,
+                  "body");
+    }
+    const std::string shallow = R"({"prompt": "p", "steps": 2, "x": [[["[[[[[[[[[[[[[[[[[[[[[[[[[[[[["]]]})";
+    auto ok = r.client().Post("/sdapi/v1/txt2img", shallow, "application/json");
+    REQUIRE(ok);
+    CHECK(ok->status == 200);  // brackets inside strings do not count
+    health_time(r);
+  }
+  SUBCASE("A1111 echoes the parsed fields only, never the raw body") {
+    json body = {{"prompt", "p"}, {"steps", 2}, {"junk", json::array()}};
+    for (int i = 0; i < 1000; ++i)
+      body["junk"].push_back(json::object());
+    auto res = post(r, "/sdapi/v1/txt2img", body);
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const json parameters = json::parse(res->body)["parameters"];
+    CHECK_FALSE(parameters.contains("junk"));
+    CHECK(parameters["steps"] == 2);
+  }
+  SUBCASE("a chunked body over the limit is refused with 413, as one with a Content-Length is") {
+    const std::string big = json{{"prompt", std::string(2 << 20, 'a')}}.dump();
+    auto res = r.client().Post(
+        gen.c_str(),
+        [&](std::size_t offset, httplib::DataSink& sink) {
+          const std::size_t n = std::min<std::size_t>(64 << 10, big.size() - offset);
+          sink.write(big.data() + offset, n);
+          if (offset + n == big.size()) sink.done();
+          return true;
+        },
+        "application/json");
+    if (res) {  // the server may close the connection before the client finished sending
+      CHECK(res->status == 413);
+    }
+    CHECK(r.server.stats().submitted == 0);
+    health_time(r);
+  }
+  SUBCASE("more header lines than the cap are answered 431") {
+    httplib::Headers many;
+    for (int i = 0; i < 200; ++i)
+      many.emplace("X-Filler-" + std::to_string(i), std::string(100, 'x'));
+    auto res = r.client().Get("/health", many);
+    REQUIRE(res);
+    CHECK(res->status == 431);
+  }
+  SUBCASE("a cross-origin simple request (text/plain) runs nothing: 415") {
+    auto res = r.client().Post(gen.c_str(), json{{"prompt", "p"}}.dump(), "text/plain");
+    check_error(res, 415, "Content-Type");
+    CHECK(r.server.stats().submitted == 0);
+  }
+}
+
+TEST_CASE("Server.Hostile.Values") {
+  Running r;
+  const std::string gen = "/v1/images/generations";
+  SUBCASE("sizes that are not two positive integers are refused") {
+    for (const char* size : {"0x0", " 32x 32", "+32x32", "32x-32", "32x", "x32", "032x0"}) {
+      CAPTURE(size);
+      check_error(post(r, gen, {{"prompt", "p"}, {"size", size}}), 400, "size");
+    }
+  }
+  SUBCASE("the steps message states the real limit") {
+    auto res = post(r, gen, {{"prompt", "p"}, {"steps", 5000}});
+    check_error(res, 400, "steps");
+    CHECK(json::parse(res->body)["error"]["message"].get<std::string>().find("1000") != std::string::npos);
+    CHECK(json::parse(res->body)["error"]["message"].get<std::string>().find("10000") == std::string::npos);
+  }
+  SUBCASE("expensive requests are refused before any work: the side limit and the work budget") {
+    check_error(post(r, gen, {{"prompt", "p"}, {"size", "2048x2048"}, {"steps", 1000}}), 400, "size");
+    check_error(post(r, "/sdapi/v1/txt2img", {{"prompt", "p"}, {"width", 128}, {"height", 32}}), 400, "width");
+    auto res = post(r, gen, {{"prompt", "p"}, {"size", "64x64"}, {"steps", 999}, {"n", 8}});
+    check_error(res, 400, "steps");
+    CHECK(json::parse(res->body)["error"]["type"] == "too_expensive");
+    CHECK(r.server.stats().admitted == 0);
+  }
+  SUBCASE("priority from a client is ignored unless the operator allows it") {
+    auto res = post(r, gen, {{"prompt", "p"}, {"steps", 2}, {"priority", 50}});
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    CHECK(json::parse(res->body)["parameters"]["priority"] == 0);
+  }
+  SUBCASE("image URLs use the server's address, never the client's Host header") {
+    httplib::Headers host = {{"Host", "evil.example"}};
+    auto res = r.client().Post(
+        gen.c_str(), host, json{{"prompt", "p"}, {"steps", 2}, {"response_format", "url"}}.dump(), "application/json");
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const std::string url = json::parse(res->body)["data"][0]["url"];
+    CHECK(url.starts_with("http://127.0.0.1:" + std::to_string(r.port) + "/"));
+  }
+}
+
+TEST_CASE("Server.Hostile.Privacy") {
+  Running r;
+  const std::string gen = "/v1/images/generations";
+  auto id_of = [&] {
+    auto res = post(r, gen, {{"prompt", "p"}, {"steps", 2}, {"async", true}});
+    REQUIRE(res);
+    REQUIRE(res->status == 202);
+    return json::parse(res->body)["id"].get<std::string>();
+  };
+  const std::string a = id_of(), b = id_of();
+  CHECK(std::regex_match(a, std::regex("gen-[0-9a-f]{32}")));
+  CHECK(a != b);
+  CHECK(eventually([&] { return status_of(r, a) == "completed" && status_of(r, b) == "completed"; }));
+  // /metrics labels a status request by its route, not as the image endpoint.
+  auto m = r.client().Get("/metrics");
+  REQUIRE(m);
+  CHECK(m->body.find("endpoint=\"/v1/images/generations/{id}\",status=\"200\"") != std::string::npos);
+}
+
+TEST_CASE("Server.Hostile.Watchers") {
+  srv::ServerOptions o;
+  o.max_watchers_per_generation = 2;
+  o.max_watchers = 3;
+  Running r(o);
+  const std::string gen = "/v1/images/generations";
+  auto started = [&] {
+    auto res = post(r, gen, {{"prompt", "p"}, {"steps", 900}, {"async", true}});
+    REQUIRE(res);
+    REQUIRE(res->status == 202);
+    return json::parse(res->body)["id"].get<std::string>();
+  };
+  const std::string a = started(), b = started();
+  auto watch = [&](const std::string& id) {
+    return std::make_unique<RawClient>(r.port, "GET " + gen + "/" + id + "/events HTTP/1.1\r\nHost: x\r\n\r\n");
+  };
+  std::vector<std::unique_ptr<RawClient>> held;
+  held.push_back(watch(a));
+  held.push_back(watch(a));
+  for (auto& h : held)
+    CHECK(h->read_until("event: queued").find("200 OK") != std::string::npos);
+  SUBCASE("beyond the per-generation cap: 503") {
+    auto third = watch(a);
+    CHECK(third->read_until("\r\n\r\n").find(" 503 ") != std::string::npos);
+  }
+  SUBCASE("beyond the server-wide cap: 503") {
+    held.push_back(watch(b));
+    CHECK(held.back()->read_until("event: queued").find("200 OK") != std::string::npos);
+    auto fourth = watch(b);
+    CHECK(fourth->read_until("\r\n\r\n").find(" 503 ") != std::string::npos);
+  }
+  CHECK(health_time(r) < 1s);
+  held.clear();  // closed streams give their places back
+  CHECK(eventually([&] {
+    auto w = watch(a);
+    return w->read_until("event: queued").find("200 OK") != std::string::npos;
+  }));
+  r.client().Delete((gen + "/" + a).c_str());
+  r.client().Delete((gen + "/" + b).c_str());
+}
+
+TEST_CASE("Server.Hostile.Kept") {
+  const std::string gen = "/v1/images/generations";
+  auto finished_id = [](const Running& r, const std::string& path) {
+    auto res = post(r, path, {{"prompt", "p"}, {"steps", 2}, {"async", true}});
+    REQUIRE(res);
+    REQUIRE(res->status == 202);
+    const std::string id = json::parse(res->body)["id"];
+    REQUIRE(eventually([&] { return status_of(r, id) == "completed"; }));
+    return id;
+  };
+  auto kept = [&](const Running& r, const std::string& id) {
+    auto res = r.client().Get((gen + "/" + id).c_str());
+    REQUIRE(res);
+    return res->status == 200;
+  };
+  SUBCASE("by bytes: the oldest finished generation goes once the kept ones hold more than the budget") {
+    srv::ServerOptions o;
+    o.keep_finished.bytes = 1;  // less than any generation
+    Running r(o);
+    const std::string a = finished_id(r, gen);
+    CHECK(kept(r, a));  // eviction runs when a generation registers
+    const std::string b = finished_id(r, gen);
+    CHECK_FALSE(kept(r, a));
+    CHECK(kept(r, b));
+  }
+  SUBCASE("by age") {
+    srv::ServerOptions o;
+    o.keep_finished.age = std::chrono::seconds(0);
+    Running r(o);
+    const std::string a = finished_id(r, gen);
+    std::this_thread::sleep_for(20ms);
+    finished_id(r, gen);
+    CHECK_FALSE(kept(r, a));
+  }
+  SUBCASE("within the limits both are kept, and the done event carries the one stored result") {
+    Running r;
+    const std::string a = finished_id(r, gen);
+    finished_id(r, gen);
+    REQUIRE(kept(r, a));
+    auto replay = r.client().Get((gen + "/" + a + "/events").c_str());
+    REQUIRE(replay);
+    const auto events = parse_sse(replay->body);
+    REQUIRE(!events.empty());
+    CHECK(events.back().name == "done");
+    auto status = r.client().Get((gen + "/" + a).c_str());
+    CHECK(events.back().data == json::parse(status->body)["result"]);
+  }
 }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <span>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace carousel::diffusion {
@@ -19,7 +20,9 @@ struct Image {
 };
 
 /// Converts one decoded image (planar CHW, 3 channels, nominally in [-1, 1]) to RGB8 like diffusers' image processor:
-/// x = clamp(x / 2 + 0.5, 0, 1); byte = round_half_even(x * 255). Throws `std::invalid_argument` on a size mismatch.
+/// x = clamp(x / 2 + 0.5, 0, 1); byte = round_half_even(x * 255). Throws `std::invalid_argument` on a size mismatch,
+/// and `std::domain_error` when a value is NaN or infinite (broken weights or configuration: such a value has no
+/// byte, and the request must fail rather than answer a black image).
 inline Image to_rgb8(std::span<const float> chw, int width, int height) {
   const auto plane = static_cast<std::size_t>(width) * static_cast<std::size_t>(height);
   if (width <= 0 || height <= 0 || chw.size() != 3 * plane) {
@@ -29,7 +32,13 @@ inline Image to_rgb8(std::span<const float> chw, int width, int height) {
   Image img{width, height, std::vector<std::uint8_t>(3 * plane)};
   for (std::size_t c = 0; c < 3; ++c) {
     for (std::size_t p = 0; p < plane; ++p) {
-      float x = chw[c * plane + p] / 2.0f + 0.5f;
+      const float v = chw[c * plane + p];
+      if (!std::isfinite(v)) {
+        throw std::domain_error(
+            "the decoded image has non-finite values (NaN or infinity): the model's weights or "
+            "configuration are broken");
+      }
+      float x = v / 2.0f + 0.5f;
       x = x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x);
       img.rgb[p * 3 + c] = static_cast<std::uint8_t>(std::nearbyint(x * 255.0f));
     }

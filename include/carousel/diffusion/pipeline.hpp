@@ -3,7 +3,6 @@
 /// `Pipeline<Backend>`: text-to-image diffusion as a carousel StepModel over `Job`.
 
 #include <algorithm>
-#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -11,15 +10,15 @@
 #include <span>
 #include <stdexcept>
 #include <string>
-#include <string_view>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "carousel/checkpoint/diffusers_folder.hpp"
 #include "carousel/checkpoint/unet_config.hpp"
+#include "carousel/diffusion/backend.hpp"
 #include "carousel/diffusion/guidance.hpp"
 #include "carousel/diffusion/image.hpp"
+#include "carousel/diffusion/invalid_job.hpp"
 #include "carousel/diffusion/job.hpp"
 #include "carousel/diffusion/rng.hpp"
 #include "carousel/diffusion/sampler.hpp"
@@ -29,27 +28,6 @@
 #include "carousel/diffusion/update.hpp"
 
 namespace carousel::diffusion {
-
-/// What the Pipeline needs of a backend: a tokenizer, and three batched calls on host tensors of one tensor type T
-/// (constructible from a shape and a float vector, with `values()`, `dim(i)`):
-/// `encode_text(ids rows) -> [B, L, D]`, `unet(sample [B, C, h, w], timesteps[B], context [B, L, D]) -> [B, C, h, w]`,
-/// `decode(latents [B, C, h, w]) -> images [B, 3, H, W]` in [-1, 1] (dividing by the VAE scaling factor itself), plus
-/// `latent_channels()` and `vae_scale_factor()`. Batch items must not influence each other.
-template <class B>
-concept DiffusionBackend = requires(const B& b, std::span<const std::vector<std::int32_t>> ids, std::string_view text) {
-  { b.tokenizer().encode(text) } -> std::convertible_to<std::vector<std::int32_t>>;
-  b.encode_text(ids);
-  b.unet(b.encode_text(ids), std::span<const float>{}, b.encode_text(ids));
-  b.decode(b.encode_text(ids));
-  { b.latent_channels() } -> std::convertible_to<std::int64_t>;
-  { b.vae_scale_factor() } -> std::convertible_to<std::int64_t>;
-  { b.encode_text(ids).values() } -> std::convertible_to<std::span<const float>>;
-};
-
-/// The tensor type of a DiffusionBackend (what its `encode_text` returns).
-template <class B>
-using backend_tensor_t =
-    std::remove_cvref_t<decltype(std::declval<const B&>().encode_text(std::span<const std::vector<std::int32_t>>{}))>;
 
 /// Request limits and defaults of a Pipeline; `validate` enforces them.
 struct PipelineOptions {
@@ -108,17 +86,18 @@ class Pipeline {
   /// The shared noise schedule.
   const NoiseSchedule& schedule() const noexcept { return *schedule_; }
 
-  /// Fills the job's defaults (width/height 0 -> the model's size) and checks every field; throws
-  /// `std::invalid_argument` with a message that starts with the field's name. Call it before `submit`: `admit`
-  /// assumes valid jobs. Thread-safe (const, touches only `job`).
+  /// Fills the job's defaults (width/height 0 -> the model's size) and checks every field; throws `InvalidJob` naming
+  /// the field at fault. `StepBatcher::submit` calls it (the `validate` hook), so `admit` never sees an invalid job:
+  /// a refused job's ticket fails with `Errc::invalid_request` and the `InvalidJob` nested. Thread-safe (const,
+  /// touches only `job`).
   void validate(Job& job) const {
     if (job.width == 0) job.width = options_.default_width;
     if (job.height == 0) job.height = options_.default_height;
     auto side = [&](const char* field, int v) {
       if (v < factor_ || v > options_.max_side || v % factor_ != 0) {
-        throw std::invalid_argument(std::string(field) + ": must be a multiple of " + std::to_string(factor_) +
-                                    " between " + std::to_string(factor_) + " and " +
-                                    std::to_string(options_.max_side) + ", got " + std::to_string(v));
+        throw InvalidJob(field, "must be a multiple of " + std::to_string(factor_) + " between " +
+                                    std::to_string(factor_) + " and " + std::to_string(options_.max_side) + ", got " +
+                                    std::to_string(v));
       }
     };
     side("width", job.width);
@@ -126,41 +105,40 @@ class Pipeline {
     const int max_steps =
         static_cast<int>(std::min<std::int64_t>(options_.max_steps, schedule_->config().num_train_timesteps));
     if (job.steps < 1 || job.steps > max_steps) {
-      throw std::invalid_argument("steps: must be between 1 and " + std::to_string(max_steps) + ", got " +
-                                  std::to_string(job.steps));
+      throw InvalidJob("steps",
+                       "must be between 1 and " + std::to_string(max_steps) + ", got " + std::to_string(job.steps));
     }
     if (!(job.guidance_scale >= 0.0f && job.guidance_scale <= 100.0f)) {
-      throw std::invalid_argument("guidance_scale: must be between 0 and 100");
+      throw InvalidJob("guidance_scale", "must be between 0 and 100");
     }
     if (!(job.guidance_rescale >= 0.0f && job.guidance_rescale <= 1.0f)) {
-      throw std::invalid_argument("guidance_rescale: must be between 0 and 1");
+      throw InvalidJob("guidance_rescale", "must be between 0 and 1");
     }
-    if (!(job.eta >= 0.0f && job.eta <= 1.0f)) throw std::invalid_argument("eta: must be between 0 and 1");
+    if (!(job.eta >= 0.0f && job.eta <= 1.0f)) throw InvalidJob("eta", "must be between 0 and 1");
     if (job.sampler != SamplerKind::ddim && job.sampler != SamplerKind::ddpm && job.sampler != SamplerKind::euler &&
         job.sampler != SamplerKind::dpm_solver) {
-      throw std::invalid_argument("sampler: unknown sampler");
+      throw InvalidJob("sampler", "unknown sampler");
     }
     if (job.prompt.size() > options_.max_prompt_bytes) {
-      throw std::invalid_argument("prompt: longer than " + std::to_string(options_.max_prompt_bytes) + " bytes");
+      throw InvalidJob("prompt", "longer than " + std::to_string(options_.max_prompt_bytes) + " bytes");
     }
     if (job.negative_prompt.size() > options_.max_prompt_bytes) {
-      throw std::invalid_argument("negative_prompt: longer than " + std::to_string(options_.max_prompt_bytes) +
-                                  " bytes");
+      throw InvalidJob("negative_prompt", "longer than " + std::to_string(options_.max_prompt_bytes) + " bytes");
     }
     try {
       static_cast<void>(backend_.tokenizer().encode(job.prompt));
     } catch (const std::exception& e) {
-      throw std::invalid_argument(std::string("prompt: ") + e.what());
+      throw InvalidJob("prompt", e.what());
     }
     try {
       static_cast<void>(backend_.tokenizer().encode(job.negative_prompt));
     } catch (const std::exception& e) {
-      throw std::invalid_argument(std::string("negative_prompt: ") + e.what());
+      throw InvalidJob("negative_prompt", e.what());
     }
     try {
       static_cast<void>(total_steps(job));  // the scheduler accepts this step count for this sampler
     } catch (const std::exception& e) {
-      throw std::invalid_argument(std::string("steps: ") + e.what());
+      throw InvalidJob("steps", e.what());
     }
   }
 

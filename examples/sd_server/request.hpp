@@ -1,17 +1,20 @@
 #pragma once
-/// \file sd_server/api.hpp
-/// The request bodies carousel-sd-server accepts, parsed and checked: the OpenAI images API shape
-/// (`POST /v1/images/generations`) and AUTOMATIC1111's `POST /sdapi/v1/txt2img`. Parsing turns a JSON body into
-/// validated `diffusion::Job`s or throws `ApiError` naming the offending field.
+/// \file sd_server/request.hpp
+/// What both API shapes share: the error answered to a client (`ApiError`), a parsed generation request
+/// (`GenerationRequest`), the parsing limits, and the typed field readers and sampler names the per-API parsers
+/// (openai.hpp, a1111.hpp) are written with.
 
+#include <carousel/diffusion/invalid_job.hpp>
 #include <carousel/diffusion/job.hpp>
 #include <carousel/diffusion/sampler.hpp>
+#include <carousel/errors.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <limits>
 #include <optional>
@@ -75,6 +78,8 @@ struct ApiLimits {
   int max_images = 8;             ///< most images per request (`n`, `batch_size` x `n_iter`)
   int default_width = 512;        ///< the model's default image size
   int default_height = 512;       ///< the model's default image size
+  int max_steps = 1000;           ///< most sampler steps a request may ask for
+  bool allow_priority = false;    ///< honour the client's `priority` (else it is parsed, then ignored: 0)
 };
 
 namespace detail {
@@ -175,7 +180,39 @@ inline diffusion::SamplerKind sampler_of(const std::string& name, const char* fi
                  field);
 }
 
+/// Deepest nesting of arrays and objects a request body may have; request bodies are flat, and deeper nesting would
+/// only cost stack and memory (nlohmann's parser and serializer recurse).
+inline constexpr int max_json_depth = 16;
+
+/// Whether the JSON text nests arrays/objects deeper than `limit` (brackets inside strings do not count). Linear,
+/// no recursion; run before parsing.
+inline bool nested_deeper_than(std::string_view text, int limit) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > limit) return true;
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+  return false;
+}
+
 inline nlohmann::json parse_object(std::string_view body) {
+  if (nested_deeper_than(body, max_json_depth)) {
+    throw ApiError(400, "body: JSON nested deeper than " + std::to_string(max_json_depth) + " levels", "body");
+  }
   nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
   if (j.is_discarded()) throw ApiError(400, "body: not valid JSON", "body");
   if (!j.is_object()) throw ApiError(400, "body: must be a JSON object", "body");
@@ -190,6 +227,18 @@ inline std::uint64_t random_seed() {
   return std::uniform_int_distribution<std::uint64_t>(0, static_cast<std::uint64_t>(max_seed))(gen);
 }
 
+/// A positive decimal integer of at most 5 digits, nothing else (no sign, no spaces); nullopt otherwise.
+inline std::optional<int> parse_dimension(std::string_view text) {
+  if (text.empty() || text.size() > 5) return std::nullopt;
+  int v = 0;
+  for (const char c : text) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + (c - '0');
+  }
+  if (v == 0) return std::nullopt;
+  return v;
+}
+
 inline std::vector<diffusion::Job> replicate(const diffusion::Job& base, std::uint64_t seed, int n) {
   std::vector<diffusion::Job> jobs(static_cast<std::size_t>(n), base);
   for (std::size_t i = 0; i < jobs.size(); ++i)
@@ -199,125 +248,41 @@ inline std::vector<diffusion::Job> replicate(const diffusion::Job& base, std::ui
 
 }  // namespace detail
 
-/// Parses `POST /v1/images/generations` (OpenAI images API plus carousel's extensions). Throws `ApiError` (400)
-/// naming the field for malformed JSON, wrong types, out-of-range values, an unknown `response_format` and unknown
-/// samplers.
-inline GenerationRequest parse_openai(std::string_view text, const ApiLimits& limits) {
-  using namespace detail;
-  const nlohmann::json body = parse_object(text);
-  GenerationRequest r;
-  r.shape = ApiShape::openai;
-  const auto* prompt = find(body, "prompt");
-  if (!prompt) throw ApiError(400, "prompt: required", "prompt");
-  diffusion::Job base;
-  base.prompt = get_string(body, "prompt", "");
-  base.negative_prompt = get_string(body, "negative_prompt", "");
-  const auto n = static_cast<int>(get_int(body, "n", 1, 1, limits.max_images));
-  const std::string format = get_string(body, "response_format", "b64_json");
-  if (format != "b64_json" && format != "url") {
-    throw ApiError(400, "response_format: expected \"b64_json\" or \"url\", got \"" + format + "\"", "response_format");
-  }
-  r.url_response = format == "url";
-  base.width = limits.default_width;
-  base.height = limits.default_height;
-  if (find(body, "size")) {
-    const std::string size = get_string(body, "size", "");
-    const auto x = size.find('x');
-    std::size_t used_w = 0, used_h = 0;
-    try {
-      if (x == std::string::npos) throw std::invalid_argument("no x");
-      base.width = std::stoi(size.substr(0, x), &used_w);
-      base.height = std::stoi(size.substr(x + 1), &used_h);
-    } catch (const std::exception&) {
-      throw ApiError(400, "size: must be \"WIDTHxHEIGHT\", e.g. \"512x512\", got \"" + size + "\"", "size");
-    }
-    if (used_w != x || used_h != size.size() - x - 1) {
-      throw ApiError(400, "size: must be \"WIDTHxHEIGHT\", e.g. \"512x512\", got \"" + size + "\"", "size");
-    }
-  }
-  base.steps = static_cast<int>(get_int(body, "steps", limits.default_steps, 1, 10000));
-  base.guidance_scale = static_cast<float>(get_number(body, "guidance_scale", limits.default_guidance));
-  base.sampler = sampler_of(get_string(body, "sampler", "ddim"), "sampler");
-  base.eta = static_cast<float>(get_number(body, "eta", 0.0));
-  const auto seed = get_int(body, "seed", -1, -1, max_seed);
-  r.seed = seed < 0 ? random_seed() : static_cast<std::uint64_t>(seed);
-  r.priority = static_cast<int>(get_int(body, "priority", 0, -1000000, 1000000));
-  if (find(body, "timeout_ms")) r.timeout_ms = get_int(body, "timeout_ms", 0, 1, 86'400'000);
-  r.stream = get_bool(body, "stream", false);
-  r.async = get_bool(body, "async", false);
-  if (r.stream && r.async) throw ApiError(400, "stream: cannot be combined with async", "stream");
-  r.jobs = replicate(base, r.seed, n);
-  r.parameters = {{"prompt", base.prompt},
-                  {"negative_prompt", base.negative_prompt},
-                  {"n", n},
-                  {"size", std::to_string(base.width) + "x" + std::to_string(base.height)},
-                  {"steps", base.steps},
-                  {"guidance_scale", base.guidance_scale},
-                  {"sampler", sampler_name(base.sampler).api},
-                  {"eta", base.eta},
-                  {"seed", r.seed},
-                  {"priority", r.priority}};
-  if (r.timeout_ms) r.parameters["timeout_ms"] = *r.timeout_ms;
-  return r;
+/// The request field of the API shape the client used that holds `Job` member `job_field` (as named by
+/// `diffusion::InvalidJob::field()`): width/height -> size for OpenAI, guidance_scale -> cfg_scale and
+/// sampler -> sampler_name for A1111; other names are the same in both.
+inline std::string api_field(std::string_view job_field, ApiShape shape) {
+  if (shape == ApiShape::openai && (job_field == "width" || job_field == "height")) return "size";
+  if (shape == ApiShape::a1111 && job_field == "guidance_scale") return "cfg_scale";
+  if (shape == ApiShape::a1111 && job_field == "sampler") return "sampler_name";
+  return std::string(job_field);
 }
 
-/// Parses AUTOMATIC1111's `POST /sdapi/v1/txt2img` (prompt, negative_prompt, steps, cfg_scale, width, height, seed
-/// (-1 = random), sampler_name / sampler_index ("DDIM" or "DDPM", any case), batch_size, n_iter, eta). Fields this
-/// server does not implement (hires fix, restore_faces, ...) are ignored. Throws `ApiError` (400) naming the field.
-inline GenerationRequest parse_a1111(std::string_view text, const ApiLimits& limits) {
-  using namespace detail;
-  const nlohmann::json body = parse_object(text);
-  GenerationRequest r;
-  r.shape = ApiShape::a1111;
-  diffusion::Job base;
-  base.prompt = get_string(body, "prompt", "");
-  base.negative_prompt = get_string(body, "negative_prompt", "");
-  base.steps = static_cast<int>(get_int(body, "steps", limits.default_steps, 1, 10000));
-  base.guidance_scale = static_cast<float>(get_number(body, "cfg_scale", limits.default_guidance));
-  base.width = static_cast<int>(get_int(body, "width", limits.default_width, 1, 1 << 16));
-  base.height = static_cast<int>(get_int(body, "height", limits.default_height, 1, 1 << 16));
-  base.eta = static_cast<float>(get_number(body, "eta", 0.0));
-  std::string sampler_field = "sampler_name";
-  std::string sampler = get_string(body, "sampler_name", "");
-  if (sampler.empty()) {
-    sampler_field = "sampler_index";
-    sampler = get_string(body, "sampler_index", "DDIM");
+/// The client-facing error of a batcher error; a refused job (`Errc::invalid_request` with a nested
+/// `diffusion::InvalidJob`) becomes 400 naming the field as the client's API `shape` spells it.
+inline ApiError error_of(const Error& e, ApiShape shape) {
+  switch (e.code()) {
+    case Errc::queue_full:
+      return ApiError(429, e.what(), "", "queue_full");
+    case Errc::cancelled:
+      return ApiError(499, e.what(), "", "cancelled");
+    case Errc::deadline_exceeded:
+    case Errc::deadline_unreachable:
+      return ApiError(504, e.what(), "timeout_ms", "timeout");
+    case Errc::shut_down:
+      return ApiError(503, e.what(), "", "shutting_down");
+    case Errc::invalid_request:
+      try {
+        std::rethrow_if_nested(e);
+      } catch (const diffusion::InvalidJob& invalid) {
+        return ApiError(400, invalid.what(), api_field(invalid.field(), shape));
+      } catch (...) {
+      }
+      return ApiError(400, e.what(), "", "invalid_request");
+    case Errc::model_error:
+      break;
   }
-  base.sampler = sampler_of(sampler, sampler_field.c_str());
-  const auto batch = get_int(body, "batch_size", 1, 1, limits.max_images);
-  const auto iters = get_int(body, "n_iter", 1, 1, limits.max_images);
-  if (batch * iters > limits.max_images) {
-    throw ApiError(400, "batch_size: batch_size x n_iter must be at most " + std::to_string(limits.max_images),
-                   "batch_size");
-  }
-  const auto seed = get_int(body, "seed", -1, -1, max_seed);
-  r.seed = seed < 0 ? random_seed() : static_cast<std::uint64_t>(seed);
-  r.jobs = replicate(base, r.seed, static_cast<int>(batch * iters));
-  r.parameters = body;
-  r.parameters["prompt"] = base.prompt;
-  r.parameters["negative_prompt"] = base.negative_prompt;
-  r.parameters["steps"] = base.steps;
-  r.parameters["cfg_scale"] = base.guidance_scale;
-  r.parameters["width"] = base.width;
-  r.parameters["height"] = base.height;
-  r.parameters["seed"] = seed;
-  r.parameters["sampler_name"] = sampler_name(base.sampler).a1111;
-  r.parameters["batch_size"] = batch;
-  r.parameters["n_iter"] = iters;
-  r.parameters["eta"] = base.eta;
-  return r;
-}
-
-/// The name a validation message from `Pipeline::validate` ("steps: must be ...") starts with, translated to the
-/// field name of the API shape the client used (width/height -> size for OpenAI, guidance_scale -> cfg_scale and
-/// sampler -> sampler_name for A1111).
-inline std::string field_of_validation_message(std::string_view message, ApiShape shape) {
-  const auto colon = message.find(':');
-  std::string field(colon == std::string_view::npos ? std::string_view{} : message.substr(0, colon));
-  if (shape == ApiShape::openai && (field == "width" || field == "height")) return "size";
-  if (shape == ApiShape::a1111 && field == "guidance_scale") return "cfg_scale";
-  if (shape == ApiShape::a1111 && field == "sampler") return "sampler_name";
-  return field;
+  return ApiError(500, e.what(), "", "model_error");
 }
 
 }  // namespace carousel::examples::sd_server
