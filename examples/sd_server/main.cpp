@@ -1,6 +1,7 @@
 // carousel-sd-server: an HTTP Stable Diffusion server on carousel's step-level batcher (docs/server.md).
 //
-//   carousel-sd-server [--model DIR] [--device auto|cpu|cuda] [--host 127.0.0.1] [--port 8080] [--max-batch N]
+//   carousel-sd-server [--model DIR|FILE.safetensors] [--tokenizer DIR] [--config DIR] [--use-ema on|off] [--device
+//   auto|cpu|cuda] [--host 127.0.0.1] [--port 8080] [--max-batch N]
 //                      [--max-queue N] [--admission continuous|static|cost-aware] [--batch-timeout-ms N]
 //                      [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]
 //                      [--concurrent-decode auto|on|off] [--cuda-graphs on|off]
@@ -10,18 +11,21 @@
 //                      [--max-watchers N] [--max-watchers-per-generation N] [--max-headers N] [--max-body-bytes N]
 //                      [--keep-finished N] [--keep-finished-mib N] [--keep-finished-seconds S]
 //
-// Without --model it serves the bundled model (models/shapes-32). --device auto (the default) runs on the GPU when
-// the build has the CUDA backend and the machine a CUDA device, else on the CPU; --device cuda where that is not so
-// exits 2 with the reason. --concurrent-decode on runs the VAE decode in the batcher's retire stage, beside the next
-// UNet step (Options::concurrent_retire); auto (the default) turns it on for cuda (the decode has its own stream) and
-// off for cpu (where both would share the same cores). --cuda-graphs and --cuda-conv-search choose CUDA backend
-// options (common/device.hpp) and matter only on cuda. --port 0 picks a free port. It prints "listening on
-// http://HOST:PORT" once ready. --agent-port N answers HAProxy's agent-check on HOST:N (`up NN%` falling as the
-// estimated drain time grows past --agent-target-seconds, default 10; `drain` while shutting down; docs/deploy.md).
-// SIGINT/SIGTERM: /health/ready and new requests get 503, admitted ones finish, exit 0; if they have not finished
-// after --drain-timeout seconds (default 120), or at a second signal, exit 3 at once. The limits a server run for
-// others needs (--max-side, --max-pixel-steps, --allow-priority, --public-url, the watcher, header and body caps)
-// are described in docs/server.md, "Running it for others".
+// Without --model it serves the bundled model (models/shapes-32). --model also takes a single-file SD 1.x/2.x
+// checkpoint (docs/model-format.md): --tokenizer names its tokenizer folder (default: the CLIP vocabulary bundled with
+// carousel),
+// --config a diffusers folder whose configs replace the family's, --use-ema on reads the EMA weights. --device auto
+// (the default) runs on the GPU when the build has the CUDA backend and the machine a CUDA device, else on the CPU;
+// --device cuda where that is not so exits 2 with the reason. --concurrent-decode on runs the VAE decode in the
+// batcher's retire stage, beside the next UNet step (Options::concurrent_retire); auto (the default) turns it on for
+// cuda (the decode has its own stream) and off for cpu (where both would share the same cores). --cuda-graphs and
+// --cuda-conv-search choose CUDA backend options (common/device.hpp) and matter only on cuda. --port 0 picks a free
+// port. It prints "listening on http://HOST:PORT" once ready. --agent-port N answers HAProxy's agent-check on HOST:N
+// (`up NN%` falling as the estimated drain time grows past --agent-target-seconds, default 10; `drain` while shutting
+// down; docs/deploy.md). SIGINT/SIGTERM: /health/ready and new requests get 503, admitted ones finish, exit 0; if they
+// have not finished after --drain-timeout seconds (default 120), or at a second signal, exit 3 at once. The limits a
+// server run for others needs (--max-side, --max-pixel-steps, --allow-priority, --public-url, the watcher, header and
+// body caps) are described in docs/server.md, "Running it for others".
 #include <common/device.hpp>
 #include <sd_server/server.hpp>
 
@@ -47,7 +51,8 @@ using carousel::examples::sd_server::Server;
 using carousel::examples::sd_server::ServerOptions;
 
 constexpr const char* usage =
-    "usage: carousel-sd-server [--model DIR] [--device auto|cpu|cuda] [--host ADDR] [--port N (0 = any free)]\n"
+    "usage: carousel-sd-server [--model DIR|FILE.safetensors] [--device auto|cpu|cuda] [--host ADDR] [--port N]\n"
+    "                          [--tokenizer DIR] [--config DIR] [--use-ema on|off] (single-file checkpoints)\n"
     "                          [--max-batch N] [--max-queue N (0 = unbounded)]\n"
     "                          [--admission continuous|static|cost-aware] [--batch-timeout-ms N]\n"
     "                          [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]\n"
@@ -124,6 +129,13 @@ CommandLine parse(int argc, char** argv) {
     const std::string value = argv[++i];
     if (flag == "--model") {
       model = value;
+    } else if (flag == "--tokenizer") {
+      o.single_file.tokenizer = value;
+    } else if (flag == "--config") {
+      o.single_file.config = value;
+    } else if (flag == "--use-ema") {
+      if (value != "on" && value != "off") fail("--use-ema: expected on or off, got '" + value + "'");
+      o.single_file.use_ema = value == "on";
     } else if (flag == "--device") {
       device = value;
     } else if (flag == "--host") {
@@ -206,6 +218,8 @@ CommandLine parse(int argc, char** argv) {
   o.concurrent_decode = concurrent_decode == "on" || (concurrent_decode == "auto" && device == "cuda");
   const std::filesystem::path bundled = CAROUSEL_DEFAULT_MODEL_DIR;
   o.model_dir = model.value_or(bundled);
+  // A single file holds no tokenizer: the real CLIP vocabulary bundled with carousel, unless --tokenizer or --config.
+  if (o.single_file.tokenizer.empty() && o.single_file.config.empty()) o.single_file.tokenizer = bundled / "tokenizer";
   std::error_code ec;
   o.bundled_model = std::filesystem::equivalent(o.model_dir, bundled, ec);
   // The bundled model was tuned for guidance 2 (docs/bundled-model.md); other models get diffusers' 7.5.
@@ -232,7 +246,7 @@ int main(int argc, char** argv) {
 
   std::optional<Server> server;
   try {
-    const auto folder = carousel::checkpoint::DiffusersFolder::open(options.model_dir);
+    const auto folder = carousel::checkpoint::DiffusersFolder::open(options.model_dir, options.single_file);
     server.emplace(options, carousel::examples::load_backend(folder, device, cuda));
     server->bind();
   } catch (const std::exception& e) {

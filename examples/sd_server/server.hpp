@@ -62,12 +62,14 @@ using Batcher = StepBatcher<Pipeline, diffusion::Job>;
 
 /// Server configuration (the command-line flags of carousel-sd-server).
 struct ServerOptions {
-  std::filesystem::path model_dir;  ///< diffusers folder to serve
-  bool bundled_model = false;       ///< whether model_dir is the model bundled with carousel (reported by /health)
-  std::string host = "127.0.0.1";   ///< address to listen on
-  int port = 8080;                  ///< port; 0 picks a free one (see `Server::bind`)
-  std::size_t max_batch = 8;        ///< `Options::max_batch_size`
-  std::size_t max_queue = 64;       ///< `Options::max_queue_size` (images waiting); 0 = unbounded
+  std::filesystem::path model_dir;  ///< diffusers folder, or single-file SD 1.x/2.x checkpoint (.safetensors), to serve
+  /// How a single-file checkpoint is opened: its tokenizer folder, a diffusers folder for its configs, EMA weights.
+  checkpoint::SingleFileOptions single_file{};
+  bool bundled_model = false;      ///< whether model_dir is the model bundled with carousel (reported by /health)
+  std::string host = "127.0.0.1";  ///< address to listen on
+  int port = 8080;                 ///< port; 0 picks a free one (see `Server::bind`)
+  std::size_t max_batch = 8;       ///< `Options::max_batch_size`
+  std::size_t max_queue = 64;      ///< `Options::max_queue_size` (images waiting); 0 = unbounded
   Admission admission = Admission::continuous;   ///< batcher admission policy
   std::chrono::milliseconds batch_timeout{100};  ///< static batching: longest wait for a full batch
   bool concurrent_decode =
@@ -114,7 +116,7 @@ inline const char* admission_name(Admission a) {
 ///   ServerOptions options;
 ///   options.model_dir = "models/shapes-32";
 ///   options.port = 0;
-///   const auto folder = checkpoint::DiffusersFolder::open(options.model_dir);
+///   const auto folder = checkpoint::DiffusersFolder::open(options.model_dir, options.single_file);
 ///   Server server(options, diffusion::AnyBackend("cpu", cpu::Backend(folder)));
 ///   int port = server.bind();
 ///   std::thread t([&] { server.run(); });
@@ -132,7 +134,7 @@ class Server {
   /// handler's tokenizer use in validation), as cpu::Backend's and cuda::Backend's are.
   Server(ServerOptions options, Backend backend)
       : options_(std::move(options)),
-        folder_(checkpoint::DiffusersFolder::open(options_.model_dir)),
+        folder_(checkpoint::DiffusersFolder::open(options_.model_dir, options_.single_file)),
         backend_(checked(std::move(backend))),
         pipeline_(backend_, diffusion::pipeline_scheduler_config(folder_),
                   pipeline_options(options_, folder_, backend_.vae_scale_factor())),

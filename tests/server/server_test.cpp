@@ -1115,3 +1115,29 @@ TEST_CASE("Server.Hostile.Kept") {
     CHECK(events.back().data == json::parse(status->body)["result"]);
   }
 }
+
+TEST_CASE("Server.Model.SingleFileCheckpoint") {
+  // The tiny model written as one original-layout .safetensors file (tools/make_single_file_fixtures.py), its configs
+  // from the folder (the tiny model's norm groups are not the SD 1.x family's): the same image as the folder's.
+  const fs::path file = fs::path(CAROUSEL_TEST_DATA_DIR) / "models" / "single-file" / "sd1-tiny.safetensors";
+  srv::ServerOptions o = Running::with_model({});
+  o.model_dir = file;
+  o.single_file.config = model_dir;
+  const auto folder = carousel::checkpoint::DiffusersFolder::open(file, o.single_file);
+  srv::Server server(o, srv::Backend("cpu", carousel::cpu::Backend(folder)));
+  const int port = server.bind();
+  std::thread t([&] { server.run(); });
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(60s);
+  const json body = {{"prompt", "a red circle"}, {"steps", 3}, {"seed", 11}};
+  auto single = client.Post("/v1/images/generations", body.dump(), "application/json");
+  server.shutdown();
+  t.join();
+  Running folder_server;
+  auto reference = post(folder_server, "/v1/images/generations", body);
+  REQUIRE(single);
+  REQUIRE(reference);
+  REQUIRE(single->status == 200);
+  REQUIRE(reference->status == 200);
+  CHECK(json::parse(single->body)["data"][0]["b64_json"] == json::parse(reference->body)["data"][0]["b64_json"]);
+}
