@@ -109,11 +109,14 @@ wait_for() {
   return 1
 }
 
-# Each replica runs under a small supervisor shell that records its PID and, when it ends, its exit status
+# --drain-grace 3: on SIGTERM a replica turns unready (agent: drain) but accepts requests for 3 s more, longer than
+# HAProxy needs to notice (agent-inter 1 s), so that no request meets its refusal. Each replica runs under a small
+# supervisor shell that records its PID and, when it ends, its exit status
 # (replicaI.rc): a drained replica exits 0.
 for i in $(seq 1 "$replicas"); do
   setsid bash -c '"$@" > "$0.log" 2>&1 & echo $! > "$0.pid"; wait $!; echo $? > "$0.rc"' \
     "$run_dir/replica$i" "$server" --host 127.0.0.1 --port $((port + 100 + i)) --agent-port $((port + 200 + i)) \
+    --drain-grace 3 \
     ${server_args[@]+"${server_args[@]}"} < /dev/null > /dev/null 2>&1 &
 done
 for i in $(seq 1 "$replicas"); do

@@ -6,7 +6,7 @@
 //                      [--default-steps N] [--default-guidance G (2 for the bundled model, else 7.5)]
 //                      [--concurrent-decode auto|on|off] [--cuda-graphs on|off]
 //                      [--cuda-conv-search heuristic|exhaustive] [--cuda-vae f16|f32]
-//                      [--agent-port N] [--agent-target-seconds S] [--drain-timeout S]
+//                      [--agent-port N] [--agent-target-seconds S] [--drain-timeout S] [--drain-grace S]
 //                      [--max-side PX] [--max-pixel-steps N] [--allow-priority on|off] [--public-url URL]
 //                      [--max-watchers N] [--max-watchers-per-generation N] [--max-headers N] [--max-body-bytes N]
 //                      [--keep-finished N] [--keep-finished-mib N] [--keep-finished-seconds S]
@@ -22,8 +22,10 @@
 // --cuda-conv-search choose CUDA backend options (common/device.hpp) and matter only on cuda. --port 0 picks a free
 // port. It prints "listening on http://HOST:PORT" once ready. --agent-port N answers HAProxy's agent-check on HOST:N
 // (`up NN%` falling as the estimated drain time grows past --agent-target-seconds, default 10; `drain` while shutting
-// down; docs/deploy.md). SIGINT/SIGTERM: /health/ready and new requests get 503, admitted ones finish, exit 0; if they
-// have not finished after --drain-timeout seconds (default 120), or at a second signal, exit 3 at once. The limits a
+// down; docs/deploy.md). SIGINT/SIGTERM: /health/ready turns 503 and the agent says drain at once; after --drain-grace
+// seconds (default 0) in which requests are still accepted, so that a load balancer stops sending first, new requests
+// get 503 and admitted ones finish, exit 0; if they have not finished after --drain-timeout seconds (default 120), or
+// at a second signal, exit 3 at once. The limits a
 // server run for others needs (--max-side, --max-pixel-steps, --allow-priority, --public-url, the watcher, header and
 // body caps) are described in docs/server.md, "Running it for others".
 #include <common/device.hpp>
@@ -60,7 +62,7 @@ constexpr const char* usage =
     "                          [--cuda-graphs on|off] [--cuda-conv-search heuristic|exhaustive]\n"
     "                          [--cuda-vae f16|f32] (cuda only)\n"
     "                          [--agent-port N (HAProxy agent-check)] [--agent-target-seconds S (default 10)]\n"
-    "                          [--drain-timeout S (default 120)]\n"
+    "                          [--drain-timeout S (default 120)] [--drain-grace S (default 0)]\n"
     "                          [--max-side PX (default 2 x the model's size)]\n"
     "                          [--max-pixel-steps N (0 = 4000 x the model's pixels)] [--allow-priority on|off]\n"
     "                          [--public-url URL (base of image URLs)] [--max-watchers N (default 32)]\n"
@@ -107,6 +109,7 @@ double real(const std::string& flag, const std::string& value, double lo, double
 struct CommandLine {
   ServerOptions options;
   double drain_timeout = 120;  // seconds a SIGTERM drain may take before the process exits anyway
+  double drain_grace = 0;      // seconds between SIGTERM's "not ready" and the start of the drain
   std::string device;
   carousel::examples::CudaBackendOptions cuda;
 };
@@ -118,6 +121,7 @@ CommandLine parse(int argc, char** argv) {
   std::optional<double> guidance;
   std::string concurrent_decode = "auto";
   double drain_timeout = 120;
+  double drain_grace = 0;
   carousel::examples::CudaBackendOptions cuda;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
@@ -185,6 +189,8 @@ CommandLine parse(int argc, char** argv) {
       o.keep_finished.age = std::chrono::seconds(number(flag, value, 0, 30L * 86400));
     } else if (flag == "--drain-timeout") {
       drain_timeout = real(flag, value, 0, 86400);
+    } else if (flag == "--drain-grace") {
+      drain_grace = real(flag, value, 0, 3600);
     } else if (flag == "--default-guidance") {
       guidance = real(flag, value, 0, 100);
     } else if (flag == "--admission") {
@@ -224,13 +230,13 @@ CommandLine parse(int argc, char** argv) {
   o.bundled_model = std::filesystem::equivalent(o.model_dir, bundled, ec);
   // The bundled model was tuned for guidance 2 (docs/bundled-model.md); other models get diffusers' 7.5.
   o.default_guidance = guidance.value_or(o.bundled_model ? 2.0 : 7.5);
-  return {o, drain_timeout, device, cuda};
+  return {o, drain_timeout, drain_grace, device, cuda};
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const auto [options, drain_timeout, device, cuda] = parse(argc, argv);
+  const auto [options, drain_timeout, drain_grace, device, cuda] = parse(argc, argv);
 
   // SIGINT/SIGTERM may land on any thread (OpenBLAS starts its own before main), so the handler only writes the
   // signal number to a pipe; a dedicated thread reads it and drains the server.
@@ -259,8 +265,10 @@ int main(int argc, char** argv) {
             << (options.concurrent_decode ? " with concurrent decode" : "") << ", max batch " << options.max_batch
             << "\nlistening on http://" << options.host << ':' << server->port() << std::endl;
 
-  // The first signal drains on a thread of its own, which writes a 0 byte to the pipe when done; this thread waits
-  // for that, a second signal or the drain deadline, and exits at once (code 3) on the latter two.
+  // The first signal turns the server unready (/health/ready 503, the agent says drain) and, after --drain-grace
+  // seconds in which requests are still accepted, drains on a thread of its own, which writes a 0 byte to the pipe
+  // when done. This thread waits for that, a second signal or the drain deadline, and exits at once (code 3) on the
+  // latter two.
   std::thread signal_thread([&] {
     unsigned char sig = 0;
     while (read(signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
@@ -269,6 +277,30 @@ int main(int argc, char** argv) {
       server->shutdown();
       return;
     }
+    // Waits up to `seconds` for a byte on the pipe: none (timeout), 0 (the drain finished) or a signal number.
+    const auto next_byte = [](double seconds) -> std::optional<unsigned char> {
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+      for (;;) {
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        pollfd p{signal_pipe[0], POLLIN, 0};
+        const int ready = poll(&p, 1, static_cast<int>(std::clamp<long long>(left.count(), 0, 1'000'000'000)));
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready == 0) return std::nullopt;
+        unsigned char byte = 0;
+        if (read(signal_pipe[0], &byte, 1) == 1) return byte;
+      }
+    };
+    const auto second_signal = [](unsigned char s) {
+      std::cerr << "carousel-sd-server: second signal " << int{s} << ": exiting" << std::endl;
+      std::_Exit(3);
+    };
+    server->stop_ready();
+    if (drain_grace > 0) {
+      std::cout << "carousel-sd-server: signal " << int{sig} << ": not ready; accepting requests for " << drain_grace
+                << " s more, then draining" << std::endl;
+      if (const auto byte = next_byte(drain_grace); byte && *byte != 0) second_signal(*byte);
+    }
     std::cout << "carousel-sd-server: signal " << int{sig} << ": draining (new requests get 503; at most "
               << drain_timeout << " s, a second signal exits at once)" << std::endl;
     std::thread drainer([&] {
@@ -276,24 +308,13 @@ int main(int argc, char** argv) {
       const unsigned char done = 0;
       static_cast<void>(write(signal_pipe[1], &done, 1));
     });
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(drain_timeout);
-    for (;;) {
-      const auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      pollfd p{signal_pipe[0], POLLIN, 0};
-      const int ready = poll(&p, 1, static_cast<int>(std::clamp<long long>(left.count(), 0, 1'000'000'000)));
-      if (ready < 0 && errno == EINTR) continue;
-      if (ready == 0) {
-        std::cerr << "carousel-sd-server: the drain did not finish within " << drain_timeout << " s: exiting"
-                  << std::endl;
-        std::_Exit(3);
-      }
-      unsigned char next = 0;
-      if (read(signal_pipe[0], &next, 1) < 0) continue;
-      if (next == 0) break;
-      std::cerr << "carousel-sd-server: second signal " << int{next} << ": exiting" << std::endl;
+    const auto byte = next_byte(drain_timeout);
+    if (!byte) {
+      std::cerr << "carousel-sd-server: the drain did not finish within " << drain_timeout << " s: exiting"
+                << std::endl;
       std::_Exit(3);
     }
+    if (*byte != 0) second_signal(*byte);
     drainer.join();
   });
   const bool ok = server->run();

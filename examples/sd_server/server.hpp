@@ -189,13 +189,18 @@ class Server {
   /// The HAProxy agent's port (after `bind`, when `ServerOptions::agent_port` asked for one), else 0.
   int agent_port() const noexcept { return agent_ ? agent_->port() : 0; }
 
-  /// What the agent answers: `drain` once shutting down, else `up NN%` with NN =
+  /// What the agent answers: `drain` once `stop_ready` or `shutdown` was called, else `up NN%` with NN =
   /// `agent_weight_percent(Stats::drain_seconds, ServerOptions::agent_target_seconds)`.
   std::string agent_line() const {
-    if (is_draining()) return "drain";
+    if (is_unready()) return "drain";
     return "up " + std::to_string(agent_weight_percent(batcher_.stats().drain_seconds, options_.agent_target_seconds)) +
            "%";
   }
+
+  /// Turns `/health/ready` to 503 `draining` and the agent to `drain` while requests are still accepted: the
+  /// announcement before `shutdown`, so that a load balancer stops sending here before requests are refused
+  /// (carousel-sd-server's `--drain-grace`). Thread-safe, idempotent.
+  void stop_ready() noexcept { unready_ = true; }
 
   /// Serves requests until `shutdown()`; call `bind()` first. Returns false if listening failed; returns at once
   /// when `shutdown()` came first.
@@ -382,7 +387,7 @@ class Server {
   // request would get 429 here, another replica may have room).
   void ready(httplib::Response& res) const {
     std::string status = "ready";
-    if (is_draining()) {
+    if (is_unready()) {
       status = "draining";
     } else if (options_.max_queue > 0 && batcher_.stats().queue_depth >= options_.max_queue) {
       status = "queue_full";
@@ -527,6 +532,7 @@ class Server {
   // ---- generations -------------------------------------------------------------------------------------------------
 
   bool is_draining() const { return registry_.draining(); }
+  bool is_unready() const { return unready_ || is_draining(); }
 
   // Validates the jobs, submits them and registers the generation; throws ApiError 400 (invalid field), 429 (queue
   // full) or 503 (shutting down).
@@ -707,6 +713,7 @@ class Server {
   httplib::Server http_;
   int port_ = -1;
   std::atomic<bool> running_{false};       // run() has begun and not returned
+  std::atomic<bool> unready_{false};       // stop_ready() was called
   Batcher batcher_;                        // destroyed (stopped) before everything above, which it calls back into
   std::unique_ptr<AgentResponder> agent_;  // reads batcher_: destroyed (stopped) first
 };

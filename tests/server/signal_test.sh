@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SIGTERM on carousel-sd-server: new requests get 503 while it drains, the request in flight completes with 200, the
 # process exits 0; a drain that outlasts --drain-timeout, and a second SIGTERM, end the process at once with code 3
-# (--device is tested by device_test.sh). Needs curl.
+# (--device is tested by device_test.sh); --drain-grace keeps accepting while /health/ready says 503. Needs curl.
 #   tests/server/signal_test.sh BINARY MODEL_DIR WORK_DIR
 set -euo pipefail
 binary=$1 model=$2 work=$3
@@ -47,6 +47,24 @@ start_endless_and_signal() {
   kill -TERM "$SERVER_PID"
   SIGNALLED=$(date +%s.%N)
 }
+
+# The drain grace: after SIGTERM, /health/ready is 503 at once while requests are still accepted for 2 s.
+start_server "$binary" "$work/signal_grace.log" --model "$model" --device cpu --drain-grace 2
+kill -TERM "$SERVER_PID"
+ready=000
+for _ in $(seq 50); do
+  ready=$(curl -s -o /dev/null -w '%{http_code}' "$SERVER_URL/health/ready" || true)
+  [ "$ready" = 503 ] && break
+  sleep 0.02
+done
+accepted=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$SERVER_URL/v1/images/generations" \
+  -H 'Content-Type: application/json' -d '{"prompt": "in the grace", "steps": 2}' || true)
+rc=0
+wait "$SERVER_PID" || rc=$?
+echo "drain grace: /health/ready $ready, a request in the grace $accepted, exit code $rc"
+[ "$ready" = 503 ] || { echo "FAIL: /health/ready was not 503 during the grace"; exit 1; }
+[ "$accepted" = 200 ] || { cat "$work/signal_grace.log"; echo "FAIL: a request during the grace was refused"; exit 1; }
+[ "$rc" = 0 ] || { echo "FAIL: exit code $rc"; exit 1; }
 
 # The drain deadline: --drain-timeout 1 with minutes of work admitted.
 start_server "$binary" "$work/signal_deadline.log" --model "$model" --device cpu --drain-timeout 1 --max-batch 1
