@@ -32,7 +32,7 @@ inline std::string last_event(const Generation& g) {
 /// `released` (if any) runs once the stream ended, however it ended.
 inline void serve_events(const std::shared_ptr<Generation>& g, const httplib::Request& req, httplib::Response& res,
                          bool owner, std::function<void()> released = nullptr) {
-  auto probe = std::make_shared<ConnectionProbe>(req.local_port, req.remote_port);
+  auto probe = std::make_shared<ConnectionProbe>(req.local_port, req.remote_addr, req.remote_port);
   auto cursor = std::make_shared<std::size_t>(0);
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
@@ -62,7 +62,8 @@ inline void serve_events(const std::shared_ptr<Generation>& g, const httplib::Re
           sink.done();
           return true;
         }
-        if (probe->client_gone()) {
+        // A FIN ends the stream, half-close or not: cpp-httplib 0.11 writes nothing more to such a socket.
+        if (probe->state() != ConnectionProbe::Peer::connected) {
           if (owner) g->request_cancel();
           return false;
         }

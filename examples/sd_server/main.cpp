@@ -10,6 +10,7 @@
 //                      [--max-side PX] [--max-pixel-steps N] [--allow-priority on|off] [--public-url URL]
 //                      [--max-watchers N] [--max-watchers-per-generation N] [--max-headers N] [--max-body-bytes N]
 //                      [--keep-finished N] [--keep-finished-mib N] [--keep-finished-seconds S]
+//                      [--request-read-timeout S] [--max-connections N]
 //
 // Without --model it serves the bundled model (models/shapes-32). --model also takes a single-file SD 1.x/2.x
 // checkpoint (docs/model-format.md): --tokenizer names its tokenizer folder (default: the CLIP vocabulary bundled with
@@ -27,7 +28,8 @@
 // get 503 and admitted ones finish, exit 0; if they have not finished after --drain-timeout seconds (default 120), or
 // at a second signal, exit 3 at once. The limits a
 // server run for others needs (--max-side, --max-pixel-steps, --allow-priority, --public-url, the watcher, header and
-// body caps) are described in docs/server.md, "Running it for others".
+// body caps, the request read deadline and the connection cap) are described in docs/server.md, "Running it for
+// others".
 #include <common/device.hpp>
 #include <sd_server/server.hpp>
 
@@ -37,6 +39,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -69,7 +72,8 @@ constexpr const char* usage =
     "                          [--max-watchers-per-generation N (default 4)] [--max-headers N (default 64)]\n"
     "                          [--max-body-bytes N (default 1048576)]\n"
     "                          [--keep-finished N (default 256)] [--keep-finished-mib N (default 256)]\n"
-    "                          [--keep-finished-seconds S (default 3600)]\n";
+    "                          [--keep-finished-seconds S (default 3600)]\n"
+    "                          [--request-read-timeout S (default 10; 0 = none)] [--max-connections N (default 512)]\n";
 
 int signal_pipe[2] = {-1, -1};
 
@@ -179,6 +183,10 @@ CommandLine parse(int argc, char** argv) {
       o.max_watchers_per_generation = static_cast<std::size_t>(number(flag, value, 0, 100000));
     } else if (flag == "--max-headers") {
       o.max_headers = static_cast<std::size_t>(number(flag, value, 8, 10000));
+    } else if (flag == "--request-read-timeout") {
+      o.request_read_timeout = std::chrono::milliseconds(std::llround(1000 * real(flag, value, 0, 3600)));
+    } else if (flag == "--max-connections") {
+      o.max_connections = static_cast<std::size_t>(number(flag, value, 16, 100000));
     } else if (flag == "--max-body-bytes") {
       o.max_body_bytes = static_cast<std::size_t>(number(flag, value, 1024, 1L << 30));
     } else if (flag == "--keep-finished") {

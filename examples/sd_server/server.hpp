@@ -30,6 +30,7 @@
 #include <sd_server/metrics.hpp>
 #include <sd_server/openai.hpp>
 #include <sd_server/request.hpp>
+#include <sd_server/thread_pool.hpp>
 #include <sd_server/web_page.hpp>
 
 #include <atomic>
@@ -95,6 +96,11 @@ struct ServerOptions {
   std::size_t max_watchers_per_generation = 4;  ///< `GET .../{id}/events` streams per generation (503 beyond)
   std::size_t max_watchers = 32;                ///< `GET .../{id}/events` streams in all (503 beyond)
   std::size_t max_headers = 64;                 ///< requests with more header lines are answered 431
+  /// Longest time a connection may take to deliver a request's head and body, counted from its first sight or the
+  /// end of its previous response; slower connections are closed. Zero: no limit (cpp-httplib's 5 s per read only).
+  std::chrono::milliseconds request_read_timeout{10000};
+  /// Most connections served at once (one worker thread each, started as needed); more wait to be served.
+  std::size_t max_connections = 512;
 };
 
 /// The name of an admission policy as the command line spells it: "continuous", "static", "cost-aware".
@@ -180,6 +186,7 @@ class Server {
     if (port_ <= 0) {
       throw std::runtime_error("cannot listen on " + options_.host + ":" + std::to_string(options_.port));
     }
+    if (options_.request_read_timeout.count() > 0) read_deadline_.start(port_);
     if (options_.agent_port && !agent_) {
       agent_ = std::make_unique<AgentResponder>(options_.host, *options_.agent_port, [this] { return agent_line(); });
     }
@@ -222,6 +229,7 @@ class Server {
     while (running_ && !http_.is_running())
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     http_.stop();
+    read_deadline_.stop();
     if (agent_) agent_->stop();
   }
 
@@ -253,12 +261,14 @@ class Server {
   // ---- routes ------------------------------------------------------------------------------------------------------
 
   void routes() {
-    const std::size_t threads =
-        options_.max_batch + (options_.max_queue == 0 ? 64 : options_.max_queue) + 16;  // one per waiting request
-    http_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+    http_.new_task_queue = [n = options_.max_connections] { return new ElasticThreadPool(n); };
     http_.set_payload_max_length(options_.max_body_bytes);
-    // Header lines arrive before any handler: refuse a request that carries more than max_headers of them.
+    // Header lines arrive before any handler: refuse a request that carries more than max_headers of them. A request
+    // without a body has been read whole here; one with a body once read_body is done.
     http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      const std::string length = req.get_header_value("Content-Length");
+      if (!req.has_header("Transfer-Encoding") && (length.empty() || length == "0"))
+        read_deadline_.request_read(detail::peer_key(req.remote_addr, req.remote_port));
       if (req.headers.size() <= options_.max_headers) return httplib::Server::HandlerResponse::Unhandled;
       res.status = 431;
       res.set_header("Connection", "close");
@@ -270,6 +280,7 @@ class Server {
       return httplib::Server::HandlerResponse::Handled;
     });
     http_.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+      read_deadline_.response_written(detail::peer_key(req.remote_addr, req.remote_port));
       http_counters_.count(req.method, endpoint_of(req), res.status);
     });
     http_.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request&,
@@ -409,6 +420,9 @@ class Server {
     detail::metric(out, "carousel_http_generations_in_flight", "gauge", "Generation requests not yet finished.",
                    static_cast<double>(in_flight));
     detail::metric(out, "carousel_http_draining", "gauge", "1 while shutting down.", is_draining() ? 1.0 : 0.0);
+    detail::metric(out, "carousel_http_slow_requests_closed_total", "counter",
+                   "Connections closed for not delivering a request within the request read timeout.",
+                   static_cast<double>(read_deadline_.closed()));
     http_counters_.write(out);
     res.set_content(out.str(), "text/plain; version=0.0.4");
   }
@@ -437,6 +451,7 @@ class Server {
       throw ApiError(413, "body: larger than " + std::to_string(options_.max_body_bytes) + " bytes", "body");
     }
     if (!read) throw ApiError(400, "body: could not be read", "body");
+    read_deadline_.request_read(detail::peer_key(req.remote_addr, req.remote_port));
     return body;
   }
 
@@ -664,15 +679,32 @@ class Server {
 
   // ---- responding --------------------------------------------------------------------------------------------------
 
-  // Blocking POST: waits for the generation in short slices; a client that hung up cancels it.
+  // Blocking POST: waits for the generation in short slices; a client that hung up cancels it. A client that only
+  // half-closed (FIN) is told apart from one that closed by one interim `100 Continue`, which a closed socket answers
+  // with a reset; the half-closed one is answered here, since cpp-httplib 0.11 writes nothing to a socket that has
+  // seen a FIN. (HTTP/1.0 has no interim responses: there a FIN counts as gone.)
   void respond_when_finished(const std::shared_ptr<Generation>& g, const httplib::Request& req,
                              httplib::Response& res) {
-    const ConnectionProbe probe(req.local_port, req.remote_port);
+    const ConnectionProbe probe(req.local_port, req.remote_addr, req.remote_port);
+    bool half_closed = false;
+    auto client_gone = [&] {
+      switch (probe.state()) {
+        case ConnectionProbe::Peer::connected:
+          return false;
+        case ConnectionProbe::Peer::gone:
+          return true;
+        case ConnectionProbe::Peer::half_closed:
+          if (half_closed) return false;
+          half_closed = true;
+          return req.version != "HTTP/1.1" || !probe.send_interim_response();
+      }
+      return false;
+    };
     std::unique_lock lock(g->mutex);
     while (!g->finished) {
       if (g->changed.wait_for(lock, std::chrono::milliseconds(50), [&] { return g->finished; })) break;
       lock.unlock();
-      const bool gone = probe.client_gone();
+      const bool gone = client_gone();
       lock.lock();
       if (gone && !g->finished) {
         g->cancel_requested = true;
@@ -682,8 +714,19 @@ class Server {
       }
     }
     res.status = g->http_status;
-    if (res.status == 429 || res.status == 503) res.set_header("Retry-After", std::to_string(retry_after_seconds()));
+    std::string extra;
+    if (res.status == 429 || res.status == 503) {
+      const std::string retry = std::to_string(retry_after_seconds());
+      res.set_header("Retry-After", retry);
+      extra = "Retry-After: " + retry + "\r\n";
+    }
     res.set_content(g->result.dump(), "application/json");
+    if (half_closed || (probe.state() == ConnectionProbe::Peer::half_closed && req.version == "HTTP/1.1")) {
+      probe.send_all("HTTP/1.1 " + std::to_string(res.status) + " " + detail::reason_phrase(res.status) +
+                         "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(res.body.size()) +
+                         "\r\nConnection: close\r\n" + extra + "\r\n" + res.body,
+                     std::chrono::seconds(5));
+    }
   }
 
   // Seconds until a refused client should retry: the waiting and running images, max_batch at a time, each taking
@@ -710,6 +753,7 @@ class Server {
 
   GenerationRegistry registry_{options_.keep_finished};
 
+  RequestReadDeadline read_deadline_{options_.request_read_timeout};  // closes connections slow to send requests
   httplib::Server http_;
   int port_ = -1;
   std::atomic<bool> running_{false};       // run() has begun and not returned

@@ -2,7 +2,8 @@
 """Attacks a running carousel-sd-server as a hostile client would, on loopback, bounded in time, and checks that it
 holds: hostile bodies and headers are refused, expensive requests are refused before any work, ids are unguessable,
 nothing of one client leaks to another, event-stream watchers are capped, /health and /metrics answer within 1 s
-under the load, memory stays bounded, and the process is still up at the end.
+under the load (watchers and 100 slowloris connections), the slow connections are closed at the request read
+deadline, memory stays bounded, and the process is still up at the end.
 
     tests/server/attack.py BINARY MODEL_DIR     (starts the binary on a free port, stops it with SIGTERM)
 
@@ -75,7 +76,7 @@ def rss_mib(pid):
 def main():
     binary, model = sys.argv[1], sys.argv[2]
     server = subprocess.Popen([binary, "--port", "0", "--model", model, "--device", "cpu", "--max-watchers", "16",
-                               "--max-watchers-per-generation", "4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               "--max-watchers-per-generation", "4", "--request-read-timeout", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     port = None
     for line in server.stdout:
@@ -136,11 +137,28 @@ def main():
             watchers.append(s)
             refused += b" 503 " in got.split(b"\r\n")[0]
         check(refused >= 36, f"event-stream watchers beyond the cap get 503 ({refused} of 40 refused)")
-        slow = [raw(port, "GET /health HTTP/1.1\r\nHost: x\r\n", read=False)[0] for _ in range(20)]
+        # Slowloris: 100 connections that each send a header byte every 0.5 s (each read is quick; only the
+        # deadline on the whole request, 2 s here, ends them).
+        slow = [raw(port, "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ", read=False)[0] for _ in range(100)]
+        t0 = time.monotonic()
+        open_slow = list(slow)
+        while open_slow and time.monotonic() - t0 < 8:
+            for path in ("/health", "/metrics"):
+                status, took = timed(url, path)
+                if status != 200 or took >= 1.0:
+                    check(False, f"{path} answers within 1 s beside 40 watchers and 100 slowloris ({took:.2f} s)")
+            for s in list(open_slow):
+                try:
+                    s.send(b"x")
+                except OSError:
+                    open_slow.remove(s)
+            time.sleep(0.5)
         for path in ("/health", "/metrics"):
             status, took = timed(url, path)
             check(status == 200 and took < 1.0,
-                  f"{path} answers within 1 s beside 40 watchers and 20 half-sent requests ({took:.2f} s)")
+                  f"{path} answers within 1 s beside 40 watchers and 100 slowloris connections ({took:.2f} s)")
+        check(not open_slow, f"slowloris connections are closed at the read deadline ({len(open_slow)} of 100 open "
+                             f"after {time.monotonic() - t0:.1f} s)")
         for s in watchers + slow:
             s.close()
         status, _ = request(gen + "/" + victim, "DELETE")

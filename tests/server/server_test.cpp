@@ -5,14 +5,11 @@
 // diffusion::AnyBackend; images are checked against the library driven directly (same jobs through
 // Pipeline<cpu::Backend> + StepBatcher, PNG-encoded), bit for bit.
 #include <sd_server/server.hpp>
+#include <sd_server/thread_pool.hpp>
 
 #include <doctest/doctest.h>
 
-#include <arpa/inet.h>
 #include <httplib.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 #include <carousel/cpu/backend.hpp>
 #include <carousel/load_signal.hpp>
 #include <nlohmann/json.hpp>
@@ -25,10 +22,13 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -1070,6 +1070,103 @@ TEST_CASE("Server.Hostile.Watchers") {
   }));
   r.client().Delete((gen + "/" + a).c_str());
   r.client().Delete((gen + "/" + b).c_str());
+}
+
+TEST_CASE("Server.Hostile.SlowClients") {
+  srv::ServerOptions o;
+  o.request_read_timeout = 1s;
+  Running r(o);
+  // 100 connections that each trickle a header line, a byte every 200 ms: each read is quick, so only the deadline
+  // on the whole request ends them (cpp-httplib's own limit is 5 s per read).
+  std::atomic<bool> stop{false};
+  std::vector<std::unique_ptr<RawClient>> slow;
+  for (int i = 0; i < 100; ++i)
+    slow.push_back(std::make_unique<RawClient>(r.port, "GET /health HTTP/1.1\r\nHost: x\r\n"));
+  const auto t0 = std::chrono::steady_clock::now();
+  std::thread trickle([&] {
+    while (!stop) {
+      for (auto& c : slow)
+        ::send(c->fd, "X", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+      std::this_thread::sleep_for(200ms);
+    }
+  });
+  // A body that never completes is held to the same deadline.
+  RawClient slow_body(r.port,
+                      "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      "Content-Length: 100\r\n\r\n{\"prompt\":");
+  CHECK(health_time(r) < 1s);
+  auto m = r.client(5s).Get("/metrics");
+  REQUIRE(m);
+  CHECK(m->status == 200);
+  // Every slow connection is closed by the server: a read ends (EOF or reset) without a response.
+  std::size_t closed = 0;
+  for (auto& c : slow)
+    closed += c->read_until("\r\n\r\n").find("HTTP/1.1 200") == std::string::npos;
+  CHECK(closed == slow.size());
+  CHECK(slow_body.read_until("\r\n\r\n").find("HTTP/1.1 2") == std::string::npos);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(took < 4s);  // the deadline (1 s) and a few scan periods, well inside cpp-httplib's 5 s per-read limit
+  stop = true;
+  trickle.join();
+  CHECK(eventually([&] { return metric(metrics_text(r), "carousel_http_slow_requests_closed_total") >= 101; }));
+  // A request sent at an ordinary pace is served as before.
+  auto res = post(r, "/v1/images/generations", {{"prompt", "p"}, {"steps", 2}});
+  REQUIRE(res);
+  CHECK(res->status == 200);
+}
+
+TEST_CASE("Server.Disconnect.HalfCloseKeepsJob") {
+  Running r;
+  const std::string body = json{{"prompt", "p"}, {"steps", 60}}.dump();
+  const std::string head =
+      "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Content-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n";
+  // A client that shuts its sending side and waits: told apart from a close by an interim 100 Continue, then
+  // answered in full.
+  RawClient c(r.port, head + body);
+  REQUIRE(::shutdown(c.fd, SHUT_WR) == 0);
+  const std::string got = c.read_until("\"b64_json\"");
+  CHECK(got.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"));
+  CHECK(got.find("\"b64_json\"") != std::string::npos);
+  CHECK(eventually([&] { return r.server.stats().completed == 1; }));
+  CHECK(r.server.stats().cancelled == 0);
+  // A client that closes its socket after sending is still a hang-up: the reset to the interim response cancels.
+  { RawClient gone(r.port, head + body); }
+  CHECK(eventually([&] { return r.server.stats().cancelled == 1; }));
+}
+
+TEST_CASE("Server.ThreadPool.GrowsAndShrinks") {
+  srv::ElasticThreadPool pool(4, 1, 100ms);
+  CHECK(pool.threads() == 1);
+  std::mutex m;
+  std::condition_variable cv;
+  bool release = false;
+  std::atomic<int> started{0}, ran{0};
+  for (int i = 0; i < 6; ++i)
+    pool.enqueue([&] {
+      ++started;
+      std::unique_lock lock(m);
+      cv.wait(lock, [&] { return release; });
+      ++ran;
+    });
+  // One thread per blocked task up to the cap; the rest wait their turn.
+  CHECK(eventually([&] { return started == 4; }));
+  CHECK(pool.threads() == 4);
+  std::this_thread::sleep_for(50ms);
+  CHECK(started == 4);
+  {
+    std::lock_guard lock(m);
+    release = true;
+  }
+  cv.notify_all();
+  CHECK(eventually([&] { return ran == 6; }));
+  // Threads above the kept one end once idle (they are joined at the next enqueue or at shutdown).
+  CHECK(eventually([&] { return pool.threads() == 1; }));
+  pool.enqueue([&] { ++ran; });
+  CHECK(eventually([&] { return ran == 7; }));
+  pool.shutdown();
+  CHECK(ran == 7);
 }
 
 TEST_CASE("Server.Hostile.Kept") {
