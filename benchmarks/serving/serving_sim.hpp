@@ -10,6 +10,7 @@
 #include <carousel/carousel.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstddef>
@@ -17,6 +18,8 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <queue>
 #include <random>
@@ -154,6 +157,9 @@ struct Regime {
   /// Admission of b joining requests (tokenize + text encode in the diffusion Pipeline), spent on the step loop at
   /// the iteration they join; the same for every resolution. Zero unless measured (`--wallclock-pipeline`).
   CostCurve admit{};
+  /// The step loop's own time per step call besides the model's (the batcher's bookkeeping, locks, its thread's
+  /// wake-ups), seconds; spent after each step. Zero unless measured (`CostLedger::mean_loop_gap`).
+  double loop_overhead = 0;
 
   /// t_key(b), seconds.
   double step_time(int key, std::size_t b) const { return std::pow(key_factor, key) * step(b); }
@@ -274,6 +280,35 @@ struct Record {
   std::size_t step_calls = 0;  ///< step() calls that included this request
 };
 
+/// What a run's model calls cost, measured in the run itself: the figures the simulator takes as its curves, so that a
+/// simulation of the same trace on them shows how much of a disagreement each cost explains.
+struct CostLedger {
+  /// Seconds spent and calls made.
+  struct Sum {
+    double seconds = 0;
+    std::size_t calls = 0;
+  };
+  std::map<std::size_t, Sum> step;    ///< step() by batch size (every batch key together)
+  std::map<std::size_t, Sum> admit;   ///< admit() by number of joining requests
+  std::map<std::size_t, Sum> decode;  ///< retire() by number of leaving requests
+  /// The step loop's time outside the model between a call and the next step of requests that were already running
+  /// (bookkeeping, locks, wake-ups; never idle time, which has no running request).
+  Sum loop_gap;
+
+  /// The per-size means of `m` as a measured curve; `fallback` when `m` is empty.
+  static CostCurve curve(const std::map<std::size_t, Sum>& m, const CostCurve& fallback) {
+    if (m.empty()) return fallback;
+    std::vector<std::pair<std::size_t, double>> points;
+    for (const auto& [b, sum] : m)
+      points.emplace_back(b, sum.seconds / static_cast<double>(sum.calls));
+    return CostCurve::table(std::move(points));
+  }
+  /// Mean loop gap per step call, seconds (0 without any).
+  double mean_loop_gap() const {
+    return loop_gap.calls == 0 ? 0.0 : loop_gap.seconds / static_cast<double>(loop_gap.calls);
+  }
+};
+
 /// A state with the harness's request index attached.
 template <class State>
 struct Traced {
@@ -298,8 +333,11 @@ class TracedModel {
 
   /// Forwards to `Model::admit` when it has one; records the first admission.
   void admit(std::span<Traced<State>* const> joining) {
+    const double t0 = now();
     if constexpr (AdmittingModel<Model, State>) model_.admit(inners(joining, scratch_));
     const double t = now();
+    add(ledger_.admit, joining.size(), t - t0);
+    last_loop_call_end_ = t;
     for (Traced<State>* s : joining)
       records_[s->id].admitted = t;
   }
@@ -307,8 +345,18 @@ class TracedModel {
   /// Forwards to `Model::step`; counts the call for every request in it and times it.
   void step(std::span<Traced<State>* const> batch) {
     const double t0 = now();
+    loop_thread_ = std::this_thread::get_id();
+    const bool continuing =
+        std::any_of(batch.begin(), batch.end(), [&](const Traced<State>* s) { return records_[s->id].step_calls > 0; });
+    if (continuing && last_loop_call_end_ >= 0) {
+      ledger_.loop_gap.seconds += t0 - last_loop_call_end_;
+      ++ledger_.loop_gap.calls;
+    }
     model_.step(inners(batch, scratch_));
-    step_seconds_ += now() - t0;
+    const double t = now();
+    step_seconds_ += t - t0;
+    add(ledger_.step, batch.size(), t - t0);
+    last_loop_call_end_ = t;
     for (Traced<State>* s : batch)
       ++records_[s->id].step_calls;
   }
@@ -320,6 +368,11 @@ class TracedModel {
     const double t = now();
     decode_seconds_ += t - t0;
     ++retire_calls_;
+    {
+      std::lock_guard lock(decode_mutex_);
+      add(ledger_.decode, leaving.size(), t - t0);
+    }
+    if (std::this_thread::get_id() == loop_thread_.load()) last_loop_call_end_ = t;
     for (Traced<State>* s : leaving) {
       records_[s->id].done = t;
       if (on_done_) on_done_(s->id);
@@ -342,9 +395,17 @@ class TracedModel {
   double decode_seconds() const noexcept { return decode_seconds_; }
   /// Calls of retire() so far.
   std::size_t retire_calls() const noexcept { return retire_calls_; }
+  /// What the calls cost, by kind and batch size. Read it after the batcher stopped.
+  const CostLedger& ledger() const noexcept { return ledger_; }
 
  private:
   double now() const { return std::chrono::duration<double>(clock_.now() - origin_).count(); }
+
+  static void add(std::map<std::size_t, CostLedger::Sum>& m, std::size_t b, double seconds) {
+    auto& sum = m[b];
+    sum.seconds += seconds;
+    ++sum.calls;
+  }
 
   static std::span<State* const> inners(std::span<Traced<State>* const> outer, std::vector<State*>& scratch) {
     scratch.clear();
@@ -363,6 +424,10 @@ class TracedModel {
   double step_seconds_ = 0;
   double decode_seconds_ = 0;
   std::size_t retire_calls_ = 0;
+  CostLedger ledger_;
+  std::mutex decode_mutex_;                   // ledger_.decode: retire may run on the retire stage's thread
+  std::atomic<std::thread::id> loop_thread_;  // the thread that steps (retire on it is on the step loop)
+  double last_loop_call_end_ = -1;            // end of the step loop's last model call
 };
 
 // ---- the cost model as a StepModel ---------------------------------------------------------------------------------
@@ -393,7 +458,7 @@ class CostModel {
   }
   /// One UNet evaluation of the batch (one batch key): spends t_key(b).
   void step(std::span<SimJob* const> batch) {
-    spend_(regime_.step_time(batch.front()->key, batch.size()));
+    spend_(regime_.step_time(batch.front()->key, batch.size()) + regime_.loop_overhead);
     for (SimJob* j : batch)
       ++j->done;
   }
@@ -450,6 +515,10 @@ struct RunResult {
   double decode_seconds = 0;     ///< model time in retire() (decode), or of the decode worker
   bool decode_on_loop = true;    ///< false: decode_seconds were spent off the step loop (`Regime::decode_off_loop`)
   std::size_t decode_calls = 0;  ///< retire() calls, or calls of the decode worker
+  CostLedger ledger;             ///< what the model's calls cost in this run (the wall-clock run's measured costs)
+  /// The batcher's own step-time estimate at the end of the run, per batch size 1..max_batch_size (seconds; 0 before
+  /// any measurement): what cost_aware read.
+  std::vector<double> predicted_step;
 };
 
 /// Throws `std::logic_error` unless every request completed and got exactly as many step() calls as it has steps
@@ -606,6 +675,7 @@ inline RunResult simulate(const Regime& regime, const Options& options, const st
   result.step_seconds = traced.step_seconds();
   result.decode_seconds = traced.decode_seconds();
   result.decode_calls = traced.retire_calls();
+  result.ledger = traced.ledger();
   if (regime.decode_off_loop) decode_on_worker(regime, result);
   check_invariants(result);
   return result;
@@ -649,6 +719,11 @@ RunResult run_wallclock(Model& model, const Options& options, const std::vector<
   result.decode_seconds = traced.decode_seconds();
   result.decode_calls = traced.retire_calls();
   result.decode_on_loop = !options.concurrent_retire;
+  result.ledger = traced.ledger();
+  for (std::size_t b = 1; b <= options.max_batch_size; ++b) {
+    const auto predicted = batcher.predicted_step_time(b);
+    result.predicted_step.push_back(predicted ? std::chrono::duration<double>(*predicted).count() : 0.0);
+  }
   check_invariants(result);
   return result;
 }

@@ -136,6 +136,35 @@ TEST_CASE("Serving.Simulator.AdmissionCost") {
   }
 }
 
+TEST_CASE("Serving.Simulator.LoopOverheadAndLedger") {
+  // A loop overhead of 2 ms per step call: alone, 0.25 + 30 * (35 + 2) ms + d(1) 70 ms.
+  Regime r = balanced();
+  r.loop_overhead = 0.002;
+  const RunResult alone = simulate(r, carousel::Options{.max_batch_size = 8}, arrivals_at({0.25}, 30), Workload{});
+  CHECK(alone.records[0].done == doctest::Approx(1.43).epsilon(1e-9));
+  // The ledger of two requests (A at 0, B joining at 35 ms, as in ContinuousJoinMidStep): steps by batch size, one
+  // admission and one decode each, and a loop gap counted for every step of already-running requests (none on the
+  // virtual clock, where the loop takes no time of its own).
+  const RunResult two =
+      simulate(balanced(), carousel::Options{.max_batch_size = 8}, arrivals_at({0.0, 0.010}, 30), Workload{});
+  const CostLedger& led = two.ledger;
+  REQUIRE(led.step.size() == 2);
+  CHECK(led.step.at(1).calls == 2);  // A's first step, B's last
+  CHECK(led.step.at(2).calls == 29);
+  CHECK(led.step.at(1).seconds == doctest::Approx(0.070));
+  CHECK(led.step.at(2).seconds == doctest::Approx(29 * 0.050));
+  CHECK(led.admit.at(1).calls == 2);
+  CHECK(led.decode.at(1).calls == 2);
+  CHECK(led.decode.at(1).seconds == doctest::Approx(0.140));
+  CHECK(led.loop_gap.calls == 30);  // every step but A's first
+  CHECK(led.mean_loop_gap() == doctest::Approx(0.0));
+  // The ledger's curves are the per-size means.
+  const CostCurve step = CostLedger::curve(led.step, CostCurve::linear(1, 1));
+  CHECK(step(1) == doctest::Approx(0.035));
+  CHECK(step(2) == doctest::Approx(0.050));
+  CHECK(CostLedger::curve({}, CostCurve::linear(0.5, 0))(3) == doctest::Approx(0.5));
+}
+
 TEST_CASE("Serving.Simulator.ContinuousJoinMidStep") {
   // A at 0; B at 10 ms, inside A's first step (0..35 ms). B joins at 35 ms; A's 29 remaining steps run at
   // t(2) = 50 ms -> 35 + 1450 = 1485 ms, A decodes alone (70 ms) -> 1555 ms. B has one step left, alone:
