@@ -7,7 +7,7 @@ if(NOT nlohmann_json_FOUND)
 endif()
 file(GLOB_RECURSE CAROUSEL_DIFFUSION_HEADERS CONFIGURE_DEPENDS
      "${PROJECT_SOURCE_DIR}/include/carousel/diffusion/*.hpp" "${PROJECT_SOURCE_DIR}/include/carousel/checkpoint/*.hpp"
-     "${PROJECT_SOURCE_DIR}/include/carousel/tensor/*.hpp")
+     "${PROJECT_SOURCE_DIR}/include/carousel/tensor/*.hpp" "${PROJECT_SOURCE_DIR}/include/carousel/nn/*.hpp")
 add_library(carousel_diffusion INTERFACE)
 add_library(carousel::diffusion ALIAS carousel_diffusion)
 set_target_properties(carousel_diffusion PROPERTIES EXPORT_NAME diffusion)

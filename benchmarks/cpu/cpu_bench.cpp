@@ -31,6 +31,7 @@
 #include <carousel/cpu/clip_text.hpp>
 #include <carousel/cpu/unet.hpp>
 #include <carousel/cpu/vae.hpp>
+#include <carousel/nn/sd15.hpp>
 
 namespace {
 
@@ -38,7 +39,6 @@ using carousel::checkpoint::RandomWeights;
 using carousel::cpu::BatchMode;
 using carousel::cpu::Tensor;
 using carousel::cpu::UNet2DConditionModel;
-using carousel::cpu::UNetSpec;
 
 // CPU seconds of the whole process (all threads). On a shared machine wall-clock throughput depends on the other
 // jobs; FLOPs per CPU-second (per-core throughput) is the steadier figure for comparing the models with sgemm.
@@ -66,26 +66,25 @@ void BM_Sgemm(benchmark::State& state) {
 }
 BENCHMARK(BM_Sgemm)->Arg(512)->Arg(1024)->Arg(2048)->UseRealTime()->Unit(benchmark::kMillisecond);
 
-// The tiny configurations of tests/data/models (tools/make_tiny_models.py), as specs.
-UNetSpec tiny_spec(int which) {
-  UNetSpec s;
-  s.down_block_types = {"DownBlock2D", "CrossAttnDownBlock2D"};
-  s.up_block_types = {"CrossAttnUpBlock2D", "UpBlock2D"};
-  s.transformer_layers = {1, 1};
+// The tiny configurations of tests/data/models (tools/make_tiny_models.py).
+carousel::checkpoint::UNetConfig tiny_config(int which) {
+  carousel::checkpoint::UNetConfig c;
+  c.down_block_types = {"DownBlock2D", "CrossAttnDownBlock2D"};
+  c.up_block_types = {"CrossAttnUpBlock2D", "UpBlock2D"};
+  c.transformer_layers_per_block = {1, 1};
+  c.attention_head_dim = {8, 8};
   if (which == 0) {  // sd-tiny: (4, 8), 1 layer, 8 heads, ctx 8, groups 2
-    s.block_out_channels = {4, 8};
-    s.layers_per_block = {1, 1};
-    s.attention_heads = {8, 8};
-    s.cross_attention_dim = 8;
-    s.norm_num_groups = 2;
+    c.block_out_channels = {4, 8};
+    c.layers_per_block = {1, 1};
+    c.cross_attention_dim = 8;
+    c.norm_num_groups = 2;
   } else {  // sd-tiny-legacy: (32, 32), 2 layers, 8 heads, ctx 32, groups 32
-    s.block_out_channels = {32, 32};
-    s.layers_per_block = {2, 2};
-    s.attention_heads = {8, 8};
-    s.cross_attention_dim = 32;
-    s.norm_num_groups = 32;
+    c.block_out_channels = {32, 32};
+    c.layers_per_block = {2, 2};
+    c.cross_attention_dim = 32;
+    c.norm_num_groups = 32;
   }
-  return s;
+  return c;
 }
 
 BatchMode mode_of(std::int64_t arg) {
@@ -98,8 +97,8 @@ const char* mode_name(BatchMode mode) {
 
 void run_unet(benchmark::State& state, const UNet2DConditionModel& unet, std::int64_t batch, std::int64_t size,
               BatchMode mode) {
-  const auto& spec = unet.spec();
-  Tensor sample({batch, spec.in_channels, size, size}), context({batch, 77, spec.cross_attention_dim});
+  const auto& config = unet.config();
+  Tensor sample({batch, config.in_channels, size, size}), context({batch, 77, config.cross_attention_dim});
   std::mt19937 gen(0);
   std::normal_distribution<float> normal;
   for (auto& v : sample.values())
@@ -126,8 +125,8 @@ void run_unet(benchmark::State& state, const UNet2DConditionModel& unet, std::in
 void BM_UNetTiny(benchmark::State& state) {
   const int which = static_cast<int>(state.range(0));
   RandomWeights weights(7);
-  static const UNet2DConditionModel models[] = {UNet2DConditionModel(tiny_spec(0), weights),
-                                                UNet2DConditionModel(tiny_spec(1), weights)};
+  static const UNet2DConditionModel models[] = {UNet2DConditionModel(tiny_config(0), weights),
+                                                UNet2DConditionModel(tiny_config(1), weights)};
   const BatchMode mode = mode_of(state.range(2));
   state.SetLabel(std::string(which == 0 ? "sd-tiny 16x16 " : "sd-tiny-legacy 8x8 ") + mode_name(mode));
   run_unet(state, models[which], state.range(1), which == 0 ? 16 : 8, mode);
@@ -168,7 +167,7 @@ BENCHMARK(BM_BundledModel)
 void BM_UNetSd15_256(benchmark::State& state) {
   static const auto unet = [] {
     RandomWeights weights(15);
-    return std::make_unique<UNet2DConditionModel>(UNetSpec::sd15(), weights);
+    return std::make_unique<UNet2DConditionModel>(carousel::nn::sd15_unet_config(), weights);
   }();
   const BatchMode mode = mode_of(state.range(1));
   state.SetLabel(std::string("SD-1.5 UNet, 32x32 latents, random weights, ") + mode_name(mode));
@@ -189,9 +188,7 @@ BENCHMARK(BM_UNetSd15_256)
 void BM_VaeDecodeSd15_256(benchmark::State& state) {
   static const auto vae = [] {
     RandomWeights weights(16);
-    carousel::cpu::VaeSpec spec;
-    spec.block_out_channels = {128, 256, 512, 512};
-    return std::make_unique<carousel::cpu::VaeDecoder>(spec, weights);
+    return std::make_unique<carousel::cpu::VaeDecoder>(carousel::nn::sd15_vae_config(), weights);
   }();
   Tensor latents({state.range(0), 4, 32, 32});
   std::mt19937 gen(1);
@@ -202,7 +199,7 @@ void BM_VaeDecodeSd15_256(benchmark::State& state) {
   const double cpu0 = process_cpu_seconds();
   for (auto _ : state) {
     const auto before = carousel::cpu::detail::gemm_flops().load();
-    Tensor images = vae->decode(latents);
+    Tensor images = carousel::cpu::decode_latents(*vae, latents);
     benchmark::DoNotOptimize(images.data());
     flops += carousel::cpu::detail::gemm_flops().load() - before;
   }
@@ -216,7 +213,7 @@ BENCHMARK(BM_VaeDecodeSd15_256)->ArgName("batch")->Arg(1)->Iterations(1)->UseRea
 void BM_ClipTextL(benchmark::State& state) {
   static const auto clip = [] {
     RandomWeights weights(17);
-    return std::make_unique<carousel::cpu::ClipTextModel>(carousel::cpu::ClipTextSpec{}, weights);
+    return std::make_unique<carousel::cpu::ClipTextModel>(carousel::nn::sd15_text_config(), weights);
   }();
   std::vector<std::vector<std::int32_t>> ids(static_cast<std::size_t>(state.range(0)), std::vector<std::int32_t>(77));
   for (auto& row : ids)
@@ -226,7 +223,7 @@ void BM_ClipTextL(benchmark::State& state) {
   const double cpu0 = process_cpu_seconds();
   for (auto _ : state) {
     const auto before = carousel::cpu::detail::gemm_flops().load();
-    Tensor out = clip->forward(ids);
+    Tensor out = clip->forward(ids, 0, BatchMode::batch_invariant);
     benchmark::DoNotOptimize(out.data());
     flops += carousel::cpu::detail::gemm_flops().load() - before;
   }

@@ -15,6 +15,7 @@
 
 #include <carousel/checkpoint/safetensors.hpp>
 #include <carousel/cpu/backend.hpp>
+#include <carousel/nn/sd15.hpp>
 
 #include "fixtures.hpp"
 
@@ -169,11 +170,11 @@ TEST_CASE("Cpu.Errors.MissingFile") {
 }
 
 TEST_CASE("Cpu.Errors.UnsupportedBlockType") {
-  SUBCASE("spec") {
-    auto spec = carousel::cpu::UNetSpec::sd15();
-    spec.down_block_types[1] = "AttnDownBlock2D";
+  SUBCASE("config made in code") {
+    auto config = carousel::nn::sd15_unet_config();
+    config.down_block_types[1] = "AttnDownBlock2D";
     carousel::checkpoint::RandomWeights w;
-    const auto what = error_of([&] { carousel::cpu::UNet2DConditionModel(spec, w); });
+    const auto what = error_of([&] { carousel::cpu::UNet2DConditionModel(config, w); });
     CHECK_MESSAGE(contains(what, "AttnDownBlock2D"), what);
   }
   SUBCASE("config.json") {

@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include <carousel/cpu/backend.hpp>
+#include <carousel/nn/sd15.hpp>
 
 #include "fixtures.hpp"
 
@@ -195,7 +196,7 @@ TEST_CASE("Cpu.Models.VaeDecoder") {
   SUBCASE("pre-0.14 attention names load to the same decoder") {
     const Reference ref("sd-tiny");
     const auto vae = carousel::cpu::load_vae_decoder(model_dir("sd-tiny") / "vae-legacy-names");
-    check_close(vae.decode(ref.tensor("vae_latents")), ref.tensor("vae_out_f64"));
+    check_close(carousel::cpu::decode_latents(vae, ref.tensor("vae_latents")), ref.tensor("vae_out_f64"));
   }
 }
 
@@ -212,7 +213,7 @@ TEST_CASE("Cpu.Models.Backend.Accessors") {
   CHECK(tiny.folder().scheduler == model_dir("sd-tiny") / "scheduler");
   const carousel::cpu::Backend legacy(model_dir("sd-tiny-legacy"));
   CHECK(legacy.context_dim() == 32);
-  CHECK(legacy.unet_spec().block_out_channels == std::vector<std::int64_t>{32, 32});
+  CHECK(legacy.unet_config().block_out_channels == std::vector<int>{32, 32});
   // variant "fp16": the UNet's fp16 file, plain files for the components without one (diffusers' fallback).
   const carousel::cpu::Backend fp16(model_dir("sd-tiny-legacy"), {.variant = "fp16"});
   const Reference ref("sd-tiny-legacy");
@@ -236,7 +237,6 @@ TEST_CASE("Cpu.Models.Backend.WithoutVae") {
     const carousel::cpu::Backend backend(root);
     CHECK_FALSE(backend.has_vae());
     CHECK(backend.vae_scale_factor() == 1);
-    CHECK(backend.vae_spec() == nullptr);
     CHECK(backend.vae_config() == nullptr);
     const Tensor latents = Reference("sd-tiny").tensor("vae_latents");
     const Tensor out = backend.decode(latents);
@@ -250,14 +250,13 @@ TEST_CASE("Cpu.Models.Backend.WithoutVae") {
 // twin in tools/make_cpu_fixtures.py).
 TEST_CASE("Cpu.Models.RandomShapes") {
   using carousel::checkpoint::RandomWeights;
-  using carousel::cpu::UNetSpec;
   const Reference ref("random-shapes");
   SUBCASE("UNet with SD-1.5's topology") {
-    UNetSpec spec = UNetSpec::sd15();
-    spec.block_out_channels = {32, 64, 64, 64};
-    spec.cross_attention_dim = 64;
+    auto config = carousel::nn::sd15_unet_config();
+    config.block_out_channels = {32, 64, 64, 64};
+    config.cross_attention_dim = 64;
     RandomWeights weights(1515);
-    const carousel::cpu::UNet2DConditionModel unet(spec, weights);
+    const carousel::cpu::UNet2DConditionModel unet(config, weights);
     const Tensor timesteps = ref.tensor("sd15_timesteps");
     for (const auto mode : {BatchMode::batched, BatchMode::batch_invariant}) {
       CAPTURE(static_cast<int>(mode));
@@ -267,44 +266,44 @@ TEST_CASE("Cpu.Models.RandomShapes") {
     }
   }
   SUBCASE("UNet with linear projections, per-block layers and heads, shifted frequencies, odd size") {
-    UNetSpec spec;
-    spec.block_out_channels = {32, 64, 64};
-    spec.layers_per_block = {1, 2, 1};
-    spec.down_block_types = {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"};
-    spec.up_block_types = {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"};
-    spec.attention_heads = {2, 4, 8};
-    spec.transformer_layers = {1, 2, 1};
-    spec.use_linear_projection = true;
-    spec.flip_sin_to_cos = false;
-    spec.freq_shift = 1.0f;
-    spec.center_input_sample = true;
-    spec.cross_attention_dim = 48;
+    carousel::checkpoint::UNetConfig config;
+    config.block_out_channels = {32, 64, 64};
+    config.layers_per_block = {1, 2, 1};
+    config.down_block_types = {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"};
+    config.up_block_types = {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"};
+    config.attention_head_dim = {2, 4, 8};
+    config.transformer_layers_per_block = {1, 2, 1};
+    config.use_linear_projection = true;
+    config.flip_sin_to_cos = false;
+    config.freq_shift = 1.0;
+    config.center_input_sample = true;
+    config.cross_attention_dim = 48;
     RandomWeights weights(2002);
-    const carousel::cpu::UNet2DConditionModel unet(spec, weights);
+    const carousel::cpu::UNet2DConditionModel unet(config, weights);
     const Tensor timesteps = ref.tensor("sd2_timesteps");
     const Tensor out = unet.forward(ref.tensor("sd2_sample"), timesteps.values(), ref.tensor("sd2_context"));
     check_close(out, ref.tensor("sd2_out_f64"));
     check_close(out, ref.tensor("sd2_out"));
   }
   SUBCASE("VAE decoder with SD's topology") {
-    carousel::cpu::VaeSpec spec;
-    spec.block_out_channels = {32, 64, 64, 64};
+    auto config = carousel::nn::sd15_vae_config();
+    config.block_out_channels = {32, 64, 64, 64};
     RandomWeights weights(8080);
-    const carousel::cpu::VaeDecoder vae(spec, weights);
-    const Tensor out = vae.decode(ref.tensor("vae_latents"));
+    const carousel::cpu::VaeDecoder vae(config, weights);
+    const Tensor out = carousel::cpu::decode_latents(vae, ref.tensor("vae_latents"));
     check_close(out, ref.tensor("vae_out_f64"));
     check_close(out, ref.tensor("vae_out"));
   }
   SUBCASE("CLIP text tower with exact GELU") {
-    carousel::cpu::ClipTextSpec spec;
-    spec.vocab_size = 1000;
-    spec.hidden_size = 64;
-    spec.intermediate_size = 128;
-    spec.num_hidden_layers = 3;
-    spec.num_attention_heads = 4;
-    spec.hidden_act = "gelu";
+    carousel::checkpoint::ClipTextConfig config;
+    config.vocab_size = 1000;
+    config.hidden_size = 64;
+    config.intermediate_size = 128;
+    config.num_hidden_layers = 3;
+    config.num_attention_heads = 4;
+    config.hidden_act = carousel::checkpoint::ClipActivation::gelu;
     RandomWeights weights(3003);
-    const carousel::cpu::ClipTextModel clip(spec, weights);
+    const carousel::cpu::ClipTextModel clip(config, weights);
     const Tensor out = clip.forward(ref.ids("clip_ids"));
     check_close(out, ref.tensor("clip_out_f64"));
     check_close(out, ref.tensor("clip_out"));
@@ -339,19 +338,17 @@ class ShapeRecorder final : public carousel::checkpoint::WeightSource {
 // diffusers-numerics.md (UNet, CLIP-L) and from diffusers' AutoencoderKL (decoder + post_quant_conv).
 TEST_CASE("Cpu.Models.Sd15.ParameterCounts") {
   ShapeRecorder unet;
-  (void)carousel::cpu::UNet2DConditionModel(carousel::cpu::UNetSpec::sd15(), unet);
+  (void)carousel::cpu::UNet2DConditionModel(carousel::nn::sd15_unet_config(), unet);
   CHECK(unet.tensors() == 686);
   CHECK(unet.parameters() == 859'520'964);
 
   ShapeRecorder clip;
-  (void)carousel::cpu::ClipTextModel(carousel::cpu::ClipTextSpec{}, clip);
+  (void)carousel::cpu::ClipTextModel(carousel::nn::sd15_text_config(), clip);
   CHECK(clip.tensors() == 196);
   CHECK(clip.parameters() == 123'060'480);
 
   ShapeRecorder vae;
-  carousel::cpu::VaeSpec spec;
-  spec.block_out_channels = {128, 256, 512, 512};
-  (void)carousel::cpu::VaeDecoder(spec, vae);
+  (void)carousel::cpu::VaeDecoder(carousel::nn::sd15_vae_config(), vae);
   CHECK(vae.tensors() == 140);
   CHECK(vae.parameters() == 49'490'199);
 }

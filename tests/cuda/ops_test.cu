@@ -211,11 +211,10 @@ TEST_CASE("Cuda.Ops.GemmConvAttention") {
     SUBCASE("Linear") {
       carousel::checkpoint::RandomWeights cw(11);
       carousel::checkpoint::RandomWeights gw(11);
-      const cpu::Linear cl(cw, "l.", 40, 24);
+      const cpu::Linear cl(cw, "l.", {.in = 40, .out = 24});
       const cu::Linear gl(gw, "l.", 40, 24, dt);
       const auto x = carousel::cuda::test::random_tensor({3, 7, 40}, 12);
-      cpu::Tensor ref({3, 7, 24});
-      cl.forward(x.data(), 21, ref.data());
+      const cpu::Tensor ref = cl.forward({}, x);
       check_close(
           carousel::cuda::test::from_device_rows(e, gl.forward(e, carousel::cuda::test::to_device_rows(e, x, dt))),
           ref.values(), tol);
@@ -230,10 +229,10 @@ TEST_CASE("Cuda.Ops.GemmConvAttention") {
         CAPTURE(c.stride);
         carousel::checkpoint::RandomWeights cw(13);
         carousel::checkpoint::RandomWeights gw(13);
-        const cpu::Conv2d cc(cw, "c.", c.in, c.out, c.k, c.stride, c.pad);
+        const cpu::Conv2d cc(cw, "c.", {.in = c.in, .out = c.out, .kernel = c.k, .stride = c.stride, .padding = c.pad});
         const cu::Conv2d gc(gw, "c.", c.in, c.out, c.k, dt, c.stride, c.pad);
         const auto x = carousel::cuda::test::random_tensor({2, c.in, c.h, c.w}, 14);
-        const auto ref = cc.forward(x);
+        const auto ref = cc.forward({}, x);
         for (auto search : {cu::ConvSearch::heuristic, cu::ConvSearch::exhaustive}) {
           CAPTURE(static_cast<int>(search));
           e.set_conv_search(search);
@@ -301,12 +300,11 @@ TEST_CASE("Cuda.Ops.LinearEpilogue") {
             CAPTURE(add_residual);
             carousel::checkpoint::RandomWeights cw(21);
             carousel::checkpoint::RandomWeights gw(21);
-            const cpu::Linear cl(cw, "l.", c.in, c.out, bias);
+            const cpu::Linear cl(cw, "l.", {.in = c.in, .out = c.out, .bias = bias});
             const cu::Linear gl(gw, "l.", c.in, c.out, dt, bias);
             const auto x = carousel::cuda::test::random_tensor({c.rows, c.in}, 22);
             const auto r = carousel::cuda::test::random_tensor({c.rows, c.out}, 23);
-            cpu::Tensor ref({c.rows, c.out});
-            cl.forward(x.data(), c.rows, ref.data());
+            cpu::Tensor ref = cl.forward({}, x);
             if (add_residual) {
               for (std::size_t i = 0; i < ref.values().size(); ++i)
                 ref.data()[i] += r.data()[i];
@@ -325,12 +323,11 @@ TEST_CASE("Cuda.Ops.LinearEpilogue") {
     const std::int64_t rows = 2 * 4096, in = 320, out = 1280;
     carousel::checkpoint::RandomWeights cw(31);
     carousel::checkpoint::RandomWeights gw(31);
-    const cpu::Linear cl(cw, "l.", in, out);
+    const cpu::Linear cl(cw, "l.", {.in = in, .out = out});
     const cu::Linear gl(gw, "l.", in, out, cu::DType::f16);
     const auto x = carousel::cuda::test::random_tensor({2, 4096, in}, 32);
     const auto r = carousel::cuda::test::random_tensor({2, 4096, out}, 33);
-    cpu::Tensor ref({2, 4096, out});
-    cl.forward(x.data(), rows, ref.data());
+    cpu::Tensor ref = cl.forward({}, x);
     for (std::size_t i = 0; i < ref.values().size(); ++i)
       ref.data()[i] += r.data()[i];
     const auto dr = carousel::cuda::test::to_device_rows(e, r, cu::DType::f16);
@@ -349,12 +346,11 @@ TEST_CASE("Cuda.Ops.LinearEpilogue") {
       const std::int64_t rows = 64, in = 320, out = 640;
       carousel::checkpoint::RandomWeights cw(41);
       carousel::checkpoint::RandomWeights gw(41);
-      const cpu::Linear cl(cw, "l.", in, out);
+      const cpu::Linear cl(cw, "l.", {.in = in, .out = out});
       const cu::Linear gl(gw, "l.", in, out, dt);
       const auto x = carousel::cuda::test::random_tensor({rows, in}, 42);
       const auto r = carousel::cuda::test::random_tensor({rows, out}, 43);
-      cpu::Tensor ref({rows, out});
-      cl.forward(x.data(), rows, ref.data());
+      cpu::Tensor ref = cl.forward({}, x);
       for (std::size_t i = 0; i < ref.values().size(); ++i)
         ref.data()[i] += r.data()[i];
       const auto dx = carousel::cuda::test::to_device_rows(e, x, dt);
@@ -493,11 +489,12 @@ TEST_CASE("Cuda.Layers.Sd15Sized") {
     SUBCASE("ResnetBlock2D") {
       carousel::checkpoint::RandomWeights cw(21);
       carousel::checkpoint::RandomWeights gw(21);
-      const cpu::ResnetBlock2D cr(cw, "r.", 320, 640, 1280, 32, 1e-5f);
+      const carousel::nn::ResnetBlock2D<cpu::Layers> cr(
+          cw, "r.", {.in = 320, .out = 640, .temb_channels = 1280, .groups = 32, .eps = 1e-5f});
       const cu::ResnetBlock2D gr(gw, "r.", 320, 640, 1280, 32, 1e-5f, dt);
       const auto x = carousel::cuda::test::random_tensor({2, 320, 16, 16}, 22);
       const auto temb = carousel::cuda::test::random_tensor({2, 1280}, 23);
-      const auto ref = cr.forward(x, &temb);
+      const auto ref = cr.forward({}, x, temb);
       const auto dtemb = carousel::cuda::test::to_device_rows(e, temb, dt);
       check_close(
           carousel::cuda::test::from_device(e, gr.forward(e, carousel::cuda::test::to_device(e, x, dt), &dtemb)),
@@ -506,11 +503,12 @@ TEST_CASE("Cuda.Layers.Sd15Sized") {
     SUBCASE("Transformer2D") {
       carousel::checkpoint::RandomWeights cw(24);
       carousel::checkpoint::RandomWeights gw(24);
-      const cpu::detail::Transformer2D ct(cw, "t.", 320, 8, 768, 1, 32, false);
+      const carousel::nn::Transformer2DModel<cpu::Layers> ct(
+          cw, "t.", {.channels = 320, .heads = 8, .context_dim = 768, .layers = 1, .groups = 32});
       const cu::detail::Transformer2D gt(gw, "t.", 320, 8, 768, 1, 32, false, dt);
       const auto x = carousel::cuda::test::random_tensor({2, 320, 16, 16}, 25);
       const auto ctx = carousel::cuda::test::random_tensor({2, 77, 768}, 26);
-      const auto ref = ct.forward(x, ctx, cpu::BatchMode::batch_invariant);
+      const auto ref = ct.forward(cpu::BatchMode::batch_invariant, x, ctx);
       const auto dctx = carousel::cuda::test::to_device_rows(e, ctx, dt);
       check_close(carousel::cuda::test::from_device(e, gt.forward(e, carousel::cuda::test::to_device(e, x, dt), dctx)),
                   ref.values(), tol);

@@ -5,8 +5,9 @@
   tensor      tensor/                          the standard library only
   checkpoint  checkpoint/                      core, tensor; nlohmann/json; POSIX file calls
   diffusion   diffusion/                       core, tensor, checkpoint; nlohmann/json
-  cpu         cpu/                             core, tensor, checkpoint, diffusion; CBLAS, oneDNN
-  cuda        cuda/                            core, tensor, checkpoint, diffusion; CUDA, cuBLAS, cuDNN (never cpu/)
+  nn          nn/                              core, tensor, checkpoint (the networks, over a layers trait)
+  cpu         cpu/                             core, tensor, checkpoint, diffusion, nn; CBLAS, oneDNN
+  cuda        cuda/                            core, tensor, checkpoint, diffusion, nn; CUDA, cuBLAS, cuDNN (never cpu/)
 
 Usage: check_layers.py INCLUDE_DIR      exits 1 and names every include that breaks the rules
        check_layers.py --self-test      shows that a breach is caught
@@ -21,14 +22,16 @@ CARRIES = {
     "tensor": {"tensor"},
     "checkpoint": {"core", "tensor", "checkpoint"},
     "diffusion": {"core", "tensor", "checkpoint", "diffusion"},
-    "cpu": {"core", "tensor", "checkpoint", "diffusion", "cpu"},
-    "cuda": {"core", "tensor", "checkpoint", "diffusion", "cuda"},
+    "nn": {"core", "tensor", "checkpoint", "nn"},
+    "cpu": {"core", "tensor", "checkpoint", "diffusion", "nn", "cpu"},
+    "cuda": {"core", "tensor", "checkpoint", "diffusion", "nn", "cuda"},
 }
 EXTERNAL = {
     "core": [],
     "tensor": [],
     "checkpoint": [r"nlohmann/", r"sys/", r"fcntl\.h$", r"unistd\.h$"],
     "diffusion": [r"nlohmann/"],
+    "nn": [],
     "cpu": [r"cblas\.h$", r"openblas", r"dnnl", r"oneapi/"],
     "cuda": [r"cuda", r"cublas", r"cudnn", r"cuda_fp16\.h$", r"nvtx"],
 }
@@ -67,14 +70,17 @@ if __name__ == "__main__":
             base = pathlib.Path(tmp) / "carousel"
             (base / "cuda").mkdir(parents=True)
             (base / "cpu").mkdir()
+            (base / "nn").mkdir()
             (base / "ticket.hpp").write_text("#include <vector>\n#include <nlohmann/json.hpp>\n")
+            (base / "nn" / "z.hpp").write_text('#include <carousel/cpu/y.hpp>\n#include <carousel/ticket.hpp>\n')
             (base / "cuda" / "x.cuh").write_text('#include "carousel/cpu/y.hpp"\n#include <cuda_runtime.h>\n')
             (base / "cpu" / "y.hpp").write_text("#include <carousel/ticket.hpp>\n#include <cblas.h>\n")
             found = breaches(tmp)
-            expected = ["core includes nlohmann/json.hpp", "cuda includes carousel/cpu/y.hpp (cpu)"]
-            ok = len(found) == 2 and all(any(e in f for f in found) for e in expected)
+            expected = ["core includes nlohmann/json.hpp", "cuda includes carousel/cpu/y.hpp (cpu)",
+                        "nn includes carousel/cpu/y.hpp (cpu)"]
+            ok = len(found) == 3 and all(any(e in f for f in found) for e in expected)
             print("\n".join(found))
-            sys.exit(0 if ok else "FAIL: the self-test's two breaches were not reported exactly")
+            sys.exit(0 if ok else "FAIL: the self-test's three breaches were not reported exactly")
     found = breaches(sys.argv[1])
     print("\n".join(found) if found else "every include follows docs/architecture.md")
     sys.exit(1 if found else 0)

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <string>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -59,14 +60,28 @@ struct ClipTextConfig {
     c.pad_token_id = r.get_int("pad_token_id", c.pad_token_id);
     c.bos_token_id = r.get_int("bos_token_id", c.bos_token_id);
     c.eos_token_id = r.get_int("eos_token_id", c.eos_token_id);
-    for (const char* field : {"vocab_size", "hidden_size", "intermediate_size", "projection_dim", "num_hidden_layers",
-                              "num_attention_heads", "max_position_embeddings"})
-      r.require_positive(field, r.get_int(field, 1));
-    r.require_epsilon("layer_norm_eps", c.layer_norm_eps);
-    if (c.hidden_size % c.num_attention_heads != 0)
-      r.fail("num_attention_heads", "= " + std::to_string(c.num_attention_heads) +
-                                        " does not divide hidden_size = " + std::to_string(c.hidden_size));
+    c.validate(source);
     return c;
+  }
+
+  /// Checks what parse() checks of the fields themselves: positive sizes, the LayerNorm eps, heads dividing the
+  /// width. parse() calls it; the networks call it for a config made in code. `source` names the config in errors.
+  /// \throws FormatError naming the field.
+  void validate(const std::string& source = "ClipTextConfig") const {
+    const nlohmann::json none = nlohmann::json::object();
+    const detail::ConfigReader r(none, source);
+    for (const auto& [field, value] : {std::pair<const char*, int>{"vocab_size", vocab_size},
+                                       {"hidden_size", hidden_size},
+                                       {"intermediate_size", intermediate_size},
+                                       {"projection_dim", projection_dim},
+                                       {"num_hidden_layers", num_hidden_layers},
+                                       {"num_attention_heads", num_attention_heads},
+                                       {"max_position_embeddings", max_position_embeddings}})
+      r.require_positive(field, value);
+    r.require_epsilon("layer_norm_eps", layer_norm_eps);
+    if (hidden_size % num_attention_heads != 0)
+      r.fail("num_attention_heads", "= " + std::to_string(num_attention_heads) +
+                                        " does not divide hidden_size = " + std::to_string(hidden_size));
   }
 
   /// Reads `path`: a config.json or a text_encoder/ folder holding one. \throws FormatError naming the file.

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -126,7 +127,6 @@ struct UNetConfig {
         if (item != false) r.fail("only_cross_attention", "= " + v->dump() + " is not supported (only false)");
     } else {
       c.only_cross_attention = r.get_bool("only_cross_attention", false);
-      if (c.only_cross_attention) r.fail("only_cross_attention", "= true is not supported (only false)");
     }
 
     // Features that change the computation and that this project does not implement.
@@ -146,45 +146,65 @@ struct UNetConfig {
     r.require_default("mid_block_scale_factor", 1.0);
     r.require_default("class_embeddings_concat", false);
     r.require_default("mid_block_only_cross_attention", false);
-    r.require_default("act_fn", "silu");
-    r.require_default("time_embedding_type", "positional");
     r.require_default("downsample_type", "conv");
     r.require_default("upsample_type", "conv");
 
-    r.require_one_of("down_block_types", c.down_block_types, {"DownBlock2D", "CrossAttnDownBlock2D"});
-    r.require_one_of("up_block_types", c.up_block_types, {"UpBlock2D", "CrossAttnUpBlock2D"});
-    r.require_one_of("mid_block_type", {c.mid_block_type}, {"UNetMidBlock2DCrossAttn"});
+    c.validate(source);
+    return c;
+  }
+
+  /// Checks what parse() checks of the fields themselves: the block types and counts, the per-block lists' lengths,
+  /// sizes, divisibility, and the features this project runs (only_cross_attention false, act_fn silu, positional
+  /// time embedding). parse() calls it; the networks call it for a config made in code. `source` names the config in
+  /// errors. \throws FormatError naming the field.
+  void validate(const std::string& source = "UNetConfig") const {
+    const nlohmann::json none = nlohmann::json::object();
+    const detail::ConfigReader r(none, source);
+    if (only_cross_attention) r.fail("only_cross_attention", "= true is not supported (only false)");
+    if (act_fn != "silu") r.fail("act_fn", "= \"" + act_fn + "\" is not supported (only \"silu\")");
+    if (time_embedding_type != "positional")
+      r.fail("time_embedding_type", "= \"" + time_embedding_type + "\" is not supported (only \"positional\")");
+    const std::size_t n = num_blocks();
     if (n == 0 || n > 8) r.fail("block_out_channels", "must have 1 to 8 entries, has " + std::to_string(n));
-    if (c.down_block_types.size() != n)
-      r.fail("down_block_types", "has " + std::to_string(c.down_block_types.size()) +
-                                     " entries but block_out_channels " + std::to_string(n));
-    if (c.up_block_types.size() != n)
+    for (const auto& [field, list] :
+         {std::pair<const char*, const std::vector<int>*>{"layers_per_block", &layers_per_block},
+          {"transformer_layers_per_block", &transformer_layers_per_block},
+          {"attention_head_dim", &attention_head_dim}})
+      if (list->size() != n)
+        r.fail(field,
+               "has " + std::to_string(list->size()) + " entries, one per block (" + std::to_string(n) + ") expected");
+    r.require_one_of("down_block_types", down_block_types, {"DownBlock2D", "CrossAttnDownBlock2D"});
+    r.require_one_of("up_block_types", up_block_types, {"UpBlock2D", "CrossAttnUpBlock2D"});
+    r.require_one_of("mid_block_type", {mid_block_type}, {"UNetMidBlock2DCrossAttn"});
+    if (down_block_types.size() != n)
+      r.fail("down_block_types",
+             "has " + std::to_string(down_block_types.size()) + " entries but block_out_channels " + std::to_string(n));
+    if (up_block_types.size() != n)
       r.fail("up_block_types",
-             "has " + std::to_string(c.up_block_types.size()) + " entries but block_out_channels " + std::to_string(n));
-    r.require_positive("in_channels", c.in_channels);
-    r.require_positive("out_channels", c.out_channels);
-    r.require_positive("norm_num_groups", c.norm_num_groups);
-    r.require_positive("cross_attention_dim", c.cross_attention_dim);
-    r.require_epsilon("norm_eps", c.norm_eps);
-    if (c.sample_size) r.require_positive("sample_size", *c.sample_size);
-    if (c.downsample_padding != 0 && c.downsample_padding != 1)
-      r.fail("downsample_padding", "must be 0 or 1, got " + std::to_string(c.downsample_padding));
+             "has " + std::to_string(up_block_types.size()) + " entries but block_out_channels " + std::to_string(n));
+    r.require_positive("in_channels", in_channels);
+    r.require_positive("out_channels", out_channels);
+    r.require_positive("norm_num_groups", norm_num_groups);
+    r.require_positive("cross_attention_dim", cross_attention_dim);
+    r.require_epsilon("norm_eps", norm_eps);
+    if (sample_size) r.require_positive("sample_size", *sample_size);
+    if (downsample_padding != 0 && downsample_padding != 1)
+      r.fail("downsample_padding", "must be 0 or 1, got " + std::to_string(downsample_padding));
     for (std::size_t i = 0; i < n; ++i) {
-      const int channels = c.block_out_channels[i];
+      const int channels = block_out_channels[i];
       r.require_positive("block_out_channels", channels);
-      r.require_positive("layers_per_block", c.layers_per_block[i]);
-      r.require_positive("transformer_layers_per_block", c.transformer_layers_per_block[i]);
-      r.require_positive("attention_head_dim", c.attention_head_dim[i]);
-      if (channels % c.norm_num_groups != 0)
-        r.fail("norm_num_groups", "= " + std::to_string(c.norm_num_groups) + " does not divide block_out_channels[" +
+      r.require_positive("layers_per_block", layers_per_block[i]);
+      r.require_positive("transformer_layers_per_block", transformer_layers_per_block[i]);
+      r.require_positive("attention_head_dim", attention_head_dim[i]);
+      if (channels % norm_num_groups != 0)
+        r.fail("norm_num_groups", "= " + std::to_string(norm_num_groups) + " does not divide block_out_channels[" +
                                       std::to_string(i) + "] = " + std::to_string(channels));
-      const bool attention = c.down_block_has_attention(i) || c.up_block_has_attention(n - 1 - i) || i == n - 1;
-      if (attention && channels % c.attention_head_dim[i] != 0)
-        r.fail("attention_head_dim", "entry " + std::to_string(i) + " = " + std::to_string(c.attention_head_dim[i]) +
+      const bool attention = down_block_has_attention(i) || up_block_has_attention(n - 1 - i) || i == n - 1;
+      if (attention && channels % attention_head_dim[i] != 0)
+        r.fail("attention_head_dim", "entry " + std::to_string(i) + " = " + std::to_string(attention_head_dim[i]) +
                                          " heads do not divide block_out_channels[" + std::to_string(i) +
                                          "] = " + std::to_string(channels));
     }
-    return c;
   }
 
   /// Reads `path`: a config.json or a unet/ folder holding one. \throws FormatError naming the file.

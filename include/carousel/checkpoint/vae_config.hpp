@@ -74,35 +74,44 @@ struct VaeConfig {
     c.use_post_quant_conv = r.get_bool("use_post_quant_conv", c.use_post_quant_conv);
     c.mid_block_add_attention = r.get_bool("mid_block_add_attention", c.mid_block_add_attention);
 
-    r.require_default("act_fn", "silu");
-    r.require_one_of("down_block_types", c.down_block_types, {"DownEncoderBlock2D"});
-    r.require_one_of("up_block_types", c.up_block_types, {"UpDecoderBlock2D"});
-    const std::size_t n = c.block_out_channels.size();
-    if (n == 0 || n > 8) r.fail("block_out_channels", "must have 1 to 8 entries, has " + std::to_string(n));
-    if (c.down_block_types.size() != n)
-      r.fail("down_block_types", "has " + std::to_string(c.down_block_types.size()) +
-                                     " entries but block_out_channels " + std::to_string(n));
-    if (c.up_block_types.size() != n)
-      r.fail("up_block_types",
-             "has " + std::to_string(c.up_block_types.size()) + " entries but block_out_channels " + std::to_string(n));
-    r.require_positive("in_channels", c.in_channels);
-    r.require_positive("out_channels", c.out_channels);
-    r.require_positive("latent_channels", c.latent_channels);
-    r.require_positive("layers_per_block", c.layers_per_block);
-    r.require_positive("norm_num_groups", c.norm_num_groups);
-    r.require_positive("sample_size", c.sample_size);
-    for (std::size_t i = 0; i < n; ++i) {
-      r.require_positive("block_out_channels", c.block_out_channels[i]);
-      if (c.block_out_channels[i] % c.norm_num_groups != 0)
-        r.fail("norm_num_groups", "= " + std::to_string(c.norm_num_groups) + " does not divide block_out_channels[" +
-                                      std::to_string(i) + "] = " + std::to_string(c.block_out_channels[i]));
-    }
-    if (c.scaling_factor == 0) r.fail("scaling_factor", "must not be 0");
-    for (const auto* stats : {&c.latents_mean, &c.latents_std})
-      if (*stats && (*stats)->size() != static_cast<std::size_t>(c.latent_channels))
-        r.fail(stats == &c.latents_mean ? "latents_mean" : "latents_std",
-               "must have latent_channels = " + std::to_string(c.latent_channels) + " entries");
+    c.validate(source);
     return c;
+  }
+
+  /// Checks what parse() checks of the fields themselves: block types and counts, sizes, divisibility, the scaling
+  /// factor, the latent statistics' lengths, act_fn silu. parse() calls it; the networks call it for a config made in
+  /// code. `source` names the config in errors. \throws FormatError naming the field.
+  void validate(const std::string& source = "VaeConfig") const {
+    const nlohmann::json none = nlohmann::json::object();
+    const detail::ConfigReader r(none, source);
+    if (act_fn != "silu") r.fail("act_fn", "= \"" + act_fn + "\" is not supported (only \"silu\")");
+    r.require_one_of("down_block_types", down_block_types, {"DownEncoderBlock2D"});
+    r.require_one_of("up_block_types", up_block_types, {"UpDecoderBlock2D"});
+    const std::size_t n = num_blocks();
+    if (n == 0 || n > 8) r.fail("block_out_channels", "must have 1 to 8 entries, has " + std::to_string(n));
+    if (down_block_types.size() != n)
+      r.fail("down_block_types",
+             "has " + std::to_string(down_block_types.size()) + " entries but block_out_channels " + std::to_string(n));
+    if (up_block_types.size() != n)
+      r.fail("up_block_types",
+             "has " + std::to_string(up_block_types.size()) + " entries but block_out_channels " + std::to_string(n));
+    r.require_positive("in_channels", in_channels);
+    r.require_positive("out_channels", out_channels);
+    r.require_positive("latent_channels", latent_channels);
+    r.require_positive("layers_per_block", layers_per_block);
+    r.require_positive("norm_num_groups", norm_num_groups);
+    r.require_positive("sample_size", sample_size);
+    for (std::size_t i = 0; i < n; ++i) {
+      r.require_positive("block_out_channels", block_out_channels[i]);
+      if (block_out_channels[i] % norm_num_groups != 0)
+        r.fail("norm_num_groups", "= " + std::to_string(norm_num_groups) + " does not divide block_out_channels[" +
+                                      std::to_string(i) + "] = " + std::to_string(block_out_channels[i]));
+    }
+    if (scaling_factor == 0) r.fail("scaling_factor", "must not be 0");
+    for (const auto* stats : {&latents_mean, &latents_std})
+      if (*stats && (*stats)->size() != static_cast<std::size_t>(latent_channels))
+        r.fail(stats == &latents_mean ? "latents_mean" : "latents_std",
+               "must have latent_channels = " + std::to_string(latent_channels) + " entries");
   }
 
   /// Reads `path`: a config.json or a vae/ folder holding one. \throws FormatError naming the file.
