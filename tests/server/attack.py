@@ -10,6 +10,7 @@ deadline, memory stays bounded, and the process is still up at the end.
 Standard library only. Exit 0 when every check held; 1 with the failed checks listed."""
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -75,9 +76,12 @@ def rss_mib(pid):
 
 def main():
     binary, model = sys.argv[1], sys.argv[2]
+    # The model runs on one BLAS thread, so a generation leaves a core to the HTTP threads whose response times are
+    # checked (on 2 cores OpenBLAS's spinning threads would otherwise take both).
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     server = subprocess.Popen([binary, "--port", "0", "--model", model, "--device", "cpu", "--max-watchers", "16",
-                               "--max-watchers-per-generation", "4", "--request-read-timeout", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+                               "--max-watchers-per-generation", "4", "--request-read-timeout", "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     port = None
     for line in server.stdout:
         m = re.match(r"listening on http://[^:]+:(\d+)", line)
@@ -142,21 +146,21 @@ def main():
         slow = [raw(port, "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ", read=False)[0] for _ in range(100)]
         t0 = time.monotonic()
         open_slow = list(slow)
+        slowest = {"/health": (200, 0.0), "/metrics": (200, 0.0)}
         while open_slow and time.monotonic() - t0 < 8:
-            for path in ("/health", "/metrics"):
+            for path in slowest:
                 status, took = timed(url, path)
-                if status != 200 or took >= 1.0:
-                    check(False, f"{path} answers within 1 s beside 40 watchers and 100 slowloris ({took:.2f} s)")
+                if status != 200 or took > slowest[path][1]:
+                    slowest[path] = (status, took)
             for s in list(open_slow):
                 try:
                     s.send(b"x")
                 except OSError:
                     open_slow.remove(s)
             time.sleep(0.5)
-        for path in ("/health", "/metrics"):
-            status, took = timed(url, path)
+        for path, (status, took) in slowest.items():
             check(status == 200 and took < 1.0,
-                  f"{path} answers within 1 s beside 40 watchers and 100 slowloris connections ({took:.2f} s)")
+                  f"{path} answers within 1 s beside 40 watchers and 100 slowloris connections (slowest {took:.2f} s)")
         check(not open_slow, f"slowloris connections are closed at the read deadline ({len(open_slow)} of 100 open "
                              f"after {time.monotonic() - t0:.1f} s)")
         for s in watchers + slow:
